@@ -1,0 +1,233 @@
+"""SQLite store for the embedded control plane (WAL mode, one connection per thread).
+
+Cluster updates are conditional on the ``version`` column, so two writers never lose an
+update; creates and idempotency keys are written in one ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from ..core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ..core.ports import ConflictError, IdempotencyMismatch, NameTakenError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS clusters_active_name ON clusters(owner, name) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS clusters_active ON clusters(active) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, cluster_id TEXT NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE TABLE IF NOT EXISTS heartbeats (cluster_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (
+    cluster_id TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (cluster_id, name)
+);
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_tokens (token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cluster_tokens (cluster_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instance_credentials (token_hash TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    """Implements ``billow_control.core.ports.Store`` on one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _one(self, sql: str, *args: object) -> tuple | None:
+        return self._conn().execute(sql, args).fetchone()
+
+    # -- clusters ------------------------------------------------------------------------
+
+    def create_cluster(
+        self, record: ClusterRecord, idempotency_key: str | None, request_hash: str
+    ) -> tuple[ClusterRecord, bool]:
+        with self._tx() as db:
+            if idempotency_key is not None:
+                row = db.execute(
+                    "SELECT request_hash, cluster_id FROM idempotency WHERE owner=? AND key=?",
+                    (record.owner, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != request_hash:
+                        raise IdempotencyMismatch(idempotency_key)
+                    existing = db.execute(
+                        "SELECT doc FROM clusters WHERE id=?", (row[1],)
+                    ).fetchone()
+                    return ClusterRecord.model_validate_json(existing[0]), False
+            try:
+                db.execute(
+                    "INSERT INTO clusters (id, owner, name, active, version, created_at, doc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.id, record.owner, record.name, int(record.active), record.version,
+                     record.created_at.isoformat(), record.model_dump_json()),
+                )
+            except sqlite3.IntegrityError as e:
+                raise NameTakenError(record.name) from e
+            if idempotency_key is not None:
+                db.execute(
+                    "INSERT INTO idempotency (owner, key, request_hash, cluster_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    (record.owner, idempotency_key, request_hash, record.id),
+                )
+        return record, True
+
+    def get_cluster(self, cluster_id: str) -> ClusterRecord | None:
+        row = self._one("SELECT doc FROM clusters WHERE id=?", cluster_id)
+        return ClusterRecord.model_validate_json(row[0]) if row else None
+
+    def find_active_by_name(self, owner: str, name: str) -> ClusterRecord | None:
+        row = self._one(
+            "SELECT doc FROM clusters WHERE owner=? AND name=? AND active=1", owner, name
+        )
+        return ClusterRecord.model_validate_json(row[0]) if row else None
+
+    def list_clusters(self, owner: str | None, active_only: bool) -> list[ClusterRecord]:
+        sql = "SELECT doc FROM clusters WHERE 1=1"
+        args: list[object] = []
+        if owner is not None:
+            sql += " AND owner=?"
+            args.append(owner)
+        if active_only:
+            sql += " AND active=1"
+        sql += " ORDER BY created_at DESC"
+        rows = self._conn().execute(sql, args).fetchall()
+        return [ClusterRecord.model_validate_json(r[0]) for r in rows]
+
+    def update_cluster(self, record: ClusterRecord) -> ClusterRecord:
+        new = record.model_copy(update={"version": record.version + 1})
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE clusters SET active=?, version=?, doc=? WHERE id=? AND version=?",
+                (int(new.active), new.version, new.model_dump_json(), record.id, record.version),
+            )
+            if cur.rowcount != 1:
+                raise ConflictError(record.id)
+        return new
+
+    # -- heartbeats, secrets, tokens ----------------------------------------------------
+
+    def put_heartbeat(self, beat: HeartbeatRecord) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO heartbeats (cluster_id, doc) VALUES (?, ?)",
+            (beat.cluster_id, beat.model_dump_json()),
+        )
+
+    def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None:
+        row = self._one("SELECT doc FROM heartbeats WHERE cluster_id=?", cluster_id)
+        return HeartbeatRecord.model_validate_json(row[0]) if row else None
+
+    def put_secret(self, cluster_id: str, name: str, value: bytes) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO secrets (cluster_id, name, value) VALUES (?, ?, ?)",
+            (cluster_id, name, value),
+        )
+
+    def get_secret(self, cluster_id: str, name: str) -> bytes | None:
+        row = self._one("SELECT value FROM secrets WHERE cluster_id=? AND name=?", cluster_id, name)
+        return bytes(row[0]) if row else None
+
+    def put_user(self, user: User) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO users (id, doc) VALUES (?, ?)", (user.id, user.model_dump_json())
+        )
+
+    def get_user(self, user_id: str) -> User | None:
+        row = self._one("SELECT doc FROM users WHERE id=?", user_id)
+        return User.model_validate_json(row[0]) if row else None
+
+    def count_users(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM users")
+        return int(row[0]) if row else 0
+
+    def put_api_token(self, token_hash: str, user_id: str) -> None:
+        self._conn().execute(
+            "INSERT INTO api_tokens (token_hash, user_id) VALUES (?, ?)", (token_hash, user_id)
+        )
+
+    def user_for_token(self, token_hash: str) -> User | None:
+        row = self._one(
+            "SELECT u.doc FROM api_tokens t JOIN users u ON u.id = t.user_id "
+            "WHERE t.token_hash=?",
+            token_hash,
+        )
+        return User.model_validate_json(row[0]) if row else None
+
+    def put_cluster_token(self, cluster_id: str, token_hash: str) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO cluster_tokens (cluster_id, token_hash) VALUES (?, ?)",
+            (cluster_id, token_hash),
+        )
+
+    def get_cluster_token(self, cluster_id: str) -> str | None:
+        row = self._one("SELECT token_hash FROM cluster_tokens WHERE cluster_id=?", cluster_id)
+        return row[0] if row else None
+
+    def put_instance_credential(self, cred: InstanceCredential) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO instance_credentials (token_hash, doc) VALUES (?, ?)",
+            (cred.token_hash, cred.model_dump_json()),
+        )
+
+    def peek_instance_credential(self, token_hash: str) -> InstanceCredential | None:
+        row = self._one("SELECT doc FROM instance_credentials WHERE token_hash=?", token_hash)
+        return InstanceCredential.model_validate_json(row[0]) if row else None
+
+    def consume_instance_credential(
+        self, token_hash: str, now: datetime
+    ) -> InstanceCredential | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc FROM instance_credentials WHERE token_hash=?", (token_hash,)
+            ).fetchone()
+            if row is None:
+                return None
+            cred = InstanceCredential.model_validate_json(row[0])
+            if cred.used or cred.expired(now):
+                return None
+            cred.used = True
+            db.execute(
+                "UPDATE instance_credentials SET doc=? WHERE token_hash=?",
+                (json.dumps(cred.model_dump(mode="json")), token_hash),
+            )
+        return cred

@@ -1,0 +1,62 @@
+"""The one route table of the control plane, shared by Lambda, Cloud Functions and the
+embedded server (which translates HTTP requests into API Gateway HTTP API events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from ..core.errors import ApiError
+from ..core.service import ControlPlane
+from .responses import describe_validation_errors, json_response
+from .routes_agent import agent_router
+from .routes_clusters import cluster_router
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+API_TITLE = "Billow control plane"
+
+
+def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
+    """A resolver bound to ``plane`` (called per request, so Lambda can build it lazily)."""
+    app = APIGatewayHttpResolver(enable_validation=True)
+    app.include_router(cluster_router(plane))
+    app.include_router(agent_router(plane))
+
+    @app.get("/v1/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    def openapi() -> Response[dict]:
+        schema = app.get_openapi_json_schema(title=API_TITLE, version="1")
+        return json_response(json.loads(schema))
+
+    @app.exception_handler(ApiError)
+    def api_error(e: ApiError) -> Response:
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+        return json_response(e.to_json(), e.status, headers)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(e: RequestValidationError) -> Response:
+        message, details = describe_validation_errors(list(e.errors()))
+        return json_response({"error": "invalid", "message": message, "detail": details}, 422)
+
+    @app.exception_handler(NotFoundError)
+    def not_found(e: NotFoundError) -> Response:
+        path = app.current_event.path
+        return json_response({"error": "not-found", "message": f"no route {path}"}, 404)
+
+    @app.exception_handler(Exception)
+    def internal(e: Exception) -> Response:
+        log.exception("unhandled error")
+        return json_response({"error": "internal", "message": "internal server error"}, 500)
+
+    return app

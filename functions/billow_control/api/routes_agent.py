@@ -1,0 +1,29 @@
+"""Routes called from cluster instances: bootstrap (instance token), heartbeat (cluster token)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from ..core.auth import bearer
+from ..core.models import Heartbeat
+from ..core.service import ControlPlane
+
+
+def agent_router(plane: Callable[[], ControlPlane]) -> Router:
+    router = Router()
+
+    def token() -> str | None:
+        return bearer(router.current_event.headers.get("authorization"))
+
+    @router.post("/v1/agent/bootstrap")
+    def bootstrap() -> dict[str, Any]:
+        return plane().bootstrap_instance(token())
+
+    @router.post("/v1/clusters/<cluster_id>/heartbeat")
+    def heartbeat(cluster_id: str, beat: Heartbeat) -> dict[str, Any]:
+        return plane().heartbeat(cluster_id, token(), beat)
+
+    return router

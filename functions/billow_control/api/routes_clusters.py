@@ -1,0 +1,66 @@
+"""Cluster routes: each one authenticates, calls one ControlPlane method, and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+
+from ..core.auth import bearer
+from ..core.models import ClusterRequest, ScaleRequest, User
+from ..core.service import ControlPlane
+from .responses import json_response
+
+
+def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
+    router = Router()
+
+    def user() -> User:
+        return plane().authenticate(bearer(router.current_event.headers.get("authorization")))
+
+    @router.get("/v1/whoami")
+    def whoami() -> dict[str, Any]:
+        return user().model_dump()
+
+    @router.post("/v1/clusters")
+    def create_cluster(
+        request: ClusterRequest,
+        idempotency_key: Annotated[str | None, Header(alias="idempotency-key")] = None,
+    ) -> Response[dict[str, Any]]:
+        cluster, created = plane().create_cluster(user(), request, idempotency_key)
+        return json_response(cluster, 201 if created else 200)
+
+    @router.get("/v1/clusters")
+    def list_clusters(
+        active: Annotated[bool, Query()] = False,
+        name: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
+        who = user()
+        if name is not None:
+            return {"clusters": [plane().find_cluster(who, name)]}
+        return {"clusters": plane().list_clusters(who, active_only=active)}
+
+    @router.get("/v1/clusters/<cluster_id>")
+    def get_cluster(cluster_id: str) -> dict[str, Any]:
+        return plane().get_cluster(user(), cluster_id)
+
+    @router.post("/v1/clusters/<cluster_id>/scale")
+    def scale_cluster(cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
+        return plane().scale_cluster(user(), cluster_id, scale)
+
+    @router.post("/v1/clusters/<cluster_id>/stop")
+    def stop_cluster(cluster_id: str) -> dict[str, Any]:
+        return plane().stop_cluster(user(), cluster_id)
+
+    @router.get("/v1/clusters/<cluster_id>/credentials")
+    def client_credentials(cluster_id: str) -> dict[str, Any]:
+        return plane().client_credentials(user(), cluster_id)
+
+    @router.get("/v1/clusters/<cluster_id>/logs")
+    def cluster_logs(cluster_id: str, lines: Annotated[int, Query()] = 200) -> dict[str, Any]:
+        return plane().cluster_logs(user(), cluster_id, lines)
+
+    return router

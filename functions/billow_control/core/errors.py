@@ -1,0 +1,62 @@
+"""Errors the core raises for callers; the API maps each to an HTTP status and JSON body."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """Base of errors a user sees: ``status`` for HTTP, ``code`` stable for programs."""
+
+    status = 400
+    code = "bad-request"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+    def to_json(self) -> dict:
+        body: dict = {"error": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not-found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class NotReady(ApiError):
+    """The request is valid but must be retried later (for example a worker bootstrapping
+    before its scheduler reported an address)."""
+
+    status = 409
+    code = "not-ready"
+
+
+class Invalid(ApiError):
+    status = 422
+    code = "invalid"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload-too-large"

@@ -1,0 +1,280 @@
+"""Pydantic models of the control plane: what users ask for and what the store holds.
+
+Every validation error names the field and the allowed values, so the HTTP layer can
+return it verbatim and the SDK can raise it as a typed exception.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_WORKERS = 1000
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0,
+                   "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """Seconds from ``"20m"``, ``"30s"``, ``"1.5h"`` or a number of seconds.
+
+    Raises ``ValueError`` naming the accepted forms; ``None`` stays ``None``.
+    """
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a duration; use seconds or a number with a unit "
+            "(ms, s, m, h, d), for example '30s' or '20m'"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+class ClusterStatus(StrEnum):
+    pending = "pending"
+    provisioning = "provisioning"
+    ready = "ready"
+    stopping = "stopping"
+    stopped = "stopped"
+    failed = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ClusterStatus.stopped, ClusterStatus.failed)
+
+
+class ClusterTarget(StrEnum):
+    running = "running"
+    stopped = "stopped"
+
+
+class InstanceRole(StrEnum):
+    scheduler = "scheduler"
+    worker = "worker"
+
+
+WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
+
+
+class ClusterRequest(BaseModel):
+    """What a user asks for. Unknown fields are rejected, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Lower-case letters, digits and dashes, at most 63 characters. "
+        "Unique among the owner's active clusters; generated when omitted.",
+    )
+    n_workers: WorkerCount | list[WorkerCount] = Field(
+        default=4,
+        description=f"Worker count (0..{MAX_WORKERS}) or [minimum, maximum] for adaptive scaling.",
+    )
+    worker_cpu: int = Field(default=1, ge=1, le=64, strict=True)
+    worker_memory: str = Field(default="2 GiB", description="For example '4 GiB'.")
+    scheduler_cpu: int = Field(default=1, ge=1, le=64, strict=True)
+    scheduler_memory: str = Field(default="2 GiB")
+    idle_timeout: str | float | None = Field(
+        default=None, description="Duration such as '20m'; the deployment default when omitted."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, max_length=32)
+    environ: dict[str, str] = Field(default_factory=dict, max_length=128)
+    shutdown_on_close: bool = True
+
+    @field_validator("n_workers")
+    @classmethod
+    def _check_range(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list):
+            if len(v) != 2 or v[0] > v[1]:
+                raise ValueError("must be an integer or [minimum, maximum] with minimum <= maximum")
+        return v
+
+    @field_validator("worker_memory", "scheduler_memory")
+    @classmethod
+    def _check_memory(cls, v: str) -> str:
+        from dask.utils import parse_bytes  # light: dask.utils has no heavy imports
+
+        try:
+            n = parse_bytes(v)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{v!r} is not a memory size such as '4 GiB'") from e
+        if n < 256 * 2**20:
+            raise ValueError("must be at least 256 MiB")
+        return v
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _check_idle(cls, v: str | float | None) -> str | float | None:
+        seconds = parse_duration(v)
+        if seconds is not None and not (10 <= seconds <= 7 * 86400):
+            raise ValueError("must be between 10 seconds and 7 days")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.startswith("billow:"):
+                raise ValueError(f"tag {key!r} uses the reserved prefix 'billow:'")
+        return v
+
+    @property
+    def worker_bounds(self) -> tuple[int, int]:
+        if isinstance(self.n_workers, list):
+            return self.n_workers[0], self.n_workers[1]
+        return self.n_workers, self.n_workers
+
+    @property
+    def initial_workers(self) -> int:
+        return self.worker_bounds[0]
+
+
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_workers: WorkerCount
+    remove: list[str] = Field(
+        default_factory=list,
+        description="Names of workers to remove first when scaling down (already retired).",
+    )
+
+
+class Heartbeat(BaseModel):
+    """What the scheduler plugin sends. Extra metrics are kept but never required."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scheduler_address: str
+    dashboard_address: str | None = None
+    workers: list[str] = Field(default_factory=list)
+    n_threads: int = 0
+    tasks_processing: int = 0
+    tasks_queued: int = 0
+    clients: int = 0
+    idle_seconds: float = 0.0
+
+
+class ClusterRecord(BaseModel):
+    """The stored state of one cluster: ``status`` is what is, ``target`` what is wanted."""
+
+    id: str
+    owner: str
+    name: str
+    request: ClusterRequest
+    status: ClusterStatus = ClusterStatus.pending
+    target: ClusterTarget = ClusterTarget.running
+    generation: int = 1
+    desired_workers: int
+    remove_workers: list[str] = Field(default_factory=list)
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    ready_at: datetime | None = None
+    stopped_at: datetime | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+    error_logs: list[str] = Field(default_factory=list)
+    fail_on_stop: bool = False
+    scheduler_address: str | None = None
+    dashboard_address: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self.status.terminal
+
+    def public(self, heartbeat: HeartbeatRecord | None = None) -> dict[str, Any]:
+        """The JSON users see: no secrets, plus the latest observed workers."""
+        out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
+        out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
+        out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
+        return out
+
+
+class HeartbeatRecord(BaseModel):
+    cluster_id: str
+    received_at: datetime
+    heartbeat: Heartbeat
+
+
+class InstanceSpec(BaseModel):
+    """What the orchestrator asks a provider to run. ``name`` is unique per cluster
+    generation and doubles as the idempotency token of the launch."""
+
+    cluster_id: str
+    generation: int
+    name: str
+    role: InstanceRole
+    cpu: int
+    memory: str
+    tags: dict[str, str]
+    environment: dict[str, str]
+
+    @property
+    def client_token(self) -> str:
+        return f"{self.cluster_id}-g{self.generation}-{self.name}"
+
+
+class InstanceState(StrEnum):
+    pending = "pending"
+    running = "running"
+    terminated = "terminated"
+
+
+class InstanceInfo(BaseModel):
+    id: str
+    cluster_id: str
+    name: str
+    role: InstanceRole
+    state: InstanceState
+    tags: dict[str, str] = Field(default_factory=dict)
+    launched_at: datetime
+    exit_code: int | None = None
+
+
+class User(BaseModel):
+    id: str
+    name: str
+    is_admin: bool = False
+
+
+class InstanceCredential(BaseModel):
+    """A one-time bootstrap token, stored by hash, naming the instance it belongs to."""
+
+    token_hash: str
+    cluster_id: str
+    instance_name: str
+    role: InstanceRole
+    used: bool = False
+    expires_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+def default_expiry(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
+
+
+class ReconcileResult(BaseModel):
+    """``done`` when the cluster reached its target; otherwise run again after ``wait``."""
+
+    done: bool
+    wait: float = 0.0
+    status: ClusterStatus
+

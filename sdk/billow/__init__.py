@@ -1,0 +1,27 @@
+"""Billow: Dask clusters in your own cloud account, run by a serverless control plane."""
+
+from . import config  # noqa: F401  (registers billow.* defaults with dask.config)
+from .cluster import Cluster
+from .errors import (
+    AuthenticationError,
+    BillowAPIError,
+    BillowError,
+    ClusterNotFound,
+    ClusterStartError,
+    ClusterStopped,
+    NotLoggedIn,
+    ValidationError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "BillowAPIError",
+    "BillowError",
+    "Cluster",
+    "ClusterNotFound",
+    "ClusterStartError",
+    "ClusterStopped",
+    "NotLoggedIn",
+    "ValidationError",
+]
+__version__ = "0.1.0"

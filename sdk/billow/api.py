@@ -1,0 +1,104 @@
+"""Async HTTP client of the control plane API (``/v1``), raising typed errors."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from dask.utils import parse_timedelta
+
+from . import config
+from .errors import AuthenticationError, BillowAPIError, ClusterNotFound, ValidationError
+
+_ERRORS = {401: AuthenticationError, 404: ClusterNotFound, 422: ValidationError}
+
+
+class ControlPlaneClient:
+    """One async session with the control plane. Use as ``async with`` or call ``aclose``."""
+
+    def __init__(self, server: str | None = None, token: str | None = None,
+                 timeout: float | None = None) -> None:
+        self.server, token = config.credentials(server, token)
+        seconds = timeout or float(parse_timedelta(config.get("request-timeout", "30s")))
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "billow-sdk"},
+            timeout=seconds,
+        )
+
+    async def __aenter__(self) -> ControlPlaneClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response.json()
+
+    # -- clusters ------------------------------------------------------------------------
+
+    async def create_cluster(self, spec: dict[str, Any], idempotency_key: str | None = None
+                             ) -> dict[str, Any]:
+        key = idempotency_key or str(uuid.uuid4())
+        return await self.request("POST", "/v1/clusters", json=spec,
+                                  headers={"Idempotency-Key": key})
+
+    async def find_cluster(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = await self.request("GET", "/v1/clusters", params={"name": name})
+        except ClusterNotFound:
+            return None
+        return found["clusters"][0]
+
+    async def resolve(self, name_or_id: str) -> dict[str, Any]:
+        """A cluster by id, or by the name of an active cluster."""
+        if name_or_id.startswith("c-"):
+            return await self.get_cluster(name_or_id)
+        found = await self.find_cluster(name_or_id)
+        if found is None:
+            raise ClusterNotFound(404, "not-found", f"no active cluster named {name_or_id!r}")
+        return found
+
+    async def get_cluster(self, cluster_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/clusters/{cluster_id}")
+
+    async def list_clusters(self, active: bool = False) -> list[dict[str, Any]]:
+        found = await self.request("GET", "/v1/clusters", params={"active": str(active).lower()})
+        return found["clusters"]
+
+    async def scale(self, cluster_id: str, n_workers: int, remove: list[str] | None = None
+                    ) -> dict[str, Any]:
+        return await self.request("POST", f"/v1/clusters/{cluster_id}/scale",
+                                  json={"n_workers": n_workers, "remove": remove or []})
+
+    async def stop(self, cluster_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/v1/clusters/{cluster_id}/stop")
+
+    async def credentials(self, cluster_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/clusters/{cluster_id}/credentials")
+
+    async def logs(self, cluster_id: str, lines: int = 200) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/clusters/{cluster_id}/logs",
+                                  params={"lines": lines})
+
+
+def error_from_response(response: httpx.Response) -> BillowAPIError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text[:500] or response.reason_phrase}
+    cls = _ERRORS.get(response.status_code, BillowAPIError)
+    return cls(
+        response.status_code,
+        body.get("error", "error"),
+        body.get("message", response.reason_phrase),
+        body.get("field"),
+        body.get("detail"),
+    )

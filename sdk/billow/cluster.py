@@ -1,0 +1,266 @@
+"""``billow.Cluster``: a Dask cluster run by a Billow control plane.
+
+Honours the ``distributed.deploy.Cluster`` contract: ``Client(cluster)``, ``scale``,
+``adapt``, ``get_logs``, ``close``, ``dashboard_link``, context managers, and
+``asynchronous=True``. Connections to the scheduler use mutual TLS with the certificate
+the control plane issues to the cluster's owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from distributed.core import Status, rpc
+from distributed.deploy import Cluster as DaskCluster
+from distributed.security import Security
+from distributed.utils import Log, Logs
+
+from . import config
+from .api import ControlPlaneClient
+from .errors import ClusterStartError, ClusterStopped
+from .progress import StartProgress
+
+_TERMINAL = ("stopped", "failed")
+
+
+class Cluster(DaskCluster):
+    """Create a cluster, or reconnect to the active one named ``name``.
+
+    Parameters
+    ----------
+    n_workers : int or [min, max]
+        Worker count, or bounds for adaptive scaling.
+    name : str, optional
+        Reconnects when an active cluster of yours has this name; otherwise names the new one.
+    worker_cpu, worker_memory, scheduler_cpu, scheduler_memory, idle_timeout, tags, environ
+        Passed to the control plane, which validates them and names any bad field.
+    shutdown_on_close : bool
+        Stop the cluster when this object closes (default ``True``).
+    server, token : str, optional
+        Control plane URL and API token; default to config and the login file.
+    timeout : float
+        Seconds to wait for the cluster to become ready (default: ``billow.start-timeout``).
+
+    Raises
+    ------
+    billow.errors.ValidationError
+        The request was rejected; ``.field`` names the offending field.
+    billow.errors.ClusterStartError
+        The cluster failed to start; ``.logs`` has the failing instance's last log lines.
+    """
+
+    def __init__(
+        self,
+        n_workers: int | list[int] | tuple[int, int] | None = None,
+        *,
+        name: str | None = None,
+        worker_cpu: int | None = None,
+        worker_memory: str | None = None,
+        scheduler_cpu: int | None = None,
+        scheduler_memory: str | None = None,
+        idle_timeout: str | float | None = None,
+        tags: dict[str, str] | None = None,
+        environ: dict[str, str] | None = None,
+        shutdown_on_close: bool = True,
+        server: str | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        show_progress: bool | None = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+    ) -> None:
+        spec: dict[str, Any] = {
+            "n_workers": list(n_workers) if isinstance(n_workers, tuple) else n_workers,
+            "name": name, "worker_cpu": worker_cpu, "worker_memory": worker_memory,
+            "scheduler_cpu": scheduler_cpu, "scheduler_memory": scheduler_memory,
+            "idle_timeout": idle_timeout, "tags": tags, "environ": environ,
+        }
+        self._spec = {k: v for k, v in spec.items() if v is not None}
+        self._spec["shutdown_on_close"] = shutdown_on_close
+        self._requested_name = name
+        self.shutdown_on_close = shutdown_on_close
+        self._server, self._token = config.credentials(server, token)
+        from dask.utils import parse_timedelta
+
+        self._timeout = timeout or float(parse_timedelta(config.get("start-timeout")))
+        self._show_progress = (
+            config.get("show-progress", True) if show_progress is None else show_progress
+        )
+        self.cluster_id: str | None = None
+        self.record: dict[str, Any] = {}
+        self.security = Security()
+        self.reconnected = False
+        self._api: ControlPlaneClient | None = None
+        super().__init__(asynchronous=asynchronous, loop=loop, name=name)
+        if not self.asynchronous:
+            self._loop_runner.start()
+            try:
+                self.sync(self._start)
+            except BaseException:
+                self._loop_runner.stop()
+                raise
+
+    def __await__(self):  # type: ignore[override]
+        async def _() -> Cluster:
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return _().__await__()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self.status = Status.starting
+        self._api = ControlPlaneClient(self._server, self._token)
+        created = False
+        try:
+            record = None
+            if self._requested_name:
+                record = await self._api.find_cluster(self._requested_name)
+                self.reconnected = record is not None
+            if record is None:
+                record = await self._api.create_cluster(self._spec)
+                created = True
+            self._set_record(record)
+            record = await self._wait_until_ready()
+            creds = await self._api.credentials(record["id"])
+            self.security = Security(
+                require_encryption=True,
+                tls_ca_file=creds["ca_cert"],
+                tls_client_cert=creds["client_cert"],
+                tls_client_key=creds["client_key"],
+            )
+            self.scheduler_comm = rpc(
+                creds["scheduler_address"],
+                connection_args=self.security.get_connection_args("client"),
+            )
+            await super()._start()
+        except BaseException:
+            # Leave nothing behind that this call created (Ctrl-C included).
+            if created and self.cluster_id and self.shutdown_on_close:
+                try:
+                    await asyncio.shield(self._api.stop(self.cluster_id))
+                except Exception:
+                    pass
+            await self._api.aclose()
+            self.status = Status.failed
+            raise
+        bounds = self._spec.get("n_workers")
+        if isinstance(bounds, list):
+            self.adapt(minimum=bounds[0], maximum=bounds[1])
+
+    async def _wait_until_ready(self) -> dict[str, Any]:
+        assert self._api is not None and self.cluster_id is not None
+        deadline = time.monotonic() + self._timeout
+        with StartProgress(self.name, self.cluster_id, enabled=self._show_progress) as progress:
+            delay = 0.05
+            while True:
+                record = await self._api.get_cluster(self.cluster_id)
+                self._set_record(record)
+                progress.update(record)
+                if record["status"] == "ready":
+                    return record
+                if record["status"] in _TERMINAL or record["target"] == "stopped":
+                    raise ClusterStartError(
+                        f"cluster {record['name']} ({record['id']}) did not start: "
+                        f"{record.get('error') or record.get('stop_reason') or record['status']}",
+                        logs=record.get("error_logs"),
+                        reason=record.get("stop_reason"),
+                    )
+                if time.monotonic() > deadline:
+                    raise ClusterStartError(
+                        f"cluster {record['name']} not ready after {self._timeout:.0f}s "
+                        f"(status {record['status']}, {record['workers']} workers)"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+
+    async def _close(self) -> None:
+        if self.status == Status.closed:
+            return
+        await super()._close()
+        if self._api is None:
+            return
+        try:
+            if self.shutdown_on_close and self.cluster_id:
+                await self._api.stop(self.cluster_id)
+                await self._wait_until_stopped()
+        finally:
+            await self._api.aclose()
+
+    async def _wait_until_stopped(self, timeout: float = 120.0) -> None:
+        assert self._api is not None and self.cluster_id is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = await self._api.get_cluster(self.cluster_id)
+            self._set_record(record)
+            if record["status"] in _TERMINAL:
+                return
+            await asyncio.sleep(0.2)
+        raise ClusterStopped(f"cluster {self.cluster_id} still stopping after {timeout:.0f}s")
+
+    def _set_record(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.cluster_id = record["id"]
+        self.name = record["name"]
+
+    # -- scaling ---------------------------------------------------------------------
+
+    def scale(self, n: int) -> Any:
+        """Ask for ``n`` workers; returns at once (the control plane converges on it)."""
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int, remove: list[str] | None = None) -> None:
+        assert self._api is not None and self.cluster_id is not None
+        self._set_record(await self._api.scale(self.cluster_id, int(n), remove))
+
+    async def scale_up(self, n: int) -> None:
+        await self._scale(n)
+
+    async def scale_down(self, workers: list[str]) -> None:
+        """Remove named workers (``Adaptive`` retires them on the scheduler first)."""
+        names = [str(w) for w in workers]
+        await self._scale(max(0, self.record.get("desired_workers", 0) - len(names)), names)
+
+    @property
+    def requested(self) -> set[str]:
+        observed = sorted(self.observed)
+        missing = max(0, self.record.get("desired_workers", 0) - len(observed))
+        return set(observed) | {f"pending-{i}" for i in range(missing)}
+
+    @property
+    def plan(self) -> set[str]:
+        return self.requested
+
+    # -- information ---------------------------------------------------------------
+
+    async def _get_logs(self, cluster: bool = True, scheduler: bool = True,
+                        workers: bool = True) -> Logs:
+        """Instance logs as the control plane has them (also after the cluster is gone)."""
+        assert self._api is not None and self.cluster_id is not None
+        found = await self._api.logs(self.cluster_id)
+        logs = Logs()
+        for inst in found["instances"]:
+            wanted = scheduler if inst["role"] == "scheduler" else workers
+            if wanted:
+                logs[inst["name"]] = Log("\n".join(inst["lines"]))
+        return logs
+
+    @property
+    def dashboard_link(self) -> str:
+        address = self.record.get("dashboard_address")
+        return f"http://{address}/status" if address else super().dashboard_link
+
+    @property
+    def cluster_status(self) -> str:
+        return self.record.get("status", "unknown")
+
+    def __repr__(self) -> str:
+        workers = len(self.scheduler_info.get("workers", {}))
+        return (
+            f"<billow.Cluster {self.name!r} id={self.cluster_id} status={self.cluster_status} "
+            f"workers={workers} dashboard={self.dashboard_link}>"
+        )

@@ -1,0 +1,61 @@
+"""Exceptions the SDK raises. Each carries the server's message verbatim."""
+
+from __future__ import annotations
+
+
+class BillowError(Exception):
+    """Base class of every Billow SDK error."""
+
+
+class NotLoggedIn(BillowError):
+    """No control-plane URL or token could be found."""
+
+
+class BillowAPIError(BillowError):
+    """The control plane answered with an error status.
+
+    ``status`` is the HTTP status, ``code`` a stable error name (``invalid``,
+    ``not-found``, ``unauthorized``...), ``field`` the offending field when one is known.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 detail: list | None = None) -> None:
+        super().__init__(f"{message} (HTTP {status} {code})")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.detail = detail or []
+
+
+class ValidationError(BillowAPIError):
+    """The request was rejected as invalid (HTTP 422)."""
+
+
+class AuthenticationError(BillowAPIError):
+    """The token is missing or wrong (HTTP 401)."""
+
+
+class ClusterNotFound(BillowAPIError):
+    """No such cluster, or not yours (HTTP 404)."""
+
+
+class ClusterStartError(BillowError):
+    """The cluster failed to start. ``logs`` holds the last lines of the failing instance."""
+
+    def __init__(self, message: str, logs: list[str] | None = None,
+                 reason: str | None = None) -> None:
+        self.logs = logs or []
+        self.reason = reason
+        text = message
+        if self.logs:
+            text += "\n\nLast log lines of the failing instance:\n" + "\n".join(self.logs)
+        super().__init__(text)
+
+
+class ClusterStopped(BillowError):
+    """The cluster stopped (``reason`` says why) while an operation needed it running."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
