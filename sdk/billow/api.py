@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from dask.utils import parse_timedelta
 from . import config
 from .errors import AuthenticationError, BillowAPIError, ClusterNotFound, ValidationError
 
+CLUSTER_ID = re.compile(r"^c-[0-9a-f]{16}$")
 _ERRORS = {401: AuthenticationError, 404: ClusterNotFound, 422: ValidationError}
 
 
@@ -50,20 +52,22 @@ class ControlPlaneClient:
         return await self.request("POST", "/v1/clusters", json=spec,
                                   headers={"Idempotency-Key": key})
 
-    async def find_cluster(self, name: str) -> dict[str, Any] | None:
-        try:
-            found = await self.request("GET", "/v1/clusters", params={"name": name})
-        except ClusterNotFound:
-            return None
-        return found["clusters"][0]
+    async def find_cluster(self, name: str, active: bool = True) -> dict[str, Any] | None:
+        """The newest cluster of yours with this name (active ones only by default)."""
+        found = await self.request(
+            "GET", "/v1/clusters", params={"name": name, "active": str(active).lower()}
+        )
+        return found["clusters"][0] if found["clusters"] else None
 
     async def resolve(self, name_or_id: str) -> dict[str, Any]:
-        """A cluster by id, or by the name of an active cluster."""
-        if name_or_id.startswith("c-"):
+        """A cluster by id, or the newest of yours with that name (active ones first)."""
+        if CLUSTER_ID.match(name_or_id):
             return await self.get_cluster(name_or_id)
-        found = await self.find_cluster(name_or_id)
+        found = await self.find_cluster(name_or_id) or await self.find_cluster(
+            name_or_id, active=False
+        )
         if found is None:
-            raise ClusterNotFound(404, "not-found", f"no active cluster named {name_or_id!r}")
+            raise ClusterNotFound(404, "not-found", f"no cluster named {name_or_id!r}")
         return found
 
     async def get_cluster(self, cluster_id: str) -> dict[str, Any]:

@@ -116,18 +116,17 @@ class SqliteStore:
         row = self._one("SELECT doc FROM clusters WHERE id=?", cluster_id)
         return ClusterRecord.model_validate_json(row[0]) if row else None
 
-    def find_active_by_name(self, owner: str, name: str) -> ClusterRecord | None:
-        row = self._one(
-            "SELECT doc FROM clusters WHERE owner=? AND name=? AND active=1", owner, name
-        )
-        return ClusterRecord.model_validate_json(row[0]) if row else None
-
-    def list_clusters(self, owner: str | None, active_only: bool) -> list[ClusterRecord]:
+    def list_clusters(
+        self, owner: str | None, active_only: bool, name: str | None = None
+    ) -> list[ClusterRecord]:
         sql = "SELECT doc FROM clusters WHERE 1=1"
         args: list[object] = []
         if owner is not None:
             sql += " AND owner=?"
             args.append(owner)
+        if name is not None:
+            sql += " AND name=?"
+            args.append(name)
         if active_only:
             sql += " AND active=1"
         sql += " ORDER BY created_at DESC"

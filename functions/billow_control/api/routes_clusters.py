@@ -38,10 +38,7 @@ def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
         active: Annotated[bool, Query()] = False,
         name: Annotated[str | None, Query()] = None,
     ) -> dict[str, Any]:
-        who = user()
-        if name is not None:
-            return {"clusters": [plane().find_cluster(who, name)]}
-        return {"clusters": plane().list_clusters(who, active_only=active)}
+        return {"clusters": plane().list_clusters(user(), active_only=active, name=name)}
 
     @router.get("/v1/clusters/<cluster_id>")
     def get_cluster(cluster_id: str) -> dict[str, Any]:

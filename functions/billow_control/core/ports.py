@@ -57,10 +57,12 @@ class Store(Protocol):
 
     def get_cluster(self, cluster_id: str) -> ClusterRecord | None: ...
 
-    def find_active_by_name(self, owner: str, name: str) -> ClusterRecord | None: ...
-
-    def list_clusters(self, owner: str | None, active_only: bool) -> list[ClusterRecord]:
-        """Clusters of ``owner`` (all owners when ``None``), newest first."""
+    def list_clusters(
+        self, owner: str | None, active_only: bool, name: str | None = None
+    ) -> list[ClusterRecord]:
+        """Clusters of ``owner`` (all owners when ``None``), optionally of one ``name``,
+        newest first. ``active_only`` reads only non-terminal clusters (an index, never a
+        scan of finished ones)."""
         ...
 
     def update_cluster(self, record: ClusterRecord) -> ClusterRecord:

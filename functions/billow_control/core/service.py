@@ -155,15 +155,13 @@ class ControlPlane:
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
         return self._public(self._owned(user, cluster_id))
 
-    def find_cluster(self, user: User, name: str) -> dict[str, Any]:
-        record = self.store.find_active_by_name(user.id, name)
-        if record is None:
-            raise NotFound(f"no active cluster named {name!r}", field="name")
-        return self._public(record)
-
-    def list_clusters(self, user: User, active_only: bool) -> list[dict[str, Any]]:
-        owner = None if user.is_admin else user.id
-        return [self._public(r) for r in self.store.list_clusters(owner, active_only)]
+    def list_clusters(
+        self, user: User, active_only: bool, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The caller's clusters (everyone's for an admin, unless ``name`` is given, which
+        always means the caller's own), newest first."""
+        owner = None if user.is_admin and name is None else user.id
+        return [self._public(r) for r in self.store.list_clusters(owner, active_only, name)]
 
     def scale_cluster(self, user: User, cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
         """Set the desired worker count; the orchestrator converges on it."""

@@ -1,0 +1,129 @@
+"""Start real servers for tests on 127.0.0.1 and stop them by PID (process group)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``check`` until true; raise ``TimeoutError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in ("Z", "X")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+class EmbeddedServer:
+    """``billow server`` as a subprocess with its own data dir and login file."""
+
+    def __init__(self, root: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.data_dir = self.root / "data"
+        self.login_file = self.root / "login.yaml"
+        self.log_path = self.root / "server.log"
+        self.port = port
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> EmbeddedServer:
+        (self.data_dir / "server.json").unlink(missing_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "billow.cli", "server", "--data-dir", str(self.data_dir),
+                 "--port", str(self.port), "--login-file", str(self.login_file)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            )
+        info = self.data_dir / "server.json"
+        wait_until(lambda: info.exists() or self.proc.poll() is not None, timeout, "server.json")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"billow server exited:\n{self.log_path.read_text()[-3000:]}")
+        self.url = json.loads(info.read_text())["url"]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        wait_until(lambda: http_ok(self.url + "/v1/health"), timeout, "server health")
+        return self
+
+    @property
+    def token(self) -> str:
+        import yaml
+
+        return yaml.safe_load(self.login_file.read_text())["billow"]["token"]
+
+    def kill(self) -> None:
+        """SIGKILL the server process alone (its instances keep running, as in a crash)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def instance_pids(self) -> list[int]:
+        import sqlite3
+
+        db = self.data_dir / "instances" / "instances.db"
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as conn:
+            return [r[0] for r in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
+
+    def live_instance_pids(self) -> list[int]:
+        return [p for p in self.instance_pids() if pid_alive(p)]
+
+    def kill_instances(self) -> None:
+        for pid in self.live_instance_pids():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
