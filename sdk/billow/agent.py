@@ -63,12 +63,18 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
     from .plugin import BillowSchedulerPlugin
 
     plugin = BillowSchedulerPlugin(
-        os.environ["BILLOW_CONTROL_URL"], config["cluster_id"], config["cluster_token"],
+        os.environ["BILLOW_CONTROL_URL"],
+        config["cluster_id"],
+        config["cluster_token"],
         interval=float(config["heartbeat_interval"]),
     )
     scheduler = Scheduler(
-        host=host, port=0, protocol="tls", security=security_for(config),
-        dashboard_address=f"{host}:0", idle_timeout=None,
+        host=host,
+        port=0,
+        protocol="tls",
+        security=security_for(config),
+        dashboard_address=f"{host}:0",
+        idle_timeout=None,
     )
     _close_on_signals(scheduler)
     async with scheduler:
@@ -81,8 +87,12 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
     from distributed import Worker
 
     worker = Worker(
-        config["scheduler_address"], security=security_for(config), name=config["name"],
-        nthreads=int(config["nthreads"]), memory_limit=config["memory_limit"], host=host,
+        config["scheduler_address"],
+        security=security_for(config),
+        name=config["name"],
+        nthreads=int(config["nthreads"]),
+        memory_limit=config["memory_limit"],
+        host=host,
         dashboard=False,
     )
     _close_on_signals(worker)
@@ -123,6 +133,9 @@ def main() -> int:
     config = bootstrap(url, token)
     os.environ.pop("BILLOW_INSTANCE_TOKEN", None)  # one-time: keep it out of user code
     os.environ.update(config.get("environ", {}))
+    import dask.config
+
+    dask.config.refresh()  # the cluster's DASK_* environ configures Dask on the instance
     host = os.environ.get("BILLOW_HOST", "127.0.0.1")
     runner = run_scheduler if config["role"] == "scheduler" else run_worker
     asyncio.run(runner(config, host))

@@ -19,8 +19,9 @@ _ERRORS = {401: AuthenticationError, 404: ClusterNotFound, 422: ValidationError}
 class ControlPlaneClient:
     """One async session with the control plane. Use as ``async with`` or call ``aclose``."""
 
-    def __init__(self, server: str | None = None, token: str | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, server: str | None = None, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.server, token = config.credentials(server, token)
         seconds = timeout or float(parse_timedelta(config.get("request-timeout", "30s")))
         self._http = httpx.AsyncClient(
@@ -46,11 +47,13 @@ class ControlPlaneClient:
 
     # -- clusters ------------------------------------------------------------------------
 
-    async def create_cluster(self, spec: dict[str, Any], idempotency_key: str | None = None
-                             ) -> dict[str, Any]:
+    async def create_cluster(
+        self, spec: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         key = idempotency_key or str(uuid.uuid4())
-        return await self.request("POST", "/v1/clusters", json=spec,
-                                  headers={"Idempotency-Key": key})
+        return await self.request(
+            "POST", "/v1/clusters", json=spec, headers={"Idempotency-Key": key}
+        )
 
     async def find_cluster(self, name: str, active: bool = True) -> dict[str, Any] | None:
         """The newest cluster of yours with this name (active ones only by default)."""
@@ -77,10 +80,14 @@ class ControlPlaneClient:
         found = await self.request("GET", "/v1/clusters", params={"active": str(active).lower()})
         return found["clusters"]
 
-    async def scale(self, cluster_id: str, n_workers: int, remove: list[str] | None = None
-                    ) -> dict[str, Any]:
-        return await self.request("POST", f"/v1/clusters/{cluster_id}/scale",
-                                  json={"n_workers": n_workers, "remove": remove or []})
+    async def scale(
+        self, cluster_id: str, n_workers: int, remove: list[str] | None = None
+    ) -> dict[str, Any]:
+        return await self.request(
+            "POST",
+            f"/v1/clusters/{cluster_id}/scale",
+            json={"n_workers": n_workers, "remove": remove or []},
+        )
 
     async def stop(self, cluster_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/v1/clusters/{cluster_id}/stop")
@@ -89,8 +96,7 @@ class ControlPlaneClient:
         return await self.request("GET", f"/v1/clusters/{cluster_id}/credentials")
 
     async def logs(self, cluster_id: str, lines: int = 200) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/clusters/{cluster_id}/logs",
-                                  params={"lines": lines})
+        return await self.request("GET", f"/v1/clusters/{cluster_id}/logs", params={"lines": lines})
 
 
 def error_from_response(response: httpx.Response) -> BillowAPIError:

@@ -80,8 +80,9 @@ def _ago(value: str | None) -> str:
 
 
 @cluster_app.command("list")
-def cluster_list(all_: bool = typer.Option(False, "--all", help="Include stopped clusters.")
-                 ) -> None:
+def cluster_list(
+    all_: bool = typer.Option(False, "--all", help="Include stopped clusters."),
+) -> None:
     """List your clusters (active ones unless --all)."""
 
     async def go() -> list[dict]:
@@ -90,8 +91,14 @@ def cluster_list(all_: bool = typer.Option(False, "--all", help="Include stopped
 
     table = Table("id", "name", "status", "workers", "created", "stop reason")
     for c in _run(go()):
-        table.add_row(c["id"], c["name"], c["status"], f"{c['workers']}/{c['desired_workers']}",
-                      _ago(c["created_at"]), c.get("stop_reason") or "")
+        table.add_row(
+            c["id"],
+            c["name"],
+            c["status"],
+            f"{c['workers']}/{c['desired_workers']}",
+            _ago(c["created_at"]),
+            c.get("stop_reason") or "",
+        )
     console.print(table)
 
 
@@ -104,9 +111,22 @@ def cluster_status(cluster: str = typer.Argument(..., help="Cluster id or name."
             return await api.resolve(cluster)
 
     c = _run(go())
-    fields = ["id", "name", "status", "target", "desired_workers", "workers", "scheduler_address",
-              "dashboard_address", "created_at", "ready_at", "stopped_at", "last_heartbeat_at",
-              "stop_reason", "error"]
+    fields = [
+        "id",
+        "name",
+        "status",
+        "target",
+        "desired_workers",
+        "workers",
+        "scheduler_address",
+        "dashboard_address",
+        "created_at",
+        "ready_at",
+        "stopped_at",
+        "last_heartbeat_at",
+        "stop_reason",
+        "error",
+    ]
     for key in fields:
         console.print(f"[bold]{key}:[/bold] {c.get(key) if c.get(key) is not None else '-'}")
     for line in c.get("error_logs") or []:

@@ -9,6 +9,7 @@ the control plane issues to the cluster's owner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -73,9 +74,14 @@ class Cluster(DaskCluster):
     ) -> None:
         spec: dict[str, Any] = {
             "n_workers": list(n_workers) if isinstance(n_workers, tuple) else n_workers,
-            "name": name, "worker_cpu": worker_cpu, "worker_memory": worker_memory,
-            "scheduler_cpu": scheduler_cpu, "scheduler_memory": scheduler_memory,
-            "idle_timeout": idle_timeout, "tags": tags, "environ": environ,
+            "name": name,
+            "worker_cpu": worker_cpu,
+            "worker_memory": worker_memory,
+            "scheduler_cpu": scheduler_cpu,
+            "scheduler_memory": scheduler_memory,
+            "idle_timeout": idle_timeout,
+            "tags": tags,
+            "environ": environ,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close
@@ -141,10 +147,8 @@ class Cluster(DaskCluster):
         except BaseException:
             # Leave nothing behind that this call created (Ctrl-C included).
             if created and self.cluster_id and self.shutdown_on_close:
-                try:
+                with contextlib.suppress(Exception):
                     await asyncio.shield(self._api.stop(self.cluster_id))
-                except Exception:
-                    pass
             await self._api.aclose()
             self.status = Status.failed
             raise
@@ -163,7 +167,8 @@ class Cluster(DaskCluster):
                 progress.update(record)
                 if record["status"] == "ready":
                     return record
-                if record["status"] in _TERMINAL or record["target"] == "stopped":
+                # A failed start is reported once teardown finished: nothing is left running.
+                if record["status"] in _TERMINAL:
                     raise ClusterStartError(
                         f"cluster {record['name']} ({record['id']}) did not start: "
                         f"{record.get('error') or record.get('stop_reason') or record['status']}",
@@ -237,8 +242,9 @@ class Cluster(DaskCluster):
 
     # -- information ---------------------------------------------------------------
 
-    async def _get_logs(self, cluster: bool = True, scheduler: bool = True,
-                        workers: bool = True) -> Logs:
+    async def _get_logs(
+        self, cluster: bool = True, scheduler: bool = True, workers: bool = True
+    ) -> Logs:
         """Instance logs as the control plane has them (also after the cluster is gone)."""
         assert self._api is not None and self.cluster_id is not None
         found = await self._api.logs(self.cluster_id)

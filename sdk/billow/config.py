@@ -15,8 +15,14 @@ import yaml
 
 _DEFAULTS = Path(__file__).with_name("billow.yaml")
 _INSTANCE_VARIABLES = {
-    "BILLOW_CONTROL_URL", "BILLOW_INSTANCE_TOKEN", "BILLOW_CLUSTER_ID", "BILLOW_ROLE",
-    "BILLOW_INSTANCE_ID", "BILLOW_INSTANCE_DIR", "BILLOW_INSTANCE_NAME", "BILLOW_HOST",
+    "BILLOW_CONTROL_URL",
+    "BILLOW_INSTANCE_TOKEN",
+    "BILLOW_CLUSTER_ID",
+    "BILLOW_ROLE",
+    "BILLOW_INSTANCE_ID",
+    "BILLOW_INSTANCE_DIR",
+    "BILLOW_INSTANCE_NAME",
+    "BILLOW_HOST",
 }
 
 
@@ -25,7 +31,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, raw in environ.items():
         if not key.startswith("BILLOW_") or key in _INSTANCE_VARIABLES:
             continue
-        name = key[len("BILLOW_"):].lower().replace("__", ".").replace("_", "-")
+        name = key[len("BILLOW_") :].lower().replace("__", ".").replace("_", "-")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:

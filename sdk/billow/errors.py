@@ -18,8 +18,14 @@ class BillowAPIError(BillowError):
     ``not-found``, ``unauthorized``...), ``field`` the offending field when one is known.
     """
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 detail: list | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        detail: list | None = None,
+    ) -> None:
         super().__init__(f"{message} (HTTP {status} {code})")
         self.status = status
         self.code = code
@@ -43,8 +49,9 @@ class ClusterNotFound(BillowAPIError):
 class ClusterStartError(BillowError):
     """The cluster failed to start. ``logs`` holds the last lines of the failing instance."""
 
-    def __init__(self, message: str, logs: list[str] | None = None,
-                 reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, logs: list[str] | None = None, reason: str | None = None
+    ) -> None:
         self.logs = logs or []
         self.reason = reason
         text = message

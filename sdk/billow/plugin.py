@@ -21,8 +21,9 @@ log = logging.getLogger("billow.plugin")
 class BillowSchedulerPlugin(SchedulerPlugin):
     name = "billow"
 
-    def __init__(self, control_url: str, cluster_id: str, cluster_token: str,
-                 interval: float = 5.0) -> None:
+    def __init__(
+        self, control_url: str, cluster_id: str, cluster_token: str, interval: float = 5.0
+    ) -> None:
         self.control_url = control_url.rstrip("/")
         self.cluster_id = cluster_id
         self.cluster_token = cluster_token

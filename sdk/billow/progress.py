@@ -22,8 +22,12 @@ class StartProgress:
 
     def __enter__(self) -> StartProgress:
         if self.enabled:
-            self._live = Live(self._render({}), console=Console(stderr=True),
-                              refresh_per_second=8, transient=False)
+            self._live = Live(
+                self._render({}),
+                console=Console(stderr=True),
+                refresh_per_second=8,
+                transient=False,
+            )
             self._live.__enter__()
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,10 +45,8 @@ def pid_alive(pid: int) -> bool:
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -80,9 +79,22 @@ class EmbeddedServer:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "billow.cli", "server", "--data-dir", str(self.data_dir),
-                 "--port", str(self.port), "--login-file", str(self.login_file)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "billow.cli",
+                    "server",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--login-file",
+                    str(self.login_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
             )
         info = self.data_dir / "server.json"
         wait_until(lambda: info.exists() or self.proc.poll() is not None, timeout, "server.json")
@@ -109,21 +121,24 @@ class EmbeddedServer:
         if self.proc is not None:
             stop_process(self.proc)
 
-    def instance_pids(self) -> list[int]:
+    def instance_pids(self, cluster_id: str | None = None) -> list[int]:
+        """PIDs of the instances the provider launched (of one cluster, if given)."""
         import sqlite3
 
         db = self.data_dir / "instances" / "instances.db"
         if not db.exists():
             return []
+        sql = "SELECT pid FROM instances WHERE pid IS NOT NULL"
+        args: tuple[str, ...] = ()
+        if cluster_id is not None:
+            sql, args = sql + " AND cluster_id=?", (cluster_id,)
         with sqlite3.connect(db) as conn:
-            return [r[0] for r in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
+            return [r[0] for r in conn.execute(sql, args)]
 
-    def live_instance_pids(self) -> list[int]:
-        return [p for p in self.instance_pids() if pid_alive(p)]
+    def live_instance_pids(self, cluster_id: str | None = None) -> list[int]:
+        return [p for p in self.instance_pids(cluster_id) if pid_alive(p)]
 
     def kill_instances(self) -> None:
         for pid in self.live_instance_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

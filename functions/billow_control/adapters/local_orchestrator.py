@@ -102,8 +102,9 @@ class LocalOrchestrator:
             except Exception:
                 n = self._failures[cluster_id] = self._failures.get(cluster_id, 0) + 1
                 delay = min(self.max_backoff, 0.2 * 2**n)
-                log.exception("reconcile of %s failed (attempt %d); retry in %.1fs",
-                              cluster_id, n, delay)
+                log.exception(
+                    "reconcile of %s failed (attempt %d); retry in %.1fs", cluster_id, n, delay
+                )
             with self._cond:
                 self._running.discard(cluster_id)
                 again = cluster_id in self._again

@@ -9,6 +9,7 @@ later call; that keeps ``terminate`` idempotent and crash-safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,9 +94,13 @@ class LocalProcessProvider:
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
         with self._lock:
-            row = self._db().execute(
-                f"SELECT {_COLUMNS} FROM instances WHERE client_token=?", (spec.client_token,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM instances WHERE client_token=?", (spec.client_token,)
+                )
+                .fetchone()
+            )
             if row is not None:
                 return self._info(row)
             instance_id = new_id("i")
@@ -103,8 +108,15 @@ class LocalProcessProvider:
             self._db().execute(
                 "INSERT INTO instances (id, client_token, cluster_id, name, role, tags, "
                 "launched_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (instance_id, spec.client_token, spec.cluster_id, spec.name, spec.role.value,
-                 json.dumps(spec.tags), now),
+                (
+                    instance_id,
+                    spec.client_token,
+                    spec.cluster_id,
+                    spec.name,
+                    spec.role.value,
+                    json.dumps(spec.tags),
+                    now,
+                ),
             )
             directory = self.instance_dir(instance_id)
             directory.mkdir(parents=True, exist_ok=True)
@@ -132,24 +144,32 @@ class LocalProcessProvider:
                 "UPDATE instances SET pid=?, pid_start=? WHERE id=?",
                 (proc.pid, process_start_time(proc.pid), instance_id),
             )
-            row = self._db().execute(
-                f"SELECT {_COLUMNS} FROM instances WHERE id=?", (instance_id,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(f"SELECT {_COLUMNS} FROM instances WHERE id=?", (instance_id,))
+                .fetchone()
+            )
         return self._info(row)
 
     def describe(self, cluster_id: str) -> list[InstanceInfo]:
-        rows = self._db().execute(
-            f"SELECT {_COLUMNS} FROM instances WHERE cluster_id=? ORDER BY launched_at",
-            (cluster_id,),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE cluster_id=? ORDER BY launched_at",
+                (cluster_id,),
+            )
+            .fetchall()
+        )
         return [self._info(r) for r in rows]
 
     def terminate(self, instance_ids: list[str]) -> None:
         now = self.clock.now()
         for instance_id in instance_ids:
-            row = self._db().execute(
-                f"SELECT {_COLUMNS} FROM instances WHERE id=?", (instance_id,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(f"SELECT {_COLUMNS} FROM instances WHERE id=?", (instance_id,))
+                .fetchone()
+            )
             if row is None or not self._alive(row):
                 continue
             pid, requested = row[5], row[8]
@@ -173,8 +193,12 @@ class LocalProcessProvider:
     def list_deployment_instances(self) -> list[InstanceInfo]:
         rows = self._db().execute(f"SELECT {_COLUMNS} FROM instances WHERE gone=0").fetchall()
         infos = [self._info(r) for r in rows]
-        return [i for i in infos if i.state != InstanceState.terminated
-                and i.tags.get("billow:deployment") == self.deployment]
+        return [
+            i
+            for i in infos
+            if i.state != InstanceState.terminated
+            and i.tags.get("billow:deployment") == self.deployment
+        ]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -185,10 +209,8 @@ class LocalProcessProvider:
                 self._signal(row[5], signal.SIGKILL)
 
     def _signal(self, pid: int, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _alive(self, row: tuple) -> bool:
         pid, pid_start = row[5], row[6]
@@ -230,5 +252,6 @@ class LocalProcessProvider:
             tags=json.loads(tags),
             launched_at=launched,
             exit_code=self._exit_code(instance_id, pid)
-            if state == InstanceState.terminated else None,
+            if state == InstanceState.terminated
+            else None,
         )

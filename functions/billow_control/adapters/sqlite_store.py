@@ -99,8 +99,15 @@ class SqliteStore:
                 db.execute(
                     "INSERT INTO clusters (id, owner, name, active, version, created_at, doc) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (record.id, record.owner, record.name, int(record.active), record.version,
-                     record.created_at.isoformat(), record.model_dump_json()),
+                    (
+                        record.id,
+                        record.owner,
+                        record.name,
+                        int(record.active),
+                        record.version,
+                        record.created_at.isoformat(),
+                        record.model_dump_json(),
+                    ),
                 )
             except sqlite3.IntegrityError as e:
                 raise NameTakenError(record.name) from e
@@ -168,7 +175,8 @@ class SqliteStore:
 
     def put_user(self, user: User) -> None:
         self._conn().execute(
-            "INSERT OR REPLACE INTO users (id, doc) VALUES (?, ?)", (user.id, user.model_dump_json())
+            "INSERT OR REPLACE INTO users (id, doc) VALUES (?, ?)",
+            (user.id, user.model_dump_json()),
         )
 
     def get_user(self, user_id: str) -> User | None:
@@ -186,8 +194,7 @@ class SqliteStore:
 
     def user_for_token(self, token_hash: str) -> User | None:
         row = self._one(
-            "SELECT u.doc FROM api_tokens t JOIN users u ON u.id = t.user_id "
-            "WHERE t.token_hash=?",
+            "SELECT u.doc FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash=?",
             token_hash,
         )
         return User.model_validate_json(row[0]) if row else None

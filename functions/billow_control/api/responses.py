@@ -26,7 +26,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
         # Union members (int | list[int]) add type names to the path: keep the field.
         field = ".".join(p for p in loc if p not in ("int", "list[constrained-int]", "list[int]"))
-        details.append({"field": field or "body", "message": e.get("msg", ""), "type": e.get("type")})
+        details.append(
+            {"field": field or "body", "message": e.get("msg", ""), "type": e.get("type")}
+        )
     seen: dict[str, list[str]] = {}
     for d in details:
         seen.setdefault(d["field"], [])

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
 from ..core.auth import bearer
-from ..core.models import ClusterRequest, ScaleRequest, User
+from ..core.models import ClusterRequest, NewUser, ScaleRequest, User
 from ..core.service import ControlPlane
 from .responses import json_response
 
@@ -24,6 +24,10 @@ def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.get("/v1/whoami")
     def whoami() -> dict[str, Any]:
         return user().model_dump()
+
+    @router.post("/v1/users")
+    def add_user(new_user: NewUser) -> Response[dict[str, Any]]:
+        return json_response(plane().add_user(user(), new_user.name), 201)
 
     @router.post("/v1/clusters")
     def create_cluster(

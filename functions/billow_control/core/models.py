@@ -17,8 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0,
-                   "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    None: 1.0,
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "d": 86400.0,
+}
 
 
 def parse_duration(value: str | float | int | None) -> float | None:
@@ -100,9 +109,8 @@ class ClusterRequest(BaseModel):
     @field_validator("n_workers")
     @classmethod
     def _check_range(cls, v: int | list[int]) -> int | list[int]:
-        if isinstance(v, list):
-            if len(v) != 2 or v[0] > v[1]:
-                raise ValueError("must be an integer or [minimum, maximum] with minimum <= maximum")
+        if isinstance(v, list) and (len(v) != 2 or v[0] > v[1]):
+            raise ValueError("must be an integer or [minimum, maximum] with minimum <= maximum")
         return v
 
     @field_validator("worker_memory", "scheduler_memory")
@@ -153,6 +161,12 @@ class ScaleRequest(BaseModel):
         default_factory=list,
         description="Names of workers to remove first when scaling down (already retired).",
     )
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
 
 class Heartbeat(BaseModel):
@@ -277,4 +291,3 @@ class ReconcileResult(BaseModel):
     done: bool
     wait: float = 0.0
     status: ClusterStatus
-

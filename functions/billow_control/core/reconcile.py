@@ -30,6 +30,15 @@ from .settings import ControlSettings
 log = logging.getLogger(__name__)
 
 SCHEDULER_NAME = "scheduler"
+# What a Dask Nanny sets before a worker starts (distributed.nanny.pre-spawn-environ):
+# single-threaded BLAS/OpenMP per worker thread pool and eager malloc trimming. These must
+# be in the process environment at exec time, so every provider passes them through.
+INSTANCE_BASE_ENVIRONMENT = {
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
 
 
 def deployment_tags(record: ClusterRecord, deployment: str) -> dict[str, str]:
@@ -188,11 +197,13 @@ class Reconciler:
             role=role,
             cpu=request.scheduler_cpu if role == InstanceRole.scheduler else request.worker_cpu,
             memory=(
-                request.scheduler_memory if role == InstanceRole.scheduler
+                request.scheduler_memory
+                if role == InstanceRole.scheduler
                 else request.worker_memory
             ),
             tags=deployment_tags(record, self.settings.deployment),
             environment={
+                **INSTANCE_BASE_ENVIRONMENT,
                 "BILLOW_CONTROL_URL": self.settings.control_url,
                 "BILLOW_INSTANCE_TOKEN": token,
                 "BILLOW_CLUSTER_ID": record.id,
@@ -208,8 +219,9 @@ class Reconciler:
         if record.status.terminal:
             if live:  # leftovers of a crash: terminate, status stays as it is
                 self.provider.terminate([i.id for i in live])
-            return ReconcileResult(done=not live, wait=self.settings.reconcile_interval,
-                                   status=record.status)
+            return ReconcileResult(
+                done=not live, wait=self.settings.reconcile_interval, status=record.status
+            )
         if record.status != ClusterStatus.stopping:
             record.status = ClusterStatus.stopping
             record = self._write(record, "stopping")

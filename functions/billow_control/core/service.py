@@ -47,8 +47,15 @@ from .reconcile import idle_timeout_seconds
 from .settings import ControlSettings
 from .tls import make_cluster_pki
 
-SECRET_NAMES = ("ca.pem", "scheduler.pem", "scheduler.key", "worker.pem", "worker.key",
-                "client.pem", "client.key")
+SECRET_NAMES = (
+    "ca.pem",
+    "scheduler.pem",
+    "scheduler.key",
+    "worker.pem",
+    "worker.key",
+    "client.pem",
+    "client.key",
+)
 _RETRIES = 20
 
 
@@ -91,6 +98,15 @@ class ControlPlane:
         token = new_token(API_TOKEN_PREFIX)
         self.store.put_api_token(hash_token(token), user.id)
         return user, token
+
+    def add_user(self, admin: User, name: str) -> dict[str, Any]:
+        """Admins create users; the new token is in the answer and nowhere else."""
+        if not admin.is_admin:
+            raise Forbidden("only admins can create users")
+        if not name or len(name) > 64:
+            raise Invalid("name must be 1 to 64 characters", field="name")
+        user, token = self.create_user(name)
+        return {**user.model_dump(), "token": token}
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin and return its token, or ``None`` if users exist."""
@@ -298,8 +314,10 @@ class ControlPlane:
         """
         record = self.store.get_cluster(cluster_id)
         stored_hash = self.store.get_cluster_token(cluster_id) if record else None
-        if record is None or not cluster_token or not same_hash(
-            stored_hash, hash_token(cluster_token)
+        if (
+            record is None
+            or not cluster_token
+            or not same_hash(stored_hash, hash_token(cluster_token))
         ):
             raise Unauthorized("invalid cluster token")
         self.store.put_heartbeat(

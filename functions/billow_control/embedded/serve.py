@@ -18,8 +18,9 @@ from .server import ProxyASGIApp
 log = logging.getLogger("billow.server")
 
 
-def serve(data_dir: Path, host: str, port: int, login_file: Path | None,
-          settings: ControlSettings) -> None:
+def serve(
+    data_dir: Path, host: str, port: int, login_file: Path | None, settings: ControlSettings
+) -> None:
     """Bind, start the runtime, write the admin login on first start, serve until stopped.
 
     ``port=0`` picks a free port; the URL and PID are written to ``<data_dir>/server.json``.
@@ -41,8 +42,9 @@ def serve(data_dir: Path, host: str, port: int, login_file: Path | None,
     app = ProxyASGIApp(build_app(lambda: runtime.plane))
     runtime.start()
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
-                       access_log=False)
+        uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, access_log=False
+        )
     )
     log.info("billow control plane listening on %s (data in %s)", url, data_dir)
     try:

@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
@@ -53,8 +54,6 @@ def http_api_event(
     params: dict[str, str] = {}
     for part in query.split("&") if query else []:
         key, _, value = part.partition("=")
-        from urllib.parse import unquote_plus
-
         key, value = unquote_plus(key), unquote_plus(value)
         params[key] = f"{params[key]},{value}" if key in params else value
     try:
@@ -101,7 +100,8 @@ class ProxyASGIApp:
 
     def _resolve(self, event: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            return self.resolver.resolve(event, LambdaContextStub(event["requestContext"]["requestId"]))
+            context = LambdaContextStub(event["requestContext"]["requestId"])
+            return self.resolver.resolve(event, cast(Any, context))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -129,25 +129,43 @@ class ProxyASGIApp:
                 break
         client = scope.get("client") or ("127.0.0.1", 0)
         event = http_api_event(
-            scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"),
-            headers, b"".join(chunks), client[0],
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            b"".join(chunks),
+            client[0],
         )
         response = await asyncio.get_running_loop().run_in_executor(
             self._pool, self._resolve, event
         )
         body = response.get("body") or ""
         payload = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
-        out_headers = [(k.encode(), str(v).encode()) for k, v in response.get("headers", {}).items()]
+        out_headers = [
+            (k.encode(), str(v).encode()) for k, v in response.get("headers", {}).items()
+        ]
         out_headers += [(b"set-cookie", c.encode()) for c in response.get("cookies", [])]
-        await send({"type": "http.response.start", "status": response["statusCode"],
-                    "headers": out_headers})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response["statusCode"],
+                "headers": out_headers,
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps({
-            "error": "payload-too-large",
-            "message": f"request body exceeds {MAX_BODY_BYTES} bytes",
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
+        body = json.dumps(
+            {
+                "error": "payload-too-large",
+                "message": f"request body exceeds {MAX_BODY_BYTES} bytes",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from billow_control.core.models import ClusterRequest, parse_duration
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_and_bounds() -> None:
+    request = ClusterRequest()
+    assert request.worker_bounds == (4, 4)
+    assert ClusterRequest(n_workers=[0, 10]).worker_bounds == (0, 10)
+    assert ClusterRequest(n_workers=[0, 10]).initial_workers == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"n_workers": -1}, "n_workers"),
+        ({"n_workers": "4"}, "n_workers"),
+        ({"n_workers": 1001}, "n_workers"),
+        ({"n_workers": [3, 1]}, "n_workers"),
+        ({"n_workers": [1, 2, 3]}, "n_workers"),
+        ({"worker_cpu": 0}, "worker_cpu"),
+        ({"worker_memory": "100 MiB"}, "worker_memory"),
+        ({"idle_timeout": "1s"}, "idle_timeout"),
+        ({"name": "-leading-dash"}, "name"),
+        ({"surprise": 1}, "surprise"),
+        ({"tags": {"billow:cluster-id": "x"}}, "tags"),
+    ],
+)
+def test_invalid_fields_are_named(fields: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        ClusterRequest(**fields)
+    assert field in {str(err["loc"][0]) for err in e.value.errors()}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("20m", 1200.0), ("1.5h", 5400.0), (45, 45.0), ("250ms", 0.25), (None, None)],
+)
+def test_parse_duration(text: str | int | None, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")

@@ -1,0 +1,160 @@
+"""The reconciler, step by step, on a real SQLite store and an in-memory provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from billow_control.adapters.clock import ManualClock
+from billow_control.adapters.fernet_box import FernetSecretBox
+from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.core.models import (
+    ClusterRequest,
+    ClusterStatus,
+    Heartbeat,
+    HeartbeatRecord,
+    InstanceRole,
+    User,
+)
+from billow_control.core.reconcile import Reconciler
+from billow_control.core.service import ControlPlane
+from billow_control.core.settings import ControlSettings
+from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
+
+pytestmark = pytest.mark.unit
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.clock = ManualClock()
+        self.store = SqliteStore(tmp / "db.sqlite")
+        self.provider = MemoryProvider(self.clock)
+        self.bus = MemoryBus()
+        self.settings = ControlSettings(start_timeout=600)
+        self.reconciler = Reconciler(self.store, self.provider, self.clock, self.bus, self.settings)
+        self.plane = ControlPlane(
+            self.store,
+            self.provider,
+            RecordingOrchestrator(),
+            FernetSecretBox.from_key_file(tmp / "key"),
+            self.clock,
+            self.bus,
+            self.settings,
+        )
+        self.user = User(id="u-1", name="ann")
+        self.store.put_user(self.user)
+
+    def create(self, n: int = 2) -> str:
+        cluster, _ = self.plane.create_cluster(self.user, ClusterRequest(n_workers=n), None)
+        return cluster["id"]
+
+    def status(self, cluster_id: str) -> ClusterStatus:
+        record = self.store.get_cluster(cluster_id)
+        assert record is not None
+        return record.status
+
+    def beat(self, cluster_id: str, workers: list[str]) -> None:
+        self.store.put_heartbeat(
+            HeartbeatRecord(
+                cluster_id=cluster_id,
+                received_at=self.clock.now(),
+                heartbeat=Heartbeat(scheduler_address="tls://127.0.0.1:1", workers=workers),
+            )
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def test_first_step_launches_scheduler_and_workers_together(world: World) -> None:
+    cid = world.create(2)
+    result = world.reconciler.reconcile(cid)
+    assert not result.done and world.status(cid) == ClusterStatus.provisioning
+    roles = sorted(i.role.value for i in world.provider.live(cid))
+    assert roles == ["scheduler", "worker", "worker"]
+    spec = next(iter(world.provider.specs.values()))
+    assert {"billow:cluster-id", "billow:deployment", "billow:owner"} <= set(spec.tags)
+    assert spec.environment["BILLOW_INSTANCE_TOKEN"].startswith("bwi_")
+
+
+def test_rerun_is_idempotent_and_ready_waits_for_workers(world: World) -> None:
+    cid = world.create(2)
+    world.reconciler.reconcile(cid)
+    world.reconciler.reconcile(cid)
+    assert world.provider.launches == 3
+    world.beat(cid, ["worker-0"])
+    assert not world.reconciler.reconcile(cid).done
+    world.beat(cid, ["worker-0", "worker-1"])
+    assert world.reconciler.reconcile(cid).done
+    assert world.status(cid) == ClusterStatus.ready
+
+
+def test_scheduler_exit_fails_with_its_logs_and_tears_down(world: World) -> None:
+    cid = world.create(1)
+    world.reconciler.reconcile(cid)
+    scheduler = next(i for i in world.provider.live(cid) if i.role == InstanceRole.scheduler)
+    world.provider.logs[scheduler.id] = ["boom: ImportError"]
+    world.provider.exit(scheduler.id, 1)
+    for _ in range(5):
+        if world.reconciler.reconcile(cid).done:
+            break
+    record = world.store.get_cluster(cid)
+    assert record is not None and record.status == ClusterStatus.failed
+    assert record.stop_reason == "scheduler-exited" and "code 1" in (record.error or "")
+    assert record.error_logs == ["boom: ImportError"]
+    assert world.provider.live(cid) == []
+
+
+def test_start_timeout_fails_and_terminates(world: World) -> None:
+    cid = world.create(1)
+    world.reconciler.reconcile(cid)
+    world.clock.advance(601)
+    for _ in range(5):
+        if world.reconciler.reconcile(cid).done:
+            break
+    record = world.store.get_cluster(cid)
+    assert record is not None and record.status == ClusterStatus.failed
+    assert record.stop_reason == "start-timeout"
+    assert world.provider.live(cid) == []
+
+
+def test_stop_terminates_then_marks_stopped(world: World) -> None:
+    cid = world.create(2)
+    world.reconciler.reconcile(cid)
+    world.plane.stop_cluster(world.user, cid)
+    first = world.reconciler.reconcile(cid)  # asks the provider to terminate
+    assert not first.done and first.status == ClusterStatus.stopping
+    assert world.reconciler.reconcile(cid).done  # sees them gone
+    assert world.status(cid) == ClusterStatus.stopped
+    assert world.provider.live(cid) == []
+    kinds = [k for k, c in world.bus.events if c == cid]
+    assert kinds[0] == "requested" and kinds[-1] == "stopped"
+
+
+def test_scale_down_removes_named_workers_first_then_newest(world: World) -> None:
+    from billow_control.core.models import ScaleRequest
+
+    cid = world.create(3)
+    world.reconciler.reconcile(cid)
+    world.beat(cid, ["worker-0", "worker-1", "worker-2"])
+    world.reconciler.reconcile(cid)
+    world.plane.scale_cluster(world.user, cid, ScaleRequest(n_workers=1, remove=["worker-0"]))
+    world.reconciler.reconcile(cid)
+    names = sorted(i.name for i in world.provider.live(cid) if i.role == InstanceRole.worker)
+    assert names == ["worker-1"]
+
+
+def test_dead_worker_is_replaced_with_a_fresh_name_once_ready(world: World) -> None:
+    cid = world.create(1)
+    world.reconciler.reconcile(cid)
+    world.beat(cid, ["worker-0"])
+    world.reconciler.reconcile(cid)
+    worker = next(i for i in world.provider.live(cid) if i.role == InstanceRole.worker)
+    world.provider.exit(worker.id, -9)
+    world.reconciler.reconcile(cid)
+    names = [i.name for i in world.provider.live(cid) if i.role == InstanceRole.worker]
+    assert names == ["worker-1"]
+    assert world.status(cid) == ClusterStatus.ready
