@@ -67,6 +67,8 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         config["cluster_id"],
         config["cluster_token"],
         interval=float(config["heartbeat_interval"]),
+        analytics=config.get("analytics", "minimal"),
+        gpu_threshold=float(config.get("gpu_threshold", 0.1)),
     )
     scheduler = Scheduler(
         host=host,

@@ -54,6 +54,10 @@ def server(
         no_client_timeout=seconds("no-client-timeout"),
         heartbeat_loss_timeout=seconds("heartbeat-loss-timeout"),
         heartbeat_interval=seconds("heartbeat-interval"),
+        reaper_interval=seconds("reaper-interval"),
+        orphan_grace=seconds("orphan-grace"),
+        gpu_idle_warning=seconds("gpu-idle-warning"),
+        gpu_utilization_threshold=float(config.get("gpu-utilization-threshold")),
     )
     serve(data_dir or config.data_dir(), host, port, login_file or config.login_file(), settings)
 

@@ -35,8 +35,13 @@ class Cluster(DaskCluster):
         Worker count, or bounds for adaptive scaling.
     name : str, optional
         Reconnects when an active cluster of yours has this name; otherwise names the new one.
-    worker_cpu, worker_memory, scheduler_cpu, scheduler_memory, idle_timeout, tags, environ
+    worker_cpu, worker_memory, scheduler_cpu, scheduler_memory, tags, environ
         Passed to the control plane, which validates them and names any bad field.
+    idle_timeout, no_client_timeout, cluster_timeout : str, optional
+        Durations such as ``"20m"``: stop when idle (no tasks, no client activity), this
+        long after the last client left, or after this total lifetime.
+    analytics : {"off", "minimal", "full"}
+        What the scheduler plugin reports (default ``billow.analytics``).
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -62,6 +67,9 @@ class Cluster(DaskCluster):
         scheduler_cpu: int | None = None,
         scheduler_memory: str | None = None,
         idle_timeout: str | float | None = None,
+        no_client_timeout: str | float | None = None,
+        cluster_timeout: str | float | None = None,
+        analytics: str | None = None,
         tags: dict[str, str] | None = None,
         environ: dict[str, str] | None = None,
         shutdown_on_close: bool = True,
@@ -80,6 +88,9 @@ class Cluster(DaskCluster):
             "scheduler_cpu": scheduler_cpu,
             "scheduler_memory": scheduler_memory,
             "idle_timeout": idle_timeout,
+            "no_client_timeout": no_client_timeout,
+            "cluster_timeout": cluster_timeout,
+            "analytics": analytics or config.get("analytics", "minimal"),
             "tags": tags,
             "environ": environ,
         }

@@ -1,8 +1,13 @@
-"""The scheduler plugin that reports to the control plane.
+"""The scheduler plugin that reports to the control plane (see docs/analytics.md).
 
 The first heartbeat carries the scheduler's address; later ones go out every
-``interval`` seconds and promptly (debounced) whenever a worker joins or leaves, so the
+``interval`` seconds, and promptly (debounced) whenever a worker joins or leaves so the
 control plane marks the cluster ready without waiting a full interval.
+
+Idleness is measured on the monotonic clock, so a wall-clock jump cannot make a busy
+cluster look idle. What is sent depends on ``analytics``: ``off`` sends only what the
+reaper needs (address, worker names, busy/idle, client counts), ``minimal`` adds sizes
+and versions, ``full`` adds per-worker detail and the task prefixes being processed.
 """
 
 from __future__ import annotations
@@ -17,23 +22,61 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 log = logging.getLogger("billow.plugin")
 
+ANALYTICS_LEVELS = ("off", "minimal", "full")
+
+
+class GPUProbe:
+    """Utilisation of the GPUs on this machine through ``pynvml``, when it is installed."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except Exception:  # no pynvml, no driver or no GPU: report none
+            self.handles = []
+
+    def utilisation(self) -> list[float]:
+        return [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100 for h in self.handles]
+
 
 class BillowSchedulerPlugin(SchedulerPlugin):
     name = "billow"
 
     def __init__(
-        self, control_url: str, cluster_id: str, cluster_token: str, interval: float = 5.0
+        self,
+        control_url: str,
+        cluster_id: str,
+        cluster_token: str,
+        interval: float = 5.0,
+        analytics: str = "minimal",
+        gpu_threshold: float = 0.1,
+        clock: Any = time.monotonic,
     ) -> None:
+        if analytics not in ANALYTICS_LEVELS:
+            raise ValueError(f"analytics must be one of {ANALYTICS_LEVELS}, not {analytics!r}")
         self.control_url = control_url.rstrip("/")
         self.cluster_id = cluster_id
         self.cluster_token = cluster_token
         self.interval = interval
+        self.analytics = analytics
+        self.gpu_threshold = gpu_threshold
+        self.clock = clock
         self.scheduler: Any = None
         self.target = "running"
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._last_activity = time.monotonic()
         self._http: httpx.AsyncClient | None = None
+        self._last_activity = clock()
+        self._ever_had_client = False
+        self._last_client_left: float | None = None
+        self._gpu = GPUProbe()
+        self._gpu_low_since: float | None = None
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -48,48 +91,117 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         if self._http:
             await self._http.aclose()
 
-    # Activity hooks: wake the loop for a prompt heartbeat.
+    # -- scheduler hooks -------------------------------------------------------------
+
     def add_worker(self, scheduler: Any = None, worker: str | None = None) -> None:
         self._wake.set()
 
     def remove_worker(self, scheduler: Any = None, worker: str | None = None, **kw: Any) -> None:
         self._wake.set()
 
-    def update_graph(self, scheduler: Any, **kw: Any) -> None:
-        self._last_activity = time.monotonic()
+    def add_client(self, scheduler: Any, client: str) -> None:
+        if not client.startswith("fire-and-forget"):
+            self._ever_had_client = True
+            self._last_client_left = None
+            self._touch()
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        if not self._user_clients():
+            self._last_client_left = self.clock()
+        self._touch()
+
+    def update_graph(self, scheduler: Any, *args: Any, **kw: Any) -> None:
+        self._touch()
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
-        if finish in ("processing", "memory", "erred"):
-            self._last_activity = time.monotonic()
+        self._touch()
+
+    def _touch(self) -> None:
+        self._last_activity = self.clock()
+
+    def _user_clients(self) -> list[str]:
+        return [c for c in self.scheduler.clients if not c.startswith("fire-and-forget")]
+
+    # -- reporting -------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        """The heartbeat body for the configured analytics level."""
         s = self.scheduler
+        now = self.clock()
         workers = list(s.workers.values())
         processing = sum(len(ws.processing) for ws in workers)
         queued = len(getattr(s, "queued", ())) + len(getattr(s, "unrunnable", ()))
-        if processing or queued:
-            self._last_activity = time.monotonic()
-        clients = [c for c in s.clients if not c.startswith("fire-and-forget")]
+        busy = bool(processing or queued)
+        if busy:
+            self._last_activity = now
+        clients = self._user_clients()
         dashboard = None
         if "dashboard" in s.services:
             host = s.address.split("://", 1)[1].rsplit(":", 1)[0]
             dashboard = f"{host}:{s.services['dashboard'].port}"
-        return {
+        beat: dict[str, Any] = {
             "scheduler_address": s.address,
             "dashboard_address": dashboard,
             "workers": sorted(str(ws.name) for ws in workers),
-            "n_threads": sum(ws.nthreads for ws in workers),
-            "tasks_processing": processing,
-            "tasks_queued": queued,
+            "busy": busy,
+            "idle_seconds": max(0.0, now - self._last_activity),
             "clients": len(clients),
-            "idle_seconds": time.monotonic() - self._last_activity,
+            "seconds_without_clients": (
+                now - self._last_client_left
+                if self._ever_had_client and not clients and self._last_client_left is not None
+                else None
+            ),
+            **self._gpu_report(now),
+        }
+        if self.analytics in ("minimal", "full"):
+            import dask
+            import distributed
+
+            beat.update(
+                n_threads=sum(ws.nthreads for ws in workers),
+                memory_bytes=sum(ws.memory_limit or 0 for ws in workers),
+                tasks_processing=processing,
+                tasks_queued=queued,
+                versions={"dask": dask.__version__, "distributed": distributed.__version__},
+            )
+        if self.analytics == "full":
+            prefixes: dict[str, int] = {}
+            for ws in workers:
+                for ts in ws.processing:
+                    prefixes[ts.prefix.name] = prefixes.get(ts.prefix.name, 0) + 1
+            beat["processing_prefixes"] = prefixes
+            beat["worker_detail"] = [
+                {
+                    "name": str(ws.name),
+                    "nthreads": ws.nthreads,
+                    "memory_limit": ws.memory_limit,
+                    "processing": len(ws.processing),
+                    "managed_bytes": ws.nbytes,
+                }
+                for ws in workers
+            ]
+        return beat
+
+    def _gpu_report(self, now: float) -> dict[str, Any]:
+        if not self._gpu.handles:
+            return {"gpus": 0, "gpu_low_seconds": None}
+        usage = self._gpu.utilisation()
+        low = max(usage) < self.gpu_threshold
+        if not low:
+            self._gpu_low_since = None
+        elif self._gpu_low_since is None:
+            self._gpu_low_since = now
+        return {
+            "gpus": len(usage),
+            "gpu_low_seconds": now - self._gpu_low_since if self._gpu_low_since else None,
         }
 
     async def send(self) -> None:
         assert self._http is not None
         url = f"{self.control_url}/v1/clusters/{self.cluster_id}/heartbeat"
         response = await self._http.post(url, json=self.snapshot())
-        response.raise_for_status()
+        if response.status_code >= 400:
+            raise RuntimeError(f"control plane answered {response.status_code}: {response.text}")
         self.target = response.json().get("target", "running")
 
     async def _loop(self) -> None:

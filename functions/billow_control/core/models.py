@@ -10,7 +10,7 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -100,7 +100,21 @@ class ClusterRequest(BaseModel):
     scheduler_cpu: int = Field(default=1, ge=1, le=64, strict=True)
     scheduler_memory: str = Field(default="2 GiB")
     idle_timeout: str | float | None = Field(
-        default=None, description="Duration such as '20m'; the deployment default when omitted."
+        default=None,
+        description="Stop after this long with no tasks and no client activity, e.g. '20m'; "
+        "the deployment default when omitted.",
+    )
+    no_client_timeout: str | float | None = Field(
+        default=None,
+        description="Stop this long after the last client disconnected (only once a client "
+        "has connected); the deployment default when omitted.",
+    )
+    cluster_timeout: str | float | None = Field(
+        default=None, description="Maximum lifetime, e.g. '8h'; no limit when omitted."
+    )
+    analytics: Literal["off", "minimal", "full"] = Field(
+        default="minimal",
+        description="What the scheduler plugin reports; 'off' sends only liveness and idleness.",
     )
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
     environ: dict[str, str] = Field(default_factory=dict, max_length=128)
@@ -126,9 +140,9 @@ class ClusterRequest(BaseModel):
             raise ValueError("must be at least 256 MiB")
         return v
 
-    @field_validator("idle_timeout")
+    @field_validator("idle_timeout", "no_client_timeout", "cluster_timeout")
     @classmethod
-    def _check_idle(cls, v: str | float | None) -> str | float | None:
+    def _check_timeout(cls, v: str | float | None) -> str | float | None:
         seconds = parse_duration(v)
         if seconds is not None and not (10 <= seconds <= 7 * 86400):
             raise ValueError("must be between 10 seconds and 7 days")
@@ -177,11 +191,24 @@ class Heartbeat(BaseModel):
     scheduler_address: str
     dashboard_address: str | None = None
     workers: list[str] = Field(default_factory=list)
-    n_threads: int = 0
-    tasks_processing: int = 0
-    tasks_queued: int = 0
-    clients: int = 0
-    idle_seconds: float = 0.0
+    busy: bool = False
+    idle_seconds: float = Field(default=0.0, ge=0)
+    clients: int = Field(default=0, ge=0)
+    seconds_without_clients: float | None = Field(
+        default=None,
+        description="Since the last client left; None while one is connected "
+        "or before any client ever connected.",
+    )
+    gpus: int = 0
+    gpu_low_seconds: float | None = Field(
+        default=None, description="How long GPU utilisation has stayed below the threshold."
+    )
+    # 'minimal' and 'full' analytics (see docs/analytics.md)
+    n_threads: int | None = None
+    memory_bytes: int | None = None
+    tasks_processing: int | None = None
+    tasks_queued: int | None = None
+    versions: dict[str, str] | None = None
 
 
 class ClusterRecord(BaseModel):
@@ -205,6 +232,7 @@ class ClusterRecord(BaseModel):
     error: str | None = None
     error_logs: list[str] = Field(default_factory=list)
     fail_on_stop: bool = False
+    warnings: list[str] = Field(default_factory=list)
     scheduler_address: str | None = None
     dashboard_address: str | None = None
 

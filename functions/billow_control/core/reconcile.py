@@ -22,7 +22,6 @@ from .models import (
     InstanceSpec,
     InstanceState,
     ReconcileResult,
-    parse_duration,
 )
 from .ports import Clock, ConflictError, EventBus, Provider, Store
 from .settings import ControlSettings
@@ -263,8 +262,3 @@ class Reconciler:
         if event:
             self.events.publish(event, written)
         return written
-
-
-def idle_timeout_seconds(record: ClusterRecord, settings: ControlSettings) -> float:
-    seconds = parse_duration(record.request.idle_timeout)
-    return settings.idle_timeout if seconds is None else seconds

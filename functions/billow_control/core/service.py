@@ -43,7 +43,6 @@ from .ports import (
     SecretBox,
     Store,
 )
-from .reconcile import idle_timeout_seconds
 from .settings import ControlSettings
 from .tls import make_cluster_pki
 
@@ -301,7 +300,8 @@ class ControlPlane:
             cluster_token = new_token(CLUSTER_TOKEN_PREFIX)
             self.store.put_cluster_token(record.id, hash_token(cluster_token))
             config["cluster_token"] = cluster_token
-            config["idle_timeout"] = idle_timeout_seconds(record, self.settings)
+            config["analytics"] = request.analytics
+            config["gpu_threshold"] = self.settings.gpu_utilization_threshold
         else:
             assert beat is not None
             config["scheduler_address"] = beat.heartbeat.scheduler_address

@@ -16,3 +16,7 @@ class ControlSettings(BaseModel):
     instance_token_ttl: float = 900.0
     reconcile_interval: float = 0.5
     log_lines_on_failure: int = 30
+    reaper_interval: float = 30.0
+    orphan_grace: float = 300.0
+    gpu_utilization_threshold: float = 0.1
+    gpu_idle_warning: float = 900.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,7 @@ from ..adapters.fernet_box import FernetSecretBox
 from ..adapters.local_orchestrator import LocalOrchestrator
 from ..adapters.local_provider import LocalProcessProvider
 from ..adapters.sqlite_store import SqliteStore
+from ..core.reaper import Reaper
 from ..core.reconcile import Reconciler
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
@@ -31,6 +33,9 @@ class EmbeddedRuntime:
     orchestrator: LocalOrchestrator
     reconciler: Reconciler
     plane: ControlPlane
+    reaper: Reaper
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _timer: threading.Thread | None = None
 
     @classmethod
     def create(cls, data_dir: Path, settings: ControlSettings) -> EmbeddedRuntime:
@@ -45,7 +50,8 @@ class EmbeddedRuntime:
         reconciler = Reconciler(store, provider, clock, events, settings)
         orchestrator = LocalOrchestrator(reconciler.reconcile)
         plane = ControlPlane(store, provider, orchestrator, box, clock, events, settings)
-        return cls(data_dir, settings, store, provider, orchestrator, reconciler, plane)
+        reaper = Reaper(store, provider, orchestrator, reconciler, clock, events, settings)
+        return cls(data_dir, settings, store, provider, orchestrator, reconciler, plane, reaper)
 
     def start(self) -> None:
         """Resume every cluster that has not reached a terminal status."""
@@ -53,9 +59,30 @@ class EmbeddedRuntime:
         if resume:
             log.info("resuming %d cluster(s): %s", len(resume), ", ".join(resume))
         self.orchestrator.start(resume)
+        self._timer = threading.Thread(target=self._reap_forever, name="billow-reaper", daemon=True)
+        self._timer.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(10)
         self.orchestrator.stop()
+
+    def _reap_forever(self) -> None:
+        """The embedded stand-in for the scheduled reaper function."""
+        while not self._stop.wait(self.settings.reaper_interval):
+            try:
+                report = self.reaper.run_once()
+            except Exception:
+                log.exception("reaper pass failed")
+                continue
+            if report.stopped or report.failed or report.orphans_terminated:
+                log.info(
+                    "reaper: stopped %s failed %s orphans %s",
+                    report.stopped,
+                    report.failed,
+                    report.orphans_terminated,
+                )
 
 
 def write_login(path: Path, server: str, token: str) -> None:
