@@ -72,10 +72,10 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
     )
     scheduler = Scheduler(
         host=host,
-        port=0,
+        port=int(os.environ.get("BILLOW_SCHEDULER_PORT", "0")),
         protocol="tls",
         security=security_for(config),
-        dashboard_address=f"{host}:0",
+        dashboard_address=f"{host}:{os.environ.get('BILLOW_DASHBOARD_PORT', '0')}",
         idle_timeout=None,
     )
     _close_on_signals(scheduler)

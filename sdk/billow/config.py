@@ -16,6 +16,8 @@ import yaml
 _DEFAULTS = Path(__file__).with_name("billow.yaml")
 _INSTANCE_VARIABLES = {
     "BILLOW_CONTROL_URL",
+    "BILLOW_SCHEDULER_PORT",
+    "BILLOW_DASHBOARD_PORT",
     "BILLOW_INSTANCE_TOKEN",
     "BILLOW_CLUSTER_ID",
     "BILLOW_ROLE",
