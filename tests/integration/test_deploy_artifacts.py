@@ -1,0 +1,404 @@
+"""The AWS deployment artifacts package, lint and validate offline.
+
+``osls package`` turns serverless.yml into the CloudFormation template that ``osls deploy``
+would submit; cfn-lint checks it against the CloudFormation resource schemas; asl-validator
+checks the state machine definitions. No AWS account is touched: the credentials are dummies
+and every HTTP(S) request osls might make goes to a closed local port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.processes import ROOT
+
+pytestmark = pytest.mark.integration
+
+TOOLS_BIN = ROOT / ".tools" / "node_modules" / ".bin"
+STATE_MACHINES = sorted((ROOT / "infra" / "statemachines").glob("*.json"))
+CUSTOMER_POLICY = ROOT / "infra" / "iam" / "customer-role-policy.json"
+STAGE = "test"
+FUNCTIONS = {"api", "reconcile", "reaper", "events"}
+LAMBDA_RETRY_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+REQUIRED_ENV = {
+    "BILLOW_TABLE",
+    "BILLOW_STATE_MACHINE_ARN",
+    "BILLOW_EVENT_BUS",
+    "BILLOW_KMS_KEY_ID",
+    "BILLOW_DEPLOYMENT",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+}
+# cfn-lint's exit code is a bit field: 2 errors, 4 warnings, 8 informational; anything else
+# (1, or a crash) means it could not lint.
+CFN_LINT_ERROR = 2
+CFN_LINT_NON_ERROR_BITS = 4 | 8
+
+
+def _run(cmd: list[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _explain(proc: subprocess.CompletedProcess[str]) -> str:
+    command = " ".join(map(str, proc.args))
+    return f"$ {command}\n(exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def deploy_tools() -> Path:
+    """Run scripts/install-deploy-tools.sh (idempotent); return the venv's bin directory."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(
+                f"{tool} is not on PATH: the deploy checks need Node.js 20+ and npm to install "
+                "osls, serverless-step-functions and asl-validator "
+                "(scripts/install-deploy-tools.sh)",
+                pytrace=False,
+            )
+    venv = Path(sys.prefix)
+    proc = _run(
+        ["bash", str(ROOT / "scripts" / "install-deploy-tools.sh")],
+        timeout=900,
+        env={**os.environ, "VENV": str(venv)},
+    )
+    assert proc.returncode == 0, "install-deploy-tools.sh failed\n" + _explain(proc)
+    return venv / "bin"
+
+
+@pytest.fixture(scope="session")
+def package_dir(deploy_tools: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``osls package`` of serverless.yml into a temporary directory."""
+    out = tmp_path_factory.mktemp("sls-package")
+    home = tmp_path_factory.mktemp("sls-home")
+    closed = "http://127.0.0.1:9"  # nothing listens there: any cloud call fails at once
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLS_"))},
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "SLS_TELEMETRY_DISABLED": "1",
+        "SLS_NOTIFICATIONS_MODE": "off",
+        "HOME": str(home),  # osls keeps its state under ~/.serverless
+        "HTTP_PROXY": closed,
+        "HTTPS_PROXY": closed,
+        "NO_PROXY": "",
+    }
+    proc = _run(
+        [
+            str(TOOLS_BIN / "osls"),
+            "package",
+            "--stage",
+            STAGE,
+            "--region",
+            "us-east-1",
+            "--package",
+            str(out),
+        ],
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, "osls package failed\n" + _explain(proc)
+    return out
+
+
+@pytest.fixture(scope="session")
+def template(package_dir: Path) -> dict[str, Any]:
+    return json.loads((package_dir / "cloudformation-template-update-stack.json").read_text())
+
+
+def _resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
+
+
+def _function(template: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    for logical_id, res in _resources(template, "AWS::Lambda::Function").items():
+        if res["Properties"]["FunctionName"] == f"billow-{STAGE}-{name}":
+            return logical_id, res
+    raise AssertionError(f"no Lambda function {name!r} in the template")
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def _role_of(template: dict[str, Any], name: str) -> dict[str, Any]:
+    _, fn = _function(template, name)
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    return template["Resources"][role_id]
+
+
+def _state_machine_definition(template: dict[str, Any]) -> dict[str, Any]:
+    (machine,) = _resources(template, "AWS::StepFunctions::StateMachine").values()
+    sub = machine["Properties"]["DefinitionString"]["Fn::Sub"]
+    text = sub[0] if isinstance(sub, list) else sub
+    return json.loads(text)
+
+
+def _cfn_lint(bin_dir: Path, path: Path) -> None:
+    proc = _run([str(bin_dir / "cfn-lint"), "--format", "parseable", str(path)], timeout=300)
+    rc = proc.returncode
+    assert not rc & CFN_LINT_ERROR and not rc & ~(CFN_LINT_ERROR | CFN_LINT_NON_ERROR_BITS), (
+        "cfn-lint reported errors\n" + _explain(proc)
+    )
+
+
+# -- the tools ------------------------------------------------------------------------------
+
+
+def test_package_produces_a_template_and_a_code_artifact(
+    package_dir: Path, template: dict[str, Any]
+) -> None:
+    assert (package_dir / "billow.zip").stat().st_size > 0
+    functions = _resources(template, "AWS::Lambda::Function").values()
+    names = {r["Properties"]["FunctionName"] for r in functions}
+    assert names == {f"billow-{STAGE}-{f}" for f in FUNCTIONS}
+    for name in FUNCTIONS:
+        _, fn = _function(template, name)
+        assert fn["Properties"]["Runtime"] == "python3.11"
+        assert fn["Properties"]["Handler"] == f"functions/aws.{name}_handler"
+
+
+def test_cfn_lint_finds_no_errors_in_the_template(deploy_tools: Path, package_dir: Path) -> None:
+    _cfn_lint(deploy_tools, package_dir / "cloudformation-template-update-stack.json")
+
+
+def test_state_machines_pass_asl_validator(deploy_tools: Path) -> None:
+    assert STATE_MACHINES, "no state machine definitions under infra/statemachines/"
+    for path in STATE_MACHINES:
+        proc = _run([str(TOOLS_BIN / "asl-validator"), "--json-path", str(path)], timeout=120)
+        assert proc.returncode == 0, f"{path.name} is not valid ASL\n" + _explain(proc)
+
+
+def test_customer_role_policy_is_valid_iam_without_data_plane_access(
+    deploy_tools: Path, tmp_path: Path
+) -> None:
+    policy = json.loads(CUSTOMER_POLICY.read_text())
+    wrapper = {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Resources": {
+            "CustomerPolicy": {
+                "Type": "AWS::IAM::ManagedPolicy",
+                "Properties": {"PolicyDocument": policy},
+            }
+        },
+    }
+    path = tmp_path / "customer-policy.json"
+    path.write_text(json.dumps(wrapper))
+    _cfn_lint(deploy_tools, path)
+
+    actions = [a for s in policy["Statement"] for a in _actions(s)]
+    assert {a.split(":")[0] for a in actions} == {"ec2", "logs", "iam"}
+    assert not [a for a in actions if "*" in a], "wildcard actions"
+    for s in policy["Statement"]:
+        assert s["Effect"] == "Allow"
+        mutating = [a for a in _actions(s) if not a.startswith("ec2:Describe")]
+        if s["Resource"] == "*":
+            assert not mutating, f"{s['Sid']} grants {mutating} on every resource"
+    (pass_role,) = [s for s in policy["Statement"] if "iam:PassRole" in _actions(s)]
+    assert pass_role["Resource"] != "*"
+    assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+    terminate = [s for s in policy["Statement"] if "ec2:TerminateInstances" in _actions(s)]
+    assert terminate and all(
+        "aws:ResourceTag/billow:deployment" in json.dumps(s["Condition"]) for s in terminate
+    )
+
+
+# -- what a reviewer of the template cares about --------------------------------------------
+
+
+def test_every_function_has_its_own_least_privilege_role(template: dict[str, Any]) -> None:
+    roles = {}
+    for name in FUNCTIONS:
+        _, fn = _function(template, name)
+        ref = fn["Properties"]["Role"]
+        assert set(ref) == {"Fn::GetAtt"}, f"{name} does not use a role from this stack"
+        roles[name] = ref["Fn::GetAtt"][0]
+    assert len(set(roles.values())) == len(FUNCTIONS), f"functions share roles: {roles}"
+    assert "IamRoleLambdaExecution" not in template["Resources"]
+    for name, role_id in roles.items():
+        role = template["Resources"][role_id]
+        assert role["Type"] == "AWS::IAM::Role"
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
+        for s in _statements(role):
+            assert not [a for a in _actions(s) if a.endswith(":*") or a == "*"], (name, s)
+            if s["Resource"] == "*":
+                assert all(":Describe" in a for a in _actions(s)), (name, s)
+
+
+def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
+    def actions(name: str) -> set[str]:
+        return {a for s in _statements(_role_of(template, name)) for a in _actions(s)}
+
+    assert {"dynamodb:UpdateItem", "kms:Encrypt", "states:StartExecution"} <= actions("api")
+    assert {
+        "dynamodb:UpdateItem",
+        "kms:Decrypt",
+        "events:PutEvents",
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "ec2:TerminateInstances",
+        "ec2:DescribeInstances",
+        "iam:PassRole",
+    } <= actions("reconcile")
+    assert {
+        "dynamodb:Query",
+        "ec2:DescribeInstances",
+        "ec2:TerminateInstances",
+        "states:StartExecution",
+        "events:PutEvents",
+    } <= actions("reaper")
+    assert {"dynamodb:UpdateItem", "states:StartExecution"} <= actions("events")
+    assert not actions("events") & {"ec2:RunInstances", "ec2:TerminateInstances", "kms:Decrypt"}
+    assert "ec2:RunInstances" not in actions("api") | actions("reaper")
+
+    reconcile = _statements(_role_of(template, "reconcile"))
+    deployment = {"aws:RequestTag/billow:deployment": f"billow-{STAGE}"}
+    launches = [s for s in reconcile if "ec2:RunInstances" in _actions(s)]
+    tagged = [s for s in launches if s.get("Condition", {}).get("StringEquals") == deployment]
+    assert any("instance/*" in json.dumps(s["Resource"]) for s in tagged), (
+        "instances may be launched without this deployment's billow:deployment tag"
+    )
+    for s in reconcile:
+        if {"ec2:TerminateInstances", "ec2:CreateTags"} & set(_actions(s)):
+            assert "Condition" in s, s
+        if "iam:PassRole" in _actions(s):
+            assert s["Resource"] == {"Fn::GetAtt": ["InstanceRole", "Arn"]}
+            assert s["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+
+
+def test_functions_get_the_deployment_environment(template: dict[str, Any]) -> None:
+    for name in FUNCTIONS:
+        _, fn = _function(template, name)
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert set(env) >= REQUIRED_ENV, f"{name} lacks {REQUIRED_ENV - set(env)}"
+        assert env["BILLOW_DEPLOYMENT"] == f"billow-{STAGE}"
+        assert env["BILLOW_STATE_MACHINE_ARN"] == {"Ref": "ClusterLifecycleStateMachine"}
+
+
+def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
+    groups = {
+        g["Properties"]["LogGroupName"]: g["Properties"].get("RetentionInDays")
+        for g in _resources(template, "AWS::Logs::LogGroup").values()
+    }
+    for name in FUNCTIONS:
+        assert groups.get(f"/aws/lambda/billow-{STAGE}-{name}") == 14, groups
+
+
+def test_table_is_on_demand_with_sparse_active_index_ttl_and_pitr(template: dict[str, Any]) -> None:
+    (table,) = _resources(template, "AWS::DynamoDB::Table").values()
+    props = table["Properties"]
+    assert props["TableName"] == f"billow-{STAGE}"
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    indexes = {i["IndexName"]: i["KeySchema"] for i in props["GlobalSecondaryIndexes"]}
+    assert indexes["active-index"] == [
+        {"AttributeName": "active_shard", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    assert indexes["owner-index"] == [
+        {"AttributeName": "owner", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    # Sparse: active_shard is only an index key, never a key of the table itself, so records
+    # without it stay out of the index.
+    assert "active_shard" not in {k["AttributeName"] for k in props["KeySchema"]}
+    assert props["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at_epoch",
+        "Enabled": True,
+    }
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table.get("DeletionPolicy") == "Retain"
+
+
+def test_reaper_runs_every_minute(template: dict[str, Any]) -> None:
+    reaper_id, _ = _function(template, "reaper")
+    schedules = [
+        r["Properties"]
+        for r in _resources(template, "AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    assert [s["ScheduleExpression"] for s in schedules] == ["rate(1 minute)"]
+    assert reaper_id in json.dumps(schedules[0]["Targets"])
+
+
+def test_commands_on_the_deployment_bus_reach_the_events_function(template: dict[str, Any]) -> None:
+    events_id, _ = _function(template, "events")
+    (bus,) = _resources(template, "AWS::Events::EventBus").values()
+    assert bus["Properties"]["Name"] == f"billow-{STAGE}"
+    rules = [
+        r["Properties"]
+        for r in _resources(template, "AWS::Events::Rule").values()
+        if "EventPattern" in r["Properties"]
+    ]
+    assert len(rules) == 1
+    assert rules[0]["EventPattern"] == {"detail-type": ["billow.command"]}
+    assert rules[0]["EventBusName"] == {"Fn::GetAtt": ["EventBus", "Name"]}
+    assert events_id in json.dumps(rules[0]["Targets"])
+
+
+def test_http_api_routes_v1_to_the_api_function(template: dict[str, Any]) -> None:
+    routes = [
+        r["Properties"]["RouteKey"]
+        for r in _resources(template, "AWS::ApiGatewayV2::Route").values()
+    ]
+    assert routes == ["ANY /v1/{proxy+}"]
+
+
+def test_secrets_key_rotates_and_has_an_alias(template: dict[str, Any]) -> None:
+    ((key_id, key),) = _resources(template, "AWS::KMS::Key").items()
+    assert key["Properties"]["EnableKeyRotation"] is True
+    (alias,) = _resources(template, "AWS::KMS::Alias").values()
+    assert alias["Properties"] == {
+        "AliasName": f"alias/billow-{STAGE}",
+        "TargetKeyId": {"Ref": key_id},
+    }
+
+
+def test_state_machine_retries_lambda_errors_and_times_out(template: dict[str, Any]) -> None:
+    definition = _state_machine_definition(template)
+    (machine,) = _resources(template, "AWS::StepFunctions::StateMachine").values()
+    substitutions = machine["Properties"]["DefinitionString"]["Fn::Sub"][1]
+    reconcile_arn = {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
+        f":function:billow-{STAGE}-reconcile"
+    }
+    assert definition["TimeoutSeconds"] == 600
+    tasks = {n: s for n, s in definition["States"].items() if s["Type"] == "Task"}
+    assert {"Reconcile", "MarkFailed", "Teardown"} <= set(tasks)
+    for name, task in tasks.items():
+        lambda_retry = [r for r in task["Retry"] if set(r["ErrorEquals"]) == LAMBDA_RETRY_ERRORS]
+        assert lambda_retry, f"{name} does not retry {LAMBDA_RETRY_ERRORS}"
+        assert lambda_retry[0]["BackoffRate"] == 2
+        assert lambda_retry[0]["MaxAttempts"] == 6
+        assert lambda_retry[0]["JitterStrategy"] == "FULL"
+        # Every task invokes the reconcile function, by a static ARN (no dependency cycle).
+        placeholder = task["Resource"].removeprefix("${").removesuffix("}")
+        assert substitutions[placeholder] == reconcile_arn, name
+    assert tasks["Reconcile"]["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+    assert tasks["Reconcile"]["Catch"][0]["Next"] == "MarkFailed"
+    assert tasks["MarkFailed"]["Parameters"]["action"] == "fail"
+    waits = [s for s in definition["States"].values() if s["Type"] == "Wait"]
+    assert waits and all(w["SecondsPath"] == "$.reconcile.wait" for w in waits)
+    assert all(t["ResultPath"] == "$.reconcile" for t in tasks.values())
