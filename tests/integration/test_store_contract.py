@@ -1,0 +1,499 @@
+"""The ``Store`` contract, run against every adapter: SQLite (a file) and DynamoDB (moto).
+
+Each test gets a fresh store: a new SQLite file, or new DynamoDB tables under a fresh
+prefix on the session's ``moto_server``.
+
+The concurrency tests run DynamoDB against a second moto server that handles one request
+at a time. The shared ``moto_server`` is threaded, and moto applies a TransactWriteItems
+as a sequence of writes rolled back by restoring a copy of the table, so concurrent
+transactions interleave (seen here: a cancelled create left its cluster item behind).
+DynamoDB itself makes each conditional write and each transaction atomic and isolated;
+one request at a time is the faithful stand-in for that.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from billow_control.adapters.dynamodb_store import DynamoDBStore
+from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.core.models import (
+    ClusterRecord,
+    ClusterRequest,
+    ClusterStatus,
+    ClusterTarget,
+    Heartbeat,
+    HeartbeatRecord,
+    InstanceCredential,
+    InstanceRole,
+    User,
+    new_id,
+)
+from billow_control.core.ports import ConflictError, IdempotencyMismatch, NameTakenError, Store
+from tests.support.processes import free_port, http_ok, stop_process, wait_until
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+THREADS = 20
+_T = TypeVar("_T")
+
+# moto_server with one request at a time (see the module docstring).
+_SERIAL_MOTO = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"""
+
+
+@pytest.fixture(scope="module")
+def serial_moto_url(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server that serves one request at a time (``moto_url`` sets credentials)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto-serial") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERIAL_MOTO, str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MOTO_PORT": str(port)},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(url + "/moto-api/"), 60, "serial moto_server")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def _dynamodb(url: str, **options: Any) -> Iterator[DynamoDBStore]:
+    """Fresh tables under a new prefix, deleted afterwards."""
+    store = DynamoDBStore(f"contract-{uuid.uuid4().hex[:10]}-", host=url, **options)
+    store.create_tables()
+    try:
+        yield store
+    finally:
+        store.delete_tables()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        yield SqliteStore(tmp_path / "billow.db")
+    else:
+        with _dynamodb(request.getfixturevalue("moto_url")) as dynamodb:
+            yield dynamodb
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def atomic_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Like ``store``, with DynamoDB on the one-request-at-a-time moto server."""
+    if request.param == "sqlite":
+        yield SqliteStore(tmp_path / "billow.db")
+    else:
+        with _dynamodb(request.getfixturevalue("serial_moto_url")) as dynamodb:
+            yield dynamodb
+
+
+@pytest.fixture
+def dynamo(moto_url: str) -> Iterator[DynamoDBStore]:
+    with _dynamodb(moto_url) as dynamodb:
+        yield dynamodb
+
+
+def record(
+    owner: str = "u-alice", name: str = "analysis", at: float = 0, **fields: Any
+) -> ClusterRecord:
+    """A new cluster record created ``at`` seconds after ``T0``."""
+    created = T0 + timedelta(seconds=at)
+    return ClusterRecord(
+        id=new_id("c"),
+        owner=owner,
+        name=name,
+        request=ClusterRequest(name=name, n_workers=2),
+        desired_workers=2,
+        created_at=created,
+        updated_at=created,
+        **fields,
+    )
+
+
+def finish(store: Store, rec: ClusterRecord, status: ClusterStatus) -> ClusterRecord:
+    done = rec.model_copy(
+        update={"status": status, "target": ClusterTarget.stopped, "stopped_at": T0}
+    )
+    return store.update_cluster(done)
+
+
+def concurrently(fn: Callable[[int], _T], n: int = THREADS) -> list[_T]:
+    """Run ``fn(0..n-1)`` on ``n`` threads released together."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> _T:
+        barrier.wait()
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+# -- clusters --------------------------------------------------------------------------
+
+
+def test_create_then_get_returns_the_record(store: Store) -> None:
+    rec = record()
+    stored, created = store.create_cluster(rec, "key-1", "hash-1")
+    assert created is True
+    assert stored == rec
+    assert store.get_cluster(rec.id) == rec
+    assert store.get_cluster("c-unknown") is None
+
+
+def test_same_idempotency_key_returns_the_first_cluster(store: Store) -> None:
+    first = record()
+    store.create_cluster(first, "key-1", "hash-1")
+    again, created = store.create_cluster(record(), "key-1", "hash-1")
+    assert created is False
+    assert again == first
+    assert [r.id for r in store.list_clusters("u-alice", active_only=False)] == [first.id]
+
+
+def test_same_idempotency_key_for_another_request_is_refused(store: Store) -> None:
+    first = record()
+    store.create_cluster(first, "key-1", "hash-1")
+    other = record(name="other")
+    with pytest.raises(IdempotencyMismatch):
+        store.create_cluster(other, "key-1", "hash-2")
+    assert store.get_cluster(other.id) is None
+    assert [r.id for r in store.list_clusters("u-alice", active_only=False)] == [first.id]
+
+
+def test_idempotency_keys_belong_to_one_owner(store: Store) -> None:
+    store.create_cluster(record(owner="u-alice"), "key-1", "hash-1")
+    bob = record(owner="u-bob")
+    stored, created = store.create_cluster(bob, "key-1", "hash-1")
+    assert created is True
+    assert stored.id == bob.id
+
+
+def test_active_name_is_taken_until_the_cluster_is_terminal(store: Store) -> None:
+    first = record(name="etl")
+    store.create_cluster(first, None, "hash-1")
+    clash = record(name="etl", at=1)
+    with pytest.raises(NameTakenError):
+        store.create_cluster(clash, "key-2", "hash-2")
+    assert store.get_cluster(clash.id) is None
+    # Other owners may use the name.
+    assert store.create_cluster(record(owner="u-bob", name="etl"), None, "hash-3")[1] is True
+    # A key that failed on the name was not consumed.
+    finish(store, first, ClusterStatus.stopped)
+    reused, created = store.create_cluster(clash, "key-2", "hash-2")
+    assert created is True
+    assert reused.id == clash.id
+    # A failed cluster frees its name too.
+    finish(store, reused, ClusterStatus.failed)
+    assert store.create_cluster(record(name="etl", at=2), None, "hash-4")[1] is True
+
+
+def test_updating_a_finished_cluster_keeps_the_name_of_its_successor(store: Store) -> None:
+    old = finish(
+        store, store.create_cluster(record(name="etl"), None, "h")[0], ClusterStatus.stopped
+    )
+    new, _ = store.create_cluster(record(name="etl", at=1), None, "h")
+    old.error_logs = ["late log line"]
+    updated = store.update_cluster(old)
+    assert store.get_cluster(old.id) == updated
+    with pytest.raises(NameTakenError):
+        store.create_cluster(record(name="etl", at=2), None, "h")
+    assert store.get_cluster(new.id) == new
+
+
+def test_update_bumps_the_version_and_persists(store: Store) -> None:
+    rec, _ = store.create_cluster(record(), None, "h")
+    rec.status = ClusterStatus.provisioning
+    rec.desired_workers = 7
+    updated = store.update_cluster(rec)
+    assert updated.version == rec.version + 1
+    assert store.get_cluster(rec.id) == updated
+
+
+def test_stale_update_conflicts_and_writes_nothing(store: Store) -> None:
+    rec, _ = store.create_cluster(record(), None, "h")
+    winner = store.update_cluster(rec.model_copy(update={"desired_workers": 5}))
+    with pytest.raises(ConflictError):
+        store.update_cluster(rec.model_copy(update={"desired_workers": 9}))
+    with pytest.raises(ConflictError):  # a stale terminal write must not free the name
+        finish(store, rec, ClusterStatus.stopped)
+    assert store.get_cluster(rec.id) == winner
+    with pytest.raises(NameTakenError):
+        store.create_cluster(record(), None, "h")
+    with pytest.raises(ConflictError):
+        store.update_cluster(record())  # never created
+
+
+def test_concurrent_creates_with_one_key_make_one_cluster(atomic_store: Store) -> None:
+    results = concurrently(
+        lambda i: atomic_store.create_cluster(record(at=i), "same-key", "same-hash")
+    )
+    created = [rec for rec, was_created in results if was_created]
+    assert len(created) == 1
+    assert {rec.id for rec, _ in results} == {created[0].id}
+    assert [r.id for r in atomic_store.list_clusters("u-alice", active_only=False)] == [
+        created[0].id
+    ]
+
+
+def test_concurrent_updates_from_one_version_have_one_winner(atomic_store: Store) -> None:
+    base, _ = atomic_store.create_cluster(record(), None, "h")
+
+    def update(i: int) -> ClusterRecord | None:
+        try:
+            return atomic_store.update_cluster(base.model_copy(update={"desired_workers": i}))
+        except ConflictError:
+            return None
+
+    winners = [r for r in concurrently(update) if r is not None]
+    assert len(winners) == 1
+    assert atomic_store.get_cluster(base.id) == winners[0]
+    assert winners[0].version == base.version + 1
+
+
+def test_list_clusters_filters_and_orders_newest_first(store: Store) -> None:
+    a_old, _ = store.create_cluster(record(name="a", at=0), None, "h")
+    a_mid, _ = store.create_cluster(record(name="b", at=10), None, "h")
+    a_new, _ = store.create_cluster(record(name="c", at=20), None, "h")
+    b_one, _ = store.create_cluster(record(owner="u-bob", name="a", at=15), None, "h")
+    a_mid = finish(store, a_mid, ClusterStatus.stopped)
+    a_again, _ = store.create_cluster(record(name="b", at=30), None, "h")
+
+    def ids(owner: str | None, active_only: bool, name: str | None = None) -> list[str]:
+        return [r.id for r in store.list_clusters(owner, active_only, name)]
+
+    assert ids("u-alice", False) == [a_again.id, a_new.id, a_mid.id, a_old.id]
+    assert ids("u-alice", True) == [a_again.id, a_new.id, a_old.id]
+    assert ids("u-alice", False, name="b") == [a_again.id, a_mid.id]
+    assert ids("u-alice", True, name="b") == [a_again.id]
+    assert ids("u-bob", False) == [b_one.id]
+    assert ids("u-carol", False) == []
+    assert ids(None, False) == [a_again.id, a_new.id, b_one.id, a_mid.id, a_old.id]
+    assert ids(None, True) == [a_again.id, a_new.id, b_one.id, a_old.id]
+    assert store.list_clusters("u-alice", True, name="b")[0] == a_again
+    assert store.list_clusters("u-alice", False, name="b")[1] == a_mid
+
+
+# -- heartbeats, secrets, users, tokens --------------------------------------------------
+
+
+def test_heartbeat_is_overwritten(store: Store) -> None:
+    assert store.get_heartbeat("c-1") is None
+    first = HeartbeatRecord(
+        cluster_id="c-1", received_at=T0, heartbeat=Heartbeat(scheduler_address="tls://a:8786")
+    )
+    second = HeartbeatRecord(
+        cluster_id="c-1",
+        received_at=T0 + timedelta(seconds=5),
+        heartbeat=Heartbeat(scheduler_address="tls://a:8786", workers=["w1", "w2"], gpu_util=0.5),
+    )
+    store.put_heartbeat(first)
+    store.put_heartbeat(second)
+    got = store.get_heartbeat("c-1")
+    assert got == second
+    assert got is not None and got.heartbeat.model_extra == {"gpu_util": 0.5}
+    assert store.get_heartbeat("c-2") is None
+
+
+def test_secrets_round_trip_bytes(store: Store) -> None:
+    blob = bytes(range(256))
+    store.put_secret("c-1", "ca.pem", blob)
+    store.put_secret("c-1", "worker.key", b"\x00key")
+    assert store.get_secret("c-1", "ca.pem") == blob
+    assert store.get_secret("c-1", "worker.key") == b"\x00key"
+    store.put_secret("c-1", "ca.pem", b"rotated")
+    assert store.get_secret("c-1", "ca.pem") == b"rotated"
+    assert store.get_secret("c-1", "missing") is None
+    assert store.get_secret("c-2", "ca.pem") is None
+
+
+def test_users_and_api_tokens(store: Store) -> None:
+    assert store.count_users() == 0
+    alice = User(id="u-alice", name="alice", is_admin=True)
+    bob = User(id="u-bob", name="bob")
+    store.put_user(alice)
+    store.put_user(bob)
+    store.put_user(bob)  # replacing is not a second user
+    assert store.count_users() == 2
+    assert store.get_user("u-bob") == bob
+    assert store.get_user("u-nobody") is None
+    store.put_api_token("hash-a", "u-alice")
+    store.put_api_token("hash-b", "u-bob")
+    assert store.user_for_token("hash-a") == alice
+    assert store.user_for_token("hash-b") == bob
+    assert store.user_for_token("hash-unknown") is None
+
+
+def test_cluster_token_is_replaced(store: Store) -> None:
+    assert store.get_cluster_token("c-1") is None
+    store.put_cluster_token("c-1", "hash-1")
+    store.put_cluster_token("c-1", "hash-2")
+    assert store.get_cluster_token("c-1") == "hash-2"
+
+
+def _credential(token_hash: str, expires_in: float) -> InstanceCredential:
+    return InstanceCredential(
+        token_hash=token_hash,
+        cluster_id="c-1",
+        instance_name="worker-0",
+        role=InstanceRole.worker,
+        expires_at=T0 + timedelta(seconds=expires_in),
+    )
+
+
+def test_instance_credential_is_consumed_once(store: Store) -> None:
+    cred = _credential("hash-1", 600)
+    store.put_instance_credential(cred)
+    assert store.peek_instance_credential("hash-1") == cred
+    consumed = store.consume_instance_credential("hash-1", T0)
+    assert consumed == cred.model_copy(update={"used": True})
+    assert store.consume_instance_credential("hash-1", T0) is None
+    assert store.peek_instance_credential("hash-1") == consumed
+    assert store.consume_instance_credential("hash-unknown", T0) is None
+    assert store.peek_instance_credential("hash-unknown") is None
+
+
+def test_expired_instance_credential_is_refused(store: Store) -> None:
+    cred = _credential("hash-1", 60)
+    store.put_instance_credential(cred)
+    assert store.consume_instance_credential("hash-1", cred.expires_at) is None
+    assert store.consume_instance_credential("hash-1", T0 + timedelta(hours=1)) is None
+    assert store.peek_instance_credential("hash-1") == cred  # still unused
+    just_before = cred.expires_at - timedelta(microseconds=1)
+    assert store.consume_instance_credential("hash-1", just_before) is not None
+
+
+def test_concurrent_consumers_of_one_credential_have_one_winner(atomic_store: Store) -> None:
+    atomic_store.put_instance_credential(_credential("hash-1", 600))
+    got = concurrently(lambda i: atomic_store.consume_instance_credential("hash-1", T0))
+    assert len([c for c in got if c is not None]) == 1
+
+
+# -- DynamoDB only -----------------------------------------------------------------------
+
+
+class _Reads:
+    """Query and Scan calls seen on the wire: operation, index and ScannedCount."""
+
+    def __init__(self, store: DynamoDBStore) -> None:
+        self.calls: list[tuple[str, str | None, int]] = []
+        self._index: str | None = None
+        events = store.connection.client.meta.events
+        events.register("before-parameter-build.dynamodb.Query", self._before)
+        events.register("before-parameter-build.dynamodb.Scan", self._before)
+        events.register("after-call.dynamodb.Query", self._after)
+        events.register("after-call.dynamodb.Scan", self._after)
+
+    def _before(self, params: dict[str, Any], **_: Any) -> None:
+        self._index = params.get("IndexName")
+
+    def _after(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        self.calls.append((model.name, self._index, parsed["ScannedCount"]))
+
+    def during(self, fn: Callable[[], _T]) -> tuple[_T, list[tuple[str, str | None, int]]]:
+        self.calls = []
+        return fn(), list(self.calls)
+
+
+def test_active_listing_reads_only_active_items(dynamo: DynamoDBStore) -> None:
+    for i in range(50):
+        rec, _ = dynamo.create_cluster(record(name=f"done-{i}", at=i), None, "h")
+        finish(dynamo, rec, ClusterStatus.stopped if i % 2 else ClusterStatus.failed)
+    active = [
+        dynamo.create_cluster(record(name=f"live-{i}", at=100 + i), None, "h")[0] for i in range(5)
+    ]
+    dynamo.create_cluster(record(owner="u-bob", name="other", at=200), None, "h")
+    reads = _Reads(dynamo)
+
+    listed, calls = reads.during(lambda: dynamo.list_clusters("u-alice", active_only=True))
+    assert [r.id for r in listed] == [r.id for r in reversed(active)]
+    assert [(op, index) for op, index, _ in calls] == [("Query", "active-by-owner")]
+    assert sum(scanned for *_, scanned in calls) == 5
+
+    everyone, calls = reads.during(lambda: dynamo.list_clusters(None, active_only=True))
+    assert len(everyone) == 6
+    assert [(op, index) for op, index, _ in calls] == [("Scan", "active-by-owner")]
+    assert sum(scanned for *_, scanned in calls) == 6
+
+    # The same measure sees every finished cluster when they are asked for.
+    history, calls = reads.during(lambda: dynamo.list_clusters("u-alice", active_only=False))
+    assert len(history) == 55
+    assert [(op, index) for op, index, _ in calls] == [("Query", "by-owner")]
+    assert sum(scanned for *_, scanned in calls) == 55
+
+
+def test_stores_with_other_prefixes_do_not_share_tables(
+    dynamo: DynamoDBStore, moto_url: str
+) -> None:
+    rec, _ = dynamo.create_cluster(record(), "key-1", "hash-1")
+    with _dynamodb(moto_url) as other:
+        assert other.get_cluster(rec.id) is None
+        assert other.list_clusters(None, active_only=False) == []
+        assert other.create_cluster(record(), "key-1", "hash-2")[1] is True
+    assert dynamo.get_cluster(rec.id) == rec
+
+
+def test_a_finished_cluster_cannot_become_active_again(dynamo: DynamoDBStore) -> None:
+    done = finish(dynamo, dynamo.create_cluster(record(), None, "h")[0], ClusterStatus.stopped)
+    with pytest.raises(ValueError, match="cannot become active again"):
+        dynamo.update_cluster(done.model_copy(update={"status": ClusterStatus.pending}))
+    assert dynamo.get_cluster(done.id) == done
+
+
+def test_expired_idempotency_key_counts_as_unused_before_ttl_deletes_it(moto_url: str) -> None:
+    now = [1_750_000_000.0]
+    with _dynamodb(moto_url, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0]) as store:
+        first, _ = store.create_cluster(record(name="a"), "key-1", "hash-1")
+        now[0] += 3599
+        assert store.create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
+        now[0] += 2
+        later, created = store.create_cluster(record(name="b"), "key-1", "hash-2")
+        assert created is True
+        assert later.id != first.id
+        assert store.create_cluster(record(name="c"), "key-1", "hash-2") == (later, False)
+
+
+def test_ttl_attribute_marks_finished_clusters_and_credentials(moto_url: str) -> None:
+    now = 1_750_000_000.0
+    retention = timedelta(days=7)
+    with _dynamodb(moto_url, finished_retention=retention, clock=lambda: now) as store:
+        client = store.connection.client
+
+        def expiry(table: str, key: dict[str, Any]) -> int | None:
+            item = client.get_item(TableName=store.table_prefix + table, Key=key)["Item"]
+            return int(item["expires_at_epoch"]["N"]) if "expires_at_epoch" in item else None
+
+        live, _ = store.create_cluster(record(), None, "h")
+        assert expiry("clusters", {"id": {"S": live.id}}) is None
+        finish(store, live, ClusterStatus.failed)
+        expected = int(now + retention.total_seconds())
+        assert expiry("clusters", {"id": {"S": live.id}}) == expected
+        cred = _credential("hash-1", 600)
+        store.put_instance_credential(cred)
+        expected = int(cred.expires_at.timestamp())
+        assert expiry("instance-credentials", {"token_hash": {"S": "hash-1"}}) == expected
