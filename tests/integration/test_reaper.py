@@ -26,7 +26,7 @@ from billow_control.core.reconcile import Reconciler
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.support.processes import wait_until
-from tests.support.stores import STORE_KINDS, make_store
+from tests.support.stores import STORE_KINDS, store_of_kind
 from tests.unit.fakes import MemoryBus, RecordingOrchestrator
 
 pytestmark = pytest.mark.integration
@@ -115,10 +115,10 @@ class Watchdog:
 
 @pytest.fixture(params=STORE_KINDS)
 def dog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Watchdog]:
-    store = make_store(request.param, tmp_path, request)
-    dog = Watchdog(tmp_path, store)
-    yield dog
-    dog.provider.kill_all()
+    with store_of_kind(request.param, tmp_path, request) as store:
+        dog = Watchdog(tmp_path, store)
+        yield dog
+        dog.provider.kill_all()
 
 
 def test_busy_cluster_running_one_long_task_is_never_reaped(dog: Watchdog) -> None:

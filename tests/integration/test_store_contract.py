@@ -17,10 +17,8 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +41,7 @@ from billow_control.core.models import (
 )
 from billow_control.core.ports import ConflictError, IdempotencyMismatch, NameTakenError, Store
 from tests.support.processes import free_port, http_ok, stop_process, wait_until
+from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration
 
@@ -83,24 +82,10 @@ def serial_moto_url(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         stop_process(proc)
 
 
-@contextmanager
-def _dynamodb(url: str, **options: Any) -> Iterator[DynamoDBStore]:
-    """Fresh tables under a new prefix, deleted afterwards."""
-    store = DynamoDBStore(f"contract-{uuid.uuid4().hex[:10]}-", host=url, **options)
-    store.create_tables()
-    try:
-        yield store
-    finally:
-        store.delete_tables()
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        yield SqliteStore(tmp_path / "billow.db")
-    else:
-        with _dynamodb(request.getfixturevalue("moto_url")) as dynamodb:
-            yield dynamodb
+    with store_of_kind(request.param, tmp_path, request) as chosen:
+        yield chosen
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -109,13 +94,13 @@ def atomic_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sto
     if request.param == "sqlite":
         yield SqliteStore(tmp_path / "billow.db")
     else:
-        with _dynamodb(request.getfixturevalue("serial_moto_url")) as dynamodb:
+        with dynamodb_store(request.getfixturevalue("serial_moto_url")) as dynamodb:
             yield dynamodb
 
 
 @pytest.fixture
 def dynamo(moto_url: str) -> Iterator[DynamoDBStore]:
-    with _dynamodb(moto_url) as dynamodb:
+    with dynamodb_store(moto_url) as dynamodb:
         yield dynamodb
 
 
@@ -451,7 +436,7 @@ def test_stores_with_other_prefixes_do_not_share_tables(
     dynamo: DynamoDBStore, moto_url: str
 ) -> None:
     rec, _ = dynamo.create_cluster(record(), "key-1", "hash-1")
-    with _dynamodb(moto_url) as other:
+    with dynamodb_store(moto_url) as other:
         assert other.get_cluster(rec.id) is None
         assert other.list_clusters(None, active_only=False) == []
         assert other.create_cluster(record(), "key-1", "hash-2")[1] is True
@@ -467,7 +452,9 @@ def test_a_finished_cluster_cannot_become_active_again(dynamo: DynamoDBStore) ->
 
 def test_expired_idempotency_key_counts_as_unused_before_ttl_deletes_it(moto_url: str) -> None:
     now = [1_750_000_000.0]
-    with _dynamodb(moto_url, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0]) as store:
+    with dynamodb_store(
+        moto_url, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0]
+    ) as store:
         first, _ = store.create_cluster(record(name="a"), "key-1", "hash-1")
         now[0] += 3599
         assert store.create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
@@ -481,7 +468,7 @@ def test_expired_idempotency_key_counts_as_unused_before_ttl_deletes_it(moto_url
 def test_ttl_attribute_marks_finished_clusters_and_credentials(moto_url: str) -> None:
     now = 1_750_000_000.0
     retention = timedelta(days=7)
-    with _dynamodb(moto_url, finished_retention=retention, clock=lambda: now) as store:
+    with dynamodb_store(moto_url, finished_retention=retention, clock=lambda: now) as store:
         client = store.connection.client
 
         def expiry(table: str, key: dict[str, Any]) -> int | None:
