@@ -1,7 +1,7 @@
 """Billow: Dask clusters in your own cloud account, run by a serverless control plane."""
 
 from . import config  # noqa: F401  (registers billow.* defaults with dask.config)
-from .cluster import Cluster
+from .cluster import BillowWarning, Cluster
 from .errors import (
     AuthenticationError,
     BillowAPIError,
@@ -17,6 +17,7 @@ __all__ = [
     "AuthenticationError",
     "BillowAPIError",
     "BillowError",
+    "BillowWarning",
     "Cluster",
     "ClusterNotFound",
     "ClusterStartError",

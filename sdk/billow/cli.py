@@ -133,6 +133,8 @@ def cluster_status(cluster: str = typer.Argument(..., help="Cluster id or name."
     ]
     for key in fields:
         console.print(f"[bold]{key}:[/bold] {c.get(key) if c.get(key) is not None else '-'}")
+    for warning in c.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     for line in c.get("error_logs") or []:
         console.print(f"  {line}", markup=False)
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import warnings
 from typing import Any
 
 from distributed.core import Status, rpc
 from distributed.deploy import Cluster as DaskCluster
 from distributed.security import Security
 from distributed.utils import Log, Logs
+from tornado.ioloop import PeriodicCallback
 
 from . import config
 from .api import ControlPlaneClient
@@ -24,6 +26,11 @@ from .errors import ClusterStartError, ClusterStopped
 from .progress import StartProgress
 
 _TERMINAL = ("stopped", "failed")
+RECORD_REFRESH_SECONDS = 30
+
+
+class BillowWarning(UserWarning):
+    """Something the control plane wants the user to know (idle GPUs, a reaped cluster)."""
 
 
 class Cluster(DaskCluster):
@@ -110,7 +117,11 @@ class Cluster(DaskCluster):
         self.security = Security()
         self.reconnected = False
         self._api: ControlPlaneClient | None = None
+        self._warned: set[str] = set()
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
+        self.periodic_callbacks["billow-record"] = PeriodicCallback(
+            self._refresh_record, RECORD_REFRESH_SECONDS * 1000
+        )
         if not self.asynchronous:
             self._loop_runner.start()
             try:
@@ -219,9 +230,38 @@ class Cluster(DaskCluster):
         raise ClusterStopped(f"cluster {self.cluster_id} still stopping after {timeout:.0f}s")
 
     def _set_record(self, record: dict[str, Any]) -> None:
+        """Keep the latest record; surface new control-plane warnings and a stop by the
+        watchdog as Python warnings, once each."""
         self.record = record
         self.cluster_id = record["id"]
         self.name = record["name"]
+        for message in record.get("warnings") or []:
+            if message not in self._warned:
+                self._warned.add(message)
+                warnings.warn(f"billow cluster {self.name}: {message}", BillowWarning, stacklevel=3)
+
+    async def _refresh_record(self) -> None:
+        if self._api is not None and self.cluster_id and self.status == Status.running:
+            # The control plane may be briefly unreachable: the next refresh catches up.
+            with contextlib.suppress(Exception):
+                self._set_record(await self._api.get_cluster(self.cluster_id))
+            self._warn_if_stopped_by_control_plane()
+
+    def _warn_if_stopped_by_control_plane(self) -> None:
+        record = self.record
+        reason = record.get("stop_reason")
+        if (
+            record.get("target") == "stopped"
+            and reason not in (None, "user")
+            and "stopped" not in self._warned
+        ):
+            self._warned.add("stopped")
+            warnings.warn(
+                f"billow cluster {self.name} was stopped by the control plane "
+                f"(stop_reason: {reason}){': ' + record['error'] if record.get('error') else ''}",
+                BillowWarning,
+                stacklevel=3,
+            )
 
     # -- scaling ---------------------------------------------------------------------
 

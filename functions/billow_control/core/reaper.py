@@ -106,7 +106,7 @@ def judge(
         hb.gpus
         and hb.gpu_low_seconds is not None
         and hb.gpu_low_seconds >= settings.gpu_idle_warning
-        and GPU_WARNING not in record.warnings
+        and not any(w.startswith(GPU_WARNING) for w in record.warnings)
     ):
         return Verdict(
             "warn",
@@ -182,7 +182,7 @@ class Reaper:
             self.orchestrator.submit(record.id)
             report.failed[record.id] = verdict.reason
         elif verdict.action == "warn":
-            record.warnings = [*record.warnings, verdict.reason]
+            record.warnings = [*record.warnings, f"{verdict.reason}: {verdict.message}"]
             record.updated_at = self.clock.now()
             record = self.store.update_cluster(record)
             self.events.publish(

@@ -183,7 +183,8 @@ class ControlPlane:
         for _ in range(_RETRIES):
             record = self._owned(user, cluster_id)
             if record.target != ClusterTarget.running or record.status.terminal:
-                raise Conflict(f"cluster is {record.status.value}; it cannot be scaled")
+                reason = f" (stop_reason: {record.stop_reason})" if record.stop_reason else ""
+                raise Conflict(f"cluster is {record.status.value}{reason}; it cannot be scaled")
             record.desired_workers = scale.n_workers
             record.remove_workers = sorted(set(record.remove_workers) | set(scale.remove))
             record.updated_at = self.clock.now()
