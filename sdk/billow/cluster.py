@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import time
 import warnings
 from typing import Any
@@ -314,6 +315,22 @@ class Cluster(DaskCluster):
     @property
     def cluster_status(self) -> str:
         return self.record.get("status", "unknown")
+
+    def _repr_html_(self, cluster_status: str | None = None) -> str:
+        rows = {
+            "Billow id": self.cluster_id,
+            "Status": self.cluster_status,
+            "Workers": f"{len(self.scheduler_info.get('workers', {}))} of "
+            f"{self.record.get('desired_workers', '?')} requested",
+            "Stop reason": self.record.get("stop_reason"),
+        }
+        table = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+            if v is not None
+        )
+        return super()._repr_html_(cluster_status=f"<table>{table}</table>")
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))

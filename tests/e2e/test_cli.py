@@ -1,0 +1,69 @@
+"""The `billow` command against a running embedded server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.processes import EmbeddedServer, wait_until
+
+pytestmark = [pytest.mark.e2e]
+
+
+def billow_cli(
+    *args: str, login_file: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BILLOW_LOGIN_FILE": str(login_file), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "billow.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=60,
+    )
+
+
+def test_login_list_status_logs_and_stop(
+    embedded_server: EmbeddedServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    login_file = tmp_path / "login.yaml"
+    bad = billow_cli(
+        "login", "--server", embedded_server.url, "--token", "bw_nope", login_file=login_file
+    )
+    assert bad.returncode == 1 and "invalid API token" in bad.stdout
+    assert not login_file.exists()
+
+    ok = billow_cli(
+        "login",
+        "--server",
+        embedded_server.url,
+        login_file=login_file,
+        stdin=embedded_server.token + "\n",
+    )
+    assert ok.returncode == 0 and "logged in" in ok.stdout, ok.stdout + ok.stderr
+    assert oct(login_file.stat().st_mode & 0o777) == "0o600"
+    assert yaml.safe_load(login_file.read_text())["billow"]["server"] == embedded_server.url
+
+    cluster = api.post("/v1/clusters", json={"n_workers": 0, "name": "cli-made"}).json()
+    url = f"/v1/clusters/{cluster['id']}"
+    wait_until(lambda: api.get(url).json()["status"] == "ready", 60, "cli-made ready")
+
+    listed = billow_cli("cluster", "list", login_file=login_file)
+    assert "cli-made" in listed.stdout and "ready" in listed.stdout
+    status = billow_cli("cluster", "status", "cli-made", login_file=login_file)
+    assert f"id: {cluster['id']}" in status.stdout and "status: ready" in status.stdout
+    logs = billow_cli("cluster", "logs", cluster["id"], "--lines", "50", login_file=login_file)
+    assert "scheduler" in logs.stdout and "Scheduler at" in logs.stdout
+
+    stopped = billow_cli("cluster", "stop", "cli-made", login_file=login_file)
+    assert stopped.returncode == 0 and "stopping cli-made" in stopped.stdout
+    wait_until(lambda: api.get(url).json()["status"] == "stopped", 60, "cli-made stopped")
+    missing = billow_cli("cluster", "status", "never-existed", login_file=login_file)
+    assert missing.returncode == 1 and "no cluster named 'never-existed'" in missing.stdout
