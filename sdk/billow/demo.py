@@ -20,13 +20,7 @@ from pathlib import Path
 
 import yaml
 
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] not in ("Z", "X")
+from billow._processes import pid_alive
 
 
 def _port_open(url: str) -> bool:
@@ -103,7 +97,7 @@ def main() -> int:
 
     with sqlite3.connect(data_dir / "instances" / "instances.db") as db:
         pids = [r[0] for r in db.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
-    left = [p for p in pids if _alive(p)] + ([server.pid] if _alive(server.pid) else [])
+    left = [p for p in pids if pid_alive(p)] + ([server.pid] if pid_alive(server.pid) else [])
     if left or _port_open(url):
         print(f"LEFT BEHIND: pids {left}, port open: {_port_open(url)}", file=sys.stderr)
         return 1

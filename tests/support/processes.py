@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from billow._processes import pid_alive  # noqa: F401  (re-exported for tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,14 +34,6 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] not in ("Z", "X")
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
