@@ -61,7 +61,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import sqlite3
 import statistics
@@ -342,25 +341,28 @@ def bench_heartbeats(seconds: float, clients: int, py_spy: str | None) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def print_profile(path: Path, top: int = 30) -> None:
-    """Share of samples under each frame (inclusive) and in each function (self), from
-    py-spy's collapsed stacks."""
-    inclusive: dict[str, int] = {}
-    own: dict[str, int] = {}
+def print_profile(path: Path, top: int = 20) -> None:
+    """From py-spy's collapsed stacks: the share of samples spent in each package (self
+    time, by the file of the innermost frame), and the top billow and powertools frames
+    (inclusive)."""
+    packages: dict[str, int] = {}
+    frames: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        total += int(count)
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + int(count)
-        leaf = re.sub(r":\d+\)$", ")", frames[-1])  # the function, any line
-        own[leaf] = own.get(leaf, 0) + int(count)
-    print(f"  server profile during heartbeats ({total} GIL-holding samples; {path}):")
-    for title, table in (("inclusive", inclusive), ("self", own)):
+        n = int(count)
+        total += n
+        where = stack.split(";")[-1].rpartition("(")[2].split(":")[0].split("/")
+        package = "/".join(where[:2]) if where[0] == "billow_control" else where[0]
+        packages[package] = packages.get(package, 0) + n
+        for frame in set(stack.split(";")):
+            if "billow_control/" in frame or "openapi_validation" in frame:
+                frames[frame] = frames.get(frame, 0) + n
+    print(f"  server profile, heartbeats ({total} samples of the thread holding the GIL; {path})")
+    for title, table in (("self time by package", packages), ("inclusive", frames)):
         print(f"   {title}:")
-        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
-            print(f"    {100 * count / total:5.1f}%  {frame}")
+        for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {100 * n / total:5.1f}%  {name}")
 
 
 # -- reaper pass -----------------------------------------------------------------------
