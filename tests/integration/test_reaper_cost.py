@@ -1,0 +1,78 @@
+"""The reaper's reads grow with active clusters, not with history.
+
+With 5,000 stopped and 50 active clusters, one ``Reaper.run_once()`` on DynamoDB reads at
+most 100 items (the active clusters from the sparse index, and one heartbeat each),
+counted from DynamoDB's own responses, and never Scans the clusters table. SQLite does
+not report rows read, so there the query the reaper issues is checked to be answered
+from the partial index ``clusters_active``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from billow_control.adapters.dynamodb_store import DynamoDBStore
+from billow_control.adapters.sqlite_store import SqliteStore
+from tests.support.fleet import Fleet, ItemsRead
+from tests.support.stores import dynamodb_store
+
+pytestmark = pytest.mark.integration
+
+ACTIVE = 50
+STOPPED = 5_000
+MAX_ITEMS_READ = 100  # the active clusters and their latest heartbeats
+
+
+def test_reaper_pass_on_dynamodb_reads_active_clusters_only(moto_url: str) -> None:
+    with dynamodb_store(moto_url) as store:
+        assert isinstance(store, DynamoDBStore)
+        fleet = Fleet(store)
+        active = fleet.add_active(ACTIVE)
+        fleet.add_stopped(STOPPED)  # BatchWriteItem: a few seconds on moto
+        reads = ItemsRead(store)
+
+        report = fleet.reap()
+
+        assert report.clusters_read == ACTIVE
+        assert reads.table_scans == 0, reads.calls
+        assert reads.items <= MAX_ITEMS_READ, (reads.items, reads.calls)
+        # The meter sees history when it is read: listing everything Scans the table.
+        reads.reset()
+        history = store.list_clusters(None, active_only=False)
+        assert len(history) == ACTIVE + STOPPED
+        assert reads.table_scans >= 1
+        assert reads.items >= ACTIVE + STOPPED
+        assert {r.id for r in history if r.active} == set(active)
+
+
+def test_reaper_query_on_sqlite_uses_the_partial_active_index(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "billow.db")
+    fleet = Fleet(store)
+    fleet.add_active(ACTIVE)
+    fleet.add_stopped(STOPPED)
+    statements: list[str] = []
+    conn = store._conn()  # the reaper runs on this thread, so on this connection
+    conn.set_trace_callback(statements.append)
+    try:
+        report = fleet.reap()
+    finally:
+        conn.set_trace_callback(None)
+
+    assert report.clusters_read == ACTIVE
+    cluster_reads = [sql for sql in statements if " FROM clusters " in sql]
+    assert cluster_reads, statements
+    with sqlite3.connect(store.path) as db:
+        for sql in cluster_reads:
+            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql)]
+            access = [
+                step for step in plan if step.startswith(("SCAN clusters", "SEARCH clusters"))
+            ]
+            assert access, (sql, plan)
+            assert all(
+                re.search(r"USING (COVERING )?INDEX clusters_active\b(?!_)", step)
+                for step in access
+            ), (sql, plan)

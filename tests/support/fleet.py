@@ -1,0 +1,153 @@
+"""Many clusters in a store, a reaper over them, and a meter of DynamoDB items read.
+
+Shared by tests/integration/test_reaper_cost.py and tests/bench/bench_watchdog.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from billow_control.adapters.clock import ManualClock
+from billow_control.adapters.dynamodb_store import DynamoDBStore
+from billow_control.core.models import (
+    ClusterRecord,
+    ClusterRequest,
+    ClusterStatus,
+    ClusterTarget,
+    Heartbeat,
+    HeartbeatRecord,
+    new_id,
+)
+from billow_control.core.ports import Store
+from billow_control.core.reaper import Reaper, ReaperReport
+from billow_control.core.reconcile import Reconciler
+from billow_control.core.settings import ControlSettings
+from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
+
+
+class ItemsRead:
+    """Items in the DynamoDB read responses of one store's client, and its table Scans.
+
+    Query and Scan count ``ScannedCount`` (items read before any filter, what DynamoDB
+    bills), GetItem its item, BatchGetItem the items returned. ``table_scans`` counts
+    Scans of the clusters table itself (not of one of its indexes).
+    """
+
+    OPERATIONS = ("Query", "Scan", "GetItem", "BatchGetItem")
+
+    def __init__(self, store: DynamoDBStore) -> None:
+        self.items = 0
+        self.table_scans = 0
+        self.calls: list[str] = []
+        self._clusters = store.models.cluster.Meta.table_name
+        events = store.connection.client.meta.events
+        for op in self.OPERATIONS:
+            events.register(f"before-parameter-build.dynamodb.{op}", self._before)
+            events.register(f"after-call.dynamodb.{op}", self._after)
+
+    @staticmethod
+    def _before(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["billow_read"] = (params.get("TableName"), params.get("IndexName"))
+
+    def _after(self, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        table, index = context.get("billow_read", (None, None))
+        self.calls.append(model.name)
+        if model.name in ("Query", "Scan"):
+            self.items += parsed["ScannedCount"]
+            if model.name == "Scan" and table == self._clusters and index is None:
+                self.table_scans += 1
+        elif model.name == "GetItem":
+            self.items += 1 if "Item" in parsed else 0
+        else:
+            self.items += sum(len(items) for items in parsed.get("Responses", {}).values())
+
+    def reset(self) -> None:
+        self.items = self.table_scans = 0
+        self.calls = []
+
+
+class Fleet:
+    """Active and finished clusters in ``store``, and a reaper over it.
+
+    Active clusters are ready with a fresh heartbeat of a busy scheduler, so a reaper
+    pass decides nothing and only reads. The provider has no instances: the orphan sweep
+    reads nothing either. Clusters are owned by one user, as the worst case of one Query.
+    """
+
+    def __init__(self, store: Store, owner: str = "u-fleet") -> None:
+        self.store = store
+        self.owner = owner
+        self.clock = ManualClock()
+        self.settings = ControlSettings(deployment="fleet")
+        bus = MemoryBus()
+        provider = MemoryProvider(self.clock)
+        reconciler = Reconciler(store, provider, self.clock, bus, self.settings)
+        self.reaper = Reaper(
+            store, provider, RecordingOrchestrator(), reconciler, self.clock, bus, self.settings
+        )
+
+    def record(self, i: int, status: ClusterStatus) -> ClusterRecord:
+        """Cluster number ``i`` with ``status``, created ``i`` seconds after the first."""
+        created = self.clock.now() - timedelta(days=7) + timedelta(seconds=i)
+        finished = status.terminal
+        return ClusterRecord(
+            id=new_id("c"),
+            owner=self.owner,
+            name=f"{status.value}-{i}",
+            request=ClusterRequest(name=f"{status.value}-{i}", n_workers=2),
+            status=status,
+            target=ClusterTarget.stopped if finished else ClusterTarget.running,
+            desired_workers=2,
+            version=3 if finished else 0,  # created, provisioning, ready, stopped
+            created_at=created,
+            updated_at=created,
+            ready_at=created + timedelta(seconds=30),
+            stopped_at=created + timedelta(seconds=300) if finished else None,
+            stop_reason="idle" if finished else None,
+        )
+
+    def add_active(self, n: int) -> list[str]:
+        """``n`` ready clusters, each with a fresh heartbeat of a busy scheduler."""
+        ids = []
+        for i in range(n):
+            rec, _ = self.store.create_cluster(self.record(i, ClusterStatus.ready), None, "h")
+            self.store.put_heartbeat(
+                HeartbeatRecord(
+                    cluster_id=rec.id,
+                    received_at=self.clock.now(),
+                    heartbeat=Heartbeat(
+                        scheduler_address="tls://127.0.0.1:8786",
+                        workers=["worker-0", "worker-1"],
+                        busy=True,
+                        tasks_processing=2,
+                    ),
+                )
+            )
+            ids.append(rec.id)
+        return ids
+
+    def add_stopped(self, n: int) -> None:
+        """``n`` stopped clusters, stored as the store leaves a finished cluster.
+
+        SQLite: ``create_cluster`` of the terminal record (one row, ``active=0``).
+        DynamoDB: ``BatchWriteItem`` of the store's own item for the terminal record, as
+        its terminal update writes it (no ``active_owner``, so absent from the sparse
+        index; TTL stamp set; name lock already released).
+        """
+        records = (self.record(i, ClusterStatus.stopped) for i in range(n))
+        if isinstance(self.store, DynamoDBStore):
+            store = self.store
+            with store.models.cluster.batch_write() as batch:
+                for rec in records:
+                    batch.save(store._cluster_item(rec, stored_version=rec.version + 1))
+        else:
+            for rec in records:
+                self.store.create_cluster(rec, None, "h")
+
+    def reap(self) -> ReaperReport:
+        """One reaper pass, checked to have read the active clusters and decided nothing."""
+        report = self.reaper.run_once()
+        decided = report.stopped or report.failed or report.warned or report.orphans_terminated
+        assert not decided, f"a quiet pass was expected: {report}"
+        return report
