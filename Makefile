@@ -35,6 +35,7 @@ unit integration e2e: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench.bench_start
+	$(BIN)/python -m tests.bench.bench_cold_import
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -34,6 +34,9 @@ LAMBDA_RETRY_ERRORS = {
 }
 REQUIRED_ENV = {
     "BILLOW_TABLE",
+    "BILLOW_CONTROL_URL",
+    "BILLOW_AMI_ID",
+    "BILLOW_INSTANCE_TYPES",
     "BILLOW_STATE_MACHINE_ARN",
     "BILLOW_EVENT_BUS",
     "BILLOW_KMS_KEY_ID",
@@ -248,10 +251,18 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     def actions(name: str) -> set[str]:
         return {a for s in _statements(_role_of(template, name)) for a in _actions(s)}
 
-    assert {"dynamodb:UpdateItem", "kms:Encrypt", "states:StartExecution"} <= actions("api")
     assert {
         "dynamodb:UpdateItem",
+        "kms:Encrypt",
         "kms:Decrypt",
+        "states:StartExecution",
+        "states:ListExecutions",
+        "states:DescribeExecution",
+        "events:PutEvents",
+        "ec2:DescribeInstances",  # cluster logs list the cluster's instances
+    } <= actions("api")
+    assert {
+        "dynamodb:UpdateItem",
         "events:PutEvents",
         "ec2:RunInstances",
         "ec2:CreateTags",
@@ -261,14 +272,23 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     } <= actions("reconcile")
     assert {
         "dynamodb:Query",
+        "dynamodb:Scan",  # the sparse active index, for every owner
         "ec2:DescribeInstances",
         "ec2:TerminateInstances",
+        "ec2:DeleteLaunchTemplate",
+        "ec2:DeleteSecurityGroup",
         "states:StartExecution",
+        "states:ListExecutions",
         "events:PutEvents",
     } <= actions("reaper")
     assert {"dynamodb:UpdateItem", "states:StartExecution"} <= actions("events")
     assert not actions("events") & {"ec2:RunInstances", "ec2:TerminateInstances", "kms:Decrypt"}
     assert "ec2:RunInstances" not in actions("api") | actions("reaper")
+    # Only the API seals and opens cluster secrets; reconcile and reaper never do.
+    assert not (actions("reconcile") | actions("reaper")) & {"kms:Encrypt", "kms:Decrypt"}
+    (kms,) = [s for s in _statements(_role_of(template, "api")) if "kms:Decrypt" in _actions(s)]
+    context = {"kms:EncryptionContext:billow:deployment": f"billow-{STAGE}"}
+    assert kms["Condition"]["StringEquals"] == context
 
     reconcile = _statements(_role_of(template, "reconcile"))
     deployment = {"aws:RequestTag/billow:deployment": f"billow-{STAGE}"}
@@ -303,33 +323,92 @@ def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any])
         assert groups.get(f"/aws/lambda/billow-{STAGE}-{name}") == 14, groups
 
 
-def test_table_is_on_demand_with_sparse_active_index_ttl_and_pitr(template: dict[str, Any]) -> None:
-    (table,) = _resources(template, "AWS::DynamoDB::Table").values()
-    props = table["Properties"]
-    assert props["TableName"] == f"billow-{STAGE}"
-    assert props["BillingMode"] == "PAY_PER_REQUEST"
-    assert props["KeySchema"] == [
-        {"AttributeName": "pk", "KeyType": "HASH"},
-        {"AttributeName": "sk", "KeyType": "RANGE"},
-    ]
-    indexes = {i["IndexName"]: i["KeySchema"] for i in props["GlobalSecondaryIndexes"]}
-    assert indexes["active-index"] == [
-        {"AttributeName": "active_shard", "KeyType": "HASH"},
-        {"AttributeName": "created_at", "KeyType": "RANGE"},
-    ]
-    assert indexes["owner-index"] == [
-        {"AttributeName": "owner", "KeyType": "HASH"},
-        {"AttributeName": "created_at", "KeyType": "RANGE"},
-    ]
-    # Sparse: active_shard is only an index key, never a key of the table itself, so records
-    # without it stay out of the index.
-    assert "active_shard" not in {k["AttributeName"] for k in props["KeySchema"]}
-    assert props["TimeToLiveSpecification"] == {
-        "AttributeName": "expires_at_epoch",
-        "Enabled": True,
+def _store_models() -> dict[str, Any]:
+    """The store's own table definitions (pynamodb models), by table name."""
+    from billow_control.adapters.dynamodb_store import DynamoDBStore
+
+    store = DynamoDBStore(f"billow-{STAGE}-", host="http://127.0.0.1:9")  # makes no call
+    return {m.Meta.table_name: m for m in store.models.all()}
+
+
+def _key_set(schema: list[dict[str, str]]) -> set[tuple[str, str]]:
+    return {(k["AttributeName"], k["KeyType"]) for k in schema}
+
+
+def _attribute_set(definitions: list[dict[str, str]]) -> set[tuple[str, str]]:
+    return {(a["AttributeName"], a["AttributeType"]) for a in definitions}
+
+
+def test_tables_are_the_ones_the_store_uses(template: dict[str, Any]) -> None:
+    tables = {
+        t["Properties"]["TableName"]: t
+        for t in _resources(template, "AWS::DynamoDB::Table").values()
     }
-    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    assert table.get("DeletionPolicy") == "Retain"
+    models = _store_models()
+    idempotency = f"billow-{STAGE}-idempotency"
+    assert set(tables) == set(models) | {idempotency}
+    for name, model in models.items():
+        props, schema = tables[name]["Properties"], model._get_schema()
+        assert _key_set(props["KeySchema"]) == _key_set(schema["key_schema"]), name
+        assert _attribute_set(props["AttributeDefinitions"]) == _attribute_set(
+            schema["attribute_definitions"]
+        ), name
+        indexes = {
+            i["IndexName"]: (_key_set(i["KeySchema"]), i["Projection"])
+            for i in props.get("GlobalSecondaryIndexes", [])
+        }
+        assert indexes == {
+            i["index_name"]: (_key_set(i["key_schema"]), i["projection"])
+            for i in schema["global_secondary_indexes"]
+        }, name
+        # TTL exactly where the store writes expires_at_epoch.
+        ttl = props.get("TimeToLiveSpecification")
+        if "expires_at_epoch" in model.get_attributes():
+            assert ttl == {"AttributeName": "expires_at_epoch", "Enabled": True}, name
+        else:
+            assert ttl is None, name
+    assert {n for n, t in tables.items() if "TimeToLiveSpecification" in t["Properties"]} == {
+        f"billow-{STAGE}-{s}" for s in ("clusters", "cluster-keys", "instance-credentials")
+    } | {idempotency}
+    idem = tables[idempotency]["Properties"]
+    assert idem["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert idem["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    for name, table in tables.items():
+        props = table["Properties"]
+        assert props["BillingMode"] == "PAY_PER_REQUEST", name
+        assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert table.get("DeletionPolicy") == "Retain", name
+
+
+def test_clusters_table_has_the_sparse_active_index(template: dict[str, Any]) -> None:
+    (clusters,) = [
+        t["Properties"]
+        for t in _resources(template, "AWS::DynamoDB::Table").values()
+        if t["Properties"]["TableName"] == f"billow-{STAGE}-clusters"
+    ]
+    indexes = {i["IndexName"]: i["KeySchema"] for i in clusters["GlobalSecondaryIndexes"]}
+    assert indexes["active-by-owner"] == [
+        {"AttributeName": "active_owner", "KeyType": "HASH"},
+        {"AttributeName": "created_us", "KeyType": "RANGE"},
+    ]
+    assert indexes["by-owner"][0] == {"AttributeName": "owner", "KeyType": "HASH"}
+    # Sparse: active_owner is only an index key, never a key of the table itself, so
+    # finished clusters (the store removes the attribute) stay out of the index.
+    assert "active_owner" not in {k["AttributeName"] for k in clusters["KeySchema"]}
+
+
+def test_store_permissions_cover_every_table_and_index(template: dict[str, Any]) -> None:
+    table_ids = {
+        logical_id
+        for logical_id, t in _resources(template, "AWS::DynamoDB::Table").items()
+        if not t["Properties"]["TableName"].endswith("-idempotency")
+    }
+    for name in FUNCTIONS:
+        (store,) = [s for s in _statements(_role_of(template, name)) if s.get("Sid") == "Store"]
+        text = json.dumps(store["Resource"])
+        granted = {r["Fn::GetAtt"][0] for r in store["Resource"] if "Fn::GetAtt" in r}
+        assert granted == table_ids, name
+        assert "ClustersTable.Arn}/index/*" in text, name
 
 
 def test_reaper_runs_every_minute(template: dict[str, Any]) -> None:

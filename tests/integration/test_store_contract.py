@@ -13,9 +13,6 @@ one request at a time is the faithful stand-in for that.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +37,6 @@ from billow_control.core.models import (
     new_id,
 )
 from billow_control.core.ports import ConflictError, IdempotencyMismatch, NameTakenError, Store
-from tests.support.processes import free_port, http_ok, stop_process, wait_until
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration
@@ -48,38 +44,6 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 THREADS = 20
 _T = TypeVar("_T")
-
-# moto_server with one request at a time (see the module docstring).
-_SERIAL_MOTO = """
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
-)
-run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False, request_handler=MotoRequestHandler)
-"""
-
-
-@pytest.fixture(scope="module")
-def serial_moto_url(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto server that serves one request at a time (``moto_url`` sets credentials)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-serial") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SERIAL_MOTO, str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "MOTO_PORT": str(port)},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_ok(url + "/moto-api/"), 60, "serial moto_server")
-        yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from billow_control.core.models import ClusterRequest, parse_duration
+from billow_control.core.models import ClusterRequest, parse_bytes, parse_duration
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +48,34 @@ def test_parse_duration(text: str | int | None, seconds: float | None) -> None:
 def test_parse_duration_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["4 GiB", "2GiB", "100", "1e6", "5kB", "5.4 kB", "1kiB", "1 MiB", "MB", "123 B"]
+    + ["1.5 TB", "3 pb", "4 gi", "7g", "0.5 GB", "10 mib", " 3 GB ", 12, 3.7],
+)
+def test_parse_bytes_follows_dask(text: str | int | float) -> None:
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    assert parse_bytes(text) == dask_parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["5 foos", "x GB", "1..2 GB"])
+def test_parse_bytes_names_what_it_could_not_read(text: str) -> None:
+    with pytest.raises(ValueError, match="Could not interpret"):
+        parse_bytes(text)
+
+
+def test_models_do_not_import_dask() -> None:
+    """The control plane runs in Lambda functions that carry no dask."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from billow_control.core.models import ClusterRecord, ClusterRequest;"
+        "ClusterRequest(worker_memory='4 GiB');"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dask'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -46,6 +46,39 @@ def parse_duration(value: str | float | int | None) -> float | None:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+_BYTE_UNITS = {
+    **{u: 10**p for u, p in (("k", 3), ("m", 6), ("g", 9), ("t", 12), ("p", 15))},
+    **{u + "b": 10**p for u, p in (("k", 3), ("m", 6), ("g", 9), ("t", 12), ("p", 15))},
+    **{u + "i": 2**p for u, p in (("k", 10), ("m", 20), ("g", 30), ("t", 40), ("p", 50))},
+    **{u + "ib": 2**p for u, p in (("k", 10), ("m", 20), ("g", 30), ("t", 40), ("p", 50))},
+    "b": 1,
+    "": 1,
+}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """Bytes from ``"4 GiB"``, ``"500MB"``, ``"1e9"`` or a number: the rules of
+    ``dask.utils.parse_bytes``, here so the control plane (and its Lambda functions) never
+    imports dask. Raises ``ValueError`` naming the part it could not read."""
+    if isinstance(value, int | float):
+        return int(value)
+    text = value.replace(" ", "")
+    if not any(c.isdigit() for c in text):
+        text = "1" + text
+    split = len(text)
+    while split > 0 and text[split - 1].isalpha():
+        split -= 1
+    number, unit = text[:split], text[split:]
+    try:
+        n = float(number)
+    except ValueError as e:
+        raise ValueError(f"Could not interpret '{number}' as a number") from e
+    try:
+        return int(n * _BYTE_UNITS[unit.lower()])
+    except KeyError as e:
+        raise ValueError(f"Could not interpret '{unit}' as a byte unit") from e
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -130,8 +163,6 @@ class ClusterRequest(BaseModel):
     @field_validator("worker_memory", "scheduler_memory")
     @classmethod
     def _check_memory(cls, v: str) -> str:
-        from dask.utils import parse_bytes  # light: dask.utils has no heavy imports
-
         try:
             n = parse_bytes(v)
         except (ValueError, TypeError) as e:

@@ -1,0 +1,489 @@
+"""The AWS control plane end to end on moto_server: the Lambda handlers of
+``functions/aws.py``, the real lifecycle state machine, DynamoDB, EC2, KMS, EventBridge,
+and real Dask processes booted from the instances' user data.
+
+The harnesses standing in for what moto does not run (Lambda tasks, API Gateway, booting
+instances) are described in ``tests/support/aws.py``.
+
+moto runs here one request at a time (``serial_moto_url``): the threaded server applies a
+DynamoDB transaction as a series of writes, so concurrent creates could interleave in ways
+DynamoDB never allows (see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import functions.aws as aws
+import httpx
+import pytest
+from dask.distributed import Client
+
+import billow
+from billow_control import aws_runtime
+from billow_control.embedded.server import http_api_event
+from tests.support.aws import (
+    ApiGateway,
+    Deployment,
+    FakeLambdaContext,
+    InstanceRunner,
+    TaskPoller,
+    call_api,
+    client,
+    exported_env,
+    functions_env,
+    tagged_instances,
+    user_data_of,
+)
+from tests.support.processes import ROOT, stop_process, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TAG_CLUSTER = "billow:cluster-id"
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aws_url(serial_moto_url: str) -> str:
+    """moto with Step Functions executing state machines."""
+    config = {"stepfunctions": {"execute_state_machine": True}}
+    httpx.post(f"{serial_moto_url}/moto-api/config", json=config).raise_for_status()
+    return serial_moto_url
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[ApiGateway]:
+    gw = ApiGateway(aws.api_handler).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def live_deployment(aws_url: str, gateway: ApiGateway) -> Iterator[Deployment]:
+    deployment = Deployment.create(aws_url, gateway.url, machine="lifecycle")
+    try:
+        yield deployment
+    finally:
+        deployment.delete()
+
+
+@pytest.fixture(scope="module")
+def crash_deployment(aws_url: str, gateway: ApiGateway) -> Iterator[Deployment]:
+    """Executions succeed at once: the crash tests drive reconcile_handler themselves."""
+    deployment = Deployment.create(aws_url, gateway.url, machine="noop")
+    try:
+        yield deployment
+    finally:
+        deployment.delete()
+
+
+@dataclass
+class Live:
+    deployment: Deployment
+    runtime: aws_runtime.AwsRuntime
+    poller: TaskPoller
+    token: str
+
+    @property
+    def ec2(self) -> Any:
+        return client(self.deployment.url, "ec2")
+
+    def executions(self, cluster_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        sfn = client(self.deployment.url, "stepfunctions")
+        kwargs = {"statusFilter": status} if status else {}
+        found = sfn.list_executions(stateMachineArn=self.deployment.state_machine_arn, **kwargs)
+        return [e for e in found["executions"] if e["name"].startswith(f"{cluster_id}-")]
+
+
+@pytest.fixture
+def live(live_deployment: Deployment) -> Iterator[Live]:
+    """The live deployment's functions, with the state machine's tasks delivered."""
+    with functions_env(live_deployment.env) as rt:
+        _, token = rt.plane.create_user(f"admin-{uuid.uuid4().hex[:6]}", is_admin=True)
+        poller = TaskPoller(live_deployment.url, live_deployment.queue_url, aws.reconcile_handler)
+        poller.start()
+        try:
+            yield Live(live_deployment, rt, poller, token)
+        finally:
+            poller.stop()
+    assert not poller.errors, poller.errors
+
+
+@pytest.fixture
+def runner(live: Live, tmp_path: Path) -> Iterator[InstanceRunner]:
+    instances = InstanceRunner(live.deployment.url, live.deployment.name, tmp_path / "instances")
+    instances.start()
+    try:
+        yield instances
+    finally:
+        instances.stop()
+    assert not instances.errors, instances.errors
+
+
+def cluster_resources(ec2: Any, cluster_id: str) -> tuple[list, list]:
+    by_cluster = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_id]}]
+    templates = ec2.describe_launch_templates(Filters=by_cluster)["LaunchTemplates"]
+    groups = ec2.describe_security_groups(Filters=by_cluster)["SecurityGroups"]
+    return templates, groups
+
+
+# -- the seed computation -------------------------------------------------------------------
+
+
+def test_seed_computation_on_the_aws_control_plane(
+    live: Live, runner: InstanceRunner, gateway: ApiGateway, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with (
+        billow.Cluster(
+            n_workers=2,
+            name="aws-seed",
+            server=gateway.url,
+            token=live.token,
+            show_progress=False,
+            timeout=120,
+        ) as cluster,
+        Client(cluster) as dask_client,
+    ):
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert len(dask_client.scheduler_info()["workers"]) == 2
+        result = da.random.random((10000, 10000)).sum().compute()
+        cluster_id = cluster.cluster_id
+        logs = cluster.get_logs()
+    assert abs(result - 5e7) < 1e5  # mean 0.5 of 1e8 uniforms; std ~2.9e3
+    assert cluster.record["status"] == "stopped"
+    # Logs came back through CloudWatch Logs, shipped from each instance's agent output.
+    assert "scheduler listening at tls://" in logs["scheduler"]
+
+    instances = tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id})
+    assert len(instances) == 3
+    assert {i["State"]["Name"] for i in instances} == {"terminated"}
+    assert cluster_resources(live.ec2, cluster_id) == ([], [])
+    assert len(runner.pids()) == 3
+    wait_until(lambda: not runner.live_pids(), 30, "agent processes gone")
+    assert not live.executions(cluster_id, "RUNNING")
+    statuses = [e["status"] for e in live.executions(cluster_id)]
+    assert statuses and set(statuses) == {"SUCCEEDED"}  # bring-up, then teardown
+
+    emitted = capfd.readouterr().out
+    assert '"StartLatency"' in emitted and '"ClustersCreated"' in emitted
+
+
+# -- twenty concurrent creates with one Idempotency-Key ------------------------------------
+
+_CONTAINER = """
+import json, sys
+import functions.aws as aws
+
+class Context:
+    function_name = "billow-api"; memory_limit_in_mb = 512; function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:billow-api"
+    aws_request_id = "r"; log_group_name = "g"; log_stream_name = "s"
+    def get_remaining_time_in_millis(self): return 29000
+
+event = json.loads(sys.argv[1])
+aws.runtime(), aws.resolver()  # the cold start, before the starting gun
+print("READY", flush=True)
+sys.stdin.readline()
+response = aws.api_handler(event, Context())
+dask = sorted(m for m in sys.modules if m.split(".")[0] == "dask")
+out = {"status": response["statusCode"], "body": json.loads(response["body"]), "dask": dask}
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def test_concurrent_creates_with_one_idempotency_key_make_one_cluster(live: Live) -> None:
+    body = json.dumps({"n_workers": 2, "name": "twenty-at-once"}).encode()
+    headers = {
+        "authorization": f"Bearer {live.token}",
+        "content-type": "application/json",
+        "idempotency-key": f"key-{uuid.uuid4().hex}",
+    }
+    event = http_api_event("POST", "/v1/clusters", "", headers, body, "127.0.0.1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ["PYTHONPATH"]])}
+    containers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTAINER, json.dumps(event)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(20)
+    ]
+    outputs = []
+    try:
+        for proc in containers:  # every container warm, then all requests at once
+            assert proc.stdout is not None
+            while (line := proc.stdout.readline()) and line.strip() != "READY":
+                pass
+            assert line, "a container exited before it was ready"
+        for proc in containers:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in containers:
+            outputs.append(proc.communicate(timeout=120)[0])
+    finally:
+        for proc in containers:
+            stop_process(proc)
+
+    results = [
+        json.loads(line.removeprefix("RESULT "))
+        for out in outputs
+        for line in out.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    assert len(results) == 20, outputs
+    assert sorted(r["status"] for r in results) == [200] * 19 + [201], results
+    (cluster_id,) = {r["body"]["id"] for r in results}
+    assert all(r["dask"] == [] for r in results)  # the API's whole request path is dask-free
+    created = [line for out in outputs for line in out.splitlines() if '"ClustersCreated"' in line]
+    assert len(created) == 1, created  # the metric is emitted once, where the cluster is made
+
+    clusters = live.runtime.store.list_clusters(None, active_only=False, name="twenty-at-once")
+    assert [c.id for c in clusters] == [cluster_id]
+
+    def instances() -> list[dict[str, Any]]:
+        return tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id})
+
+    wait_until(lambda: len(instances()) >= 3, 30, "scheduler and two workers launched")
+    time.sleep(3)  # three more reconcile steps: none may launch anything again
+    names = sorted(
+        {t["Key"]: t["Value"] for t in i["Tags"]}["billow:instance-name"] for i in instances()
+    )
+    assert names == ["scheduler", "worker-0", "worker-1"]
+    fleets = [
+        f
+        for f in live.ec2.describe_fleets()["Fleets"]
+        if {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get(TAG_CLUSTER) == cluster_id
+    ]
+    assert len(fleets) == 3
+    assert len(live.executions(cluster_id)) == 1
+
+    status, _ = call_api("POST", f"/v1/clusters/{cluster_id}/stop", live.token)
+    assert status == 200
+
+    def stopped() -> bool:
+        record = live.runtime.store.get_cluster(cluster_id)
+        return record is not None and record.status.value == "stopped"
+
+    wait_until(stopped, 60, "cluster stopped")
+    assert {i["State"]["Name"] for i in instances()} == {"terminated"}
+    wait_until(lambda: not live.executions(cluster_id, "RUNNING"), 30, "executions finished")
+
+
+# -- a step that keeps failing ------------------------------------------------------------
+
+
+def test_a_step_that_keeps_failing_is_retried_caught_and_torn_down(
+    live: Live, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The state machine's Retry, Catch -> MarkFailed -> teardown loop -> Fail, for real."""
+    ec2 = live.runtime.clients["ec2"]
+
+    def refuse(**_: Any) -> None:
+        raise InjectedCrash("EC2 refuses every fleet")
+
+    ec2.meta.events.register("before-call.ec2.CreateFleet", refuse)
+    try:
+        status, cluster = call_api("POST", "/v1/clusters", live.token, {"n_workers": 1})
+        assert status == 201, cluster
+        cluster_id = cluster["id"]
+
+        def failed() -> bool:
+            record = live.runtime.store.get_cluster(cluster_id)
+            return record is not None and record.status.value == "failed"
+
+        wait_until(failed, 60, "cluster failed")
+    finally:
+        ec2.meta.events.unregister("before-call.ec2.CreateFleet", refuse)
+    record = live.runtime.store.get_cluster(cluster_id)
+    assert record is not None and record.stop_reason == "orchestration-error"
+    # moto 5.2's SendTaskFailure drops the cause, so only the error name arrives here; the
+    # Lambda-shaped cause (errorType, errorMessage) is read in tests/unit/test_aws_handlers.py.
+    assert record.error == "the lifecycle workflow failed: InjectedCrash"
+    wait_until(lambda: not live.executions(cluster_id, "RUNNING"), 30, "execution ended")
+    assert [e["status"] for e in live.executions(cluster_id)] == ["FAILED"]
+    # The first attempt and the three retries of States.TaskFailed, then the Catch.
+    assert live.poller.errors == ["InjectedCrash: EC2 refuses every fleet"] * 4
+    live.poller.errors.clear()
+    assert '"Failures"' in capfd.readouterr().out
+    # No instance ever started, so teardown had nothing to terminate; the reaper deletes
+    # the security group and launch template the first step created.
+    assert tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id}) == []
+    assert cluster_resources(live.ec2, cluster_id) != ([], [])
+    aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+    assert cluster_resources(live.ec2, cluster_id) == ([], [])
+
+
+# -- crash injection ---------------------------------------------------------------------------
+
+# Every EC2 call that changes something, in the order a first cluster of a deployment makes
+# them: the shared network, the cluster's group and template, a fleet per instance, volume
+# tags; then teardown. test_crash_points_are_every_changing_ec2_call keeps this complete.
+CRASH_POINTS = [
+    "CreateVpc",
+    "CreateInternetGateway",
+    "AttachInternetGateway",
+    "CreateRoute",
+    "CreateSubnet",
+    "ModifySubnetAttribute",
+    "CreateSecurityGroup",
+    "AuthorizeSecurityGroupIngress",
+    "CreateLaunchTemplate",
+    "CreateFleet",
+    "CreateTags",
+    "TerminateInstances",
+    "DeleteLaunchTemplate",
+    "DeleteSecurityGroup",
+]
+
+
+class InjectedCrash(Exception):
+    """The reconcile function dies right after an EC2 call succeeded."""
+
+
+def crash_once_after(ec2: Any, operation: str) -> list[str]:
+    fired: list[str] = []
+
+    def crash(**_: Any) -> None:
+        if not fired:
+            fired.append(operation)
+            raise InjectedCrash(f"crashed right after {operation}")
+
+    ec2.meta.events.register(f"after-call.ec2.{operation}", crash)
+    return fired
+
+
+class FakeAgents:
+    """Plays a cluster's agents without Dask: trades each instance's one-time token (read
+    from its user data) for its config, and heartbeats as the scheduler would."""
+
+    def __init__(self, ec2: Any, cluster_id: str) -> None:
+        self.ec2 = ec2
+        self.cluster_id = cluster_id
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.cluster_token: str | None = None
+
+    def step(self) -> None:
+        live = [
+            i
+            for i in tagged_instances(self.ec2, **{TAG_CLUSTER: self.cluster_id})
+            if i["State"]["Name"] in ("pending", "running")
+        ]
+        live.sort(key=lambda i: "scheduler" not in json.dumps(i["Tags"]))
+        for instance in live:
+            if instance["InstanceId"] in self.configs:
+                continue
+            env = exported_env(user_data_of(self.ec2, instance["InstanceId"]))
+            status, config = call_api("POST", "/v1/agent/bootstrap", env["BILLOW_INSTANCE_TOKEN"])
+            if status == 409 and config["error"] == "not-ready":
+                continue
+            assert status == 200, config
+            self.configs[instance["InstanceId"]] = config
+            if config["role"] == "scheduler":
+                self.cluster_token = config["cluster_token"]
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        if self.cluster_token is None:
+            return
+        workers = [c["name"] for c in self.configs.values() if c["role"] == "worker"]
+        beat = {"scheduler_address": "tls://127.0.0.1:1", "workers": workers}
+        path = f"/v1/clusters/{self.cluster_id}/heartbeat"
+        status, answer = call_api("POST", path, self.cluster_token, beat)
+        assert status == 200, answer
+
+
+def drive(
+    cluster_id: str, until: Callable[[dict], bool], agents: FakeAgents | None = None
+) -> list[InjectedCrash]:
+    """Call reconcile_handler as the state machine would, until ``until(output)``."""
+    crashes = []
+    step = {"cluster_id": cluster_id, "action": "reconcile", "generation": 1}
+    for _ in range(40):
+        try:
+            output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
+        except InjectedCrash as e:
+            crashes.append(e)
+            continue
+        assert set(output) == {"done", "wait", "status"} and isinstance(output["wait"], int)
+        if agents is not None:
+            agents.step()
+        if until(output):
+            return crashes
+    raise AssertionError(f"cluster {cluster_id} did not converge")
+
+
+def create_and_stop(token: str, ec2: Any) -> tuple[str, list[InjectedCrash]]:
+    status, cluster = call_api(
+        "POST", "/v1/clusters", token, {"n_workers": 1}, idempotency_key=uuid.uuid4().hex
+    )
+    assert status == 201, cluster
+    cluster_id = cluster["id"]
+    agents = FakeAgents(ec2, cluster_id)
+    crashes = drive(cluster_id, lambda o: o["done"] and o["status"] == "ready", agents)
+    assert call_api("POST", f"/v1/clusters/{cluster_id}/stop", token)[0] == 200
+    crashes += drive(cluster_id, lambda o: o["done"])
+    return cluster_id, crashes
+
+
+@pytest.fixture
+def crash_env(crash_deployment: Deployment) -> Iterator[tuple[aws_runtime.AwsRuntime, str]]:
+    """A fresh deployment name each time, so the first cluster builds the network."""
+    env = {**crash_deployment.env, "BILLOW_DEPLOYMENT": f"crash-{uuid.uuid4().hex[:8]}"}
+    with functions_env(env) as rt:
+        _, token = rt.plane.create_user("admin", is_admin=True)
+        yield rt, token
+
+
+def test_crash_points_are_every_changing_ec2_call(
+    crash_env: tuple[aws_runtime.AwsRuntime, str],
+) -> None:
+    rt, token = crash_env
+    ec2 = rt.clients["ec2"]
+    calls: list[str] = []
+    ec2.meta.events.register("after-call.ec2", lambda event_name, **_: calls.append(event_name))
+    cluster_id, crashes = create_and_stop(token, ec2)
+    assert not crashes
+    changing = [c.rsplit(".", 1)[1] for c in calls if not c.rsplit(".", 1)[1].startswith("Desc")]
+    assert list(dict.fromkeys(changing)) == CRASH_POINTS
+
+
+@pytest.mark.parametrize("operation", CRASH_POINTS)
+def test_crash_right_after_a_provider_call_converges_without_leaks(
+    crash_env: tuple[aws_runtime.AwsRuntime, str], operation: str
+) -> None:
+    rt, token = crash_env
+    ec2 = rt.clients["ec2"]
+    fired = crash_once_after(ec2, operation)
+    cluster_id, crashes = create_and_stop(token, ec2)
+
+    assert fired == [operation] and len(crashes) == 1, "the crash did not happen once"
+    record = rt.store.get_cluster(cluster_id)
+    assert record is not None and record.status.value == "stopped"
+    instances = tagged_instances(ec2, **{TAG_CLUSTER: cluster_id})
+    names = sorted(
+        {t["Key"]: t["Value"] for t in i["Tags"]}["billow:instance-name"] for i in instances
+    )
+    assert names == ["scheduler", "worker-0"]  # nothing launched twice
+    assert {i["State"]["Name"] for i in instances} == {"terminated"}
+    # A crash inside teardown can leave the template or group: the reaper deletes them.
+    aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+    assert cluster_resources(ec2, cluster_id) == ([], [])

@@ -1,0 +1,122 @@
+"""The Lambda handlers of ``functions/aws.py`` against a real moto_server: commands from
+the bus, the state machine's "fail" action, stale generations, the reaper's resync.
+
+The deployment's state machine succeeds at once (no reconcile behind the tests' backs):
+these tests call the handlers the way the state machine and EventBridge would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import functions.aws as aws
+import httpx
+import pytest
+
+from billow_control.aws_runtime import AwsRuntime
+from billow_control.core.models import ClusterRequest, ClusterStatus
+from tests.support.aws import Deployment, FakeLambdaContext, client, functions_env
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def deployment(serial_moto_url: str) -> Iterator[Deployment]:
+    config = {"stepfunctions": {"execute_state_machine": True}}
+    httpx.post(f"{serial_moto_url}/moto-api/config", json=config).raise_for_status()
+    created = Deployment.create(serial_moto_url, "http://127.0.0.1:9", machine="noop")
+    try:
+        yield created
+    finally:
+        created.delete()
+
+
+@pytest.fixture
+def rt(deployment: Deployment) -> Iterator[AwsRuntime]:
+    with functions_env(deployment.env) as runtime:
+        yield runtime
+
+
+def command(rt: AwsRuntime, **detail: Any) -> dict[str, Any]:
+    event = {
+        "id": str(uuid.uuid4()),
+        "detail-type": "billow.command",
+        "source": "ops.tests",
+        "account": "123456789012",
+        "detail": detail,
+    }
+    return aws.events_handler(event, FakeLambdaContext("billow-events"))
+
+
+def test_commands_act_with_the_named_users_rights(rt: AwsRuntime) -> None:
+    owner, _ = rt.plane.create_user("owner")
+    other, _ = rt.plane.create_user("other")
+    admin, _ = rt.plane.create_user("boss", is_admin=True)
+    cluster, _ = rt.plane.create_cluster(owner, ClusterRequest(n_workers=1), None)
+
+    refused = command(rt, action="stop", cluster_id=cluster["id"], user_id=other.id)
+    assert refused == {"ok": False, "error": "not-found", "message": refused["message"]}
+    assert command(rt, action="stop", cluster_id=cluster["id"], user_id="u-nobody")["error"] == (
+        "unknown-user"
+    )
+    bad = command(rt, action="scale", cluster_id=cluster["id"], user_id=owner.id, n_workers=-1)
+    assert bad["error"] == "invalid" and "n_workers" in bad["message"]
+    scaled = command(rt, action="scale", cluster_id=cluster["id"], user_id=owner.id, n_workers=3)
+    assert scaled["ok"] and scaled["cluster"]["desired_workers"] == 3
+    stopped = command(
+        rt, action="stop", cluster_id=cluster["id"], user_id=admin.id, reason="nightly"
+    )
+    assert stopped["ok"] and stopped["cluster"]["target"] == "stopped"
+    stored = rt.store.get_cluster(cluster["id"])
+    assert stored is not None and stored.stop_reason == "nightly"
+
+
+def test_fail_action_records_the_caught_error_and_starts_teardown(rt: AwsRuntime) -> None:
+    user, _ = rt.plane.create_user("failing")
+    cluster, _ = rt.plane.create_cluster(user, ClusterRequest(n_workers=1), None)
+    cause = json.dumps({"errorType": "ClientError", "errorMessage": "RequestLimitExceeded"})
+    step = {
+        "cluster_id": cluster["id"],
+        "action": "fail",
+        "error": {"Error": "ClientError", "Cause": cause},
+    }
+    output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
+    assert output == {"done": True, "wait": 0, "status": "failed"}  # nothing was running
+    stored = rt.store.get_cluster(cluster["id"])
+    assert stored is not None
+    assert stored.error == "the lifecycle workflow failed: ClientError: RequestLimitExceeded"
+    assert stored.stop_reason == "orchestration-error"
+    again = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
+    assert again["done"] is True  # a retried MarkFailed changes nothing
+
+
+def test_an_execution_of_an_older_generation_is_told_it_is_done(rt: AwsRuntime) -> None:
+    user, _ = rt.plane.create_user("generations")
+    cluster, _ = rt.plane.create_cluster(user, ClusterRequest(n_workers=1), None)
+    step = {"cluster_id": cluster["id"], "action": "reconcile", "generation": 0}
+    output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
+    assert output == {"done": True, "wait": 0, "status": "pending"}
+    stored = rt.store.get_cluster(cluster["id"])
+    assert stored is not None and stored.status == ClusterStatus.pending  # untouched
+
+
+def test_the_reaper_resubmits_clusters_that_are_not_converging(
+    rt: AwsRuntime, deployment: Deployment
+) -> None:
+    user, _ = rt.plane.create_user("stuck")
+    cluster, _ = rt.plane.create_cluster(user, ClusterRequest(n_workers=1), None)
+    sfn = client(deployment.url, "stepfunctions")
+
+    def executions() -> list[str]:
+        found = sfn.list_executions(stateMachineArn=deployment.state_machine_arn)["executions"]
+        return [e["name"] for e in found if e["name"].startswith(cluster["id"])]
+
+    wait_until(lambda: len(executions()) == 1, 10, "the create's execution")
+    summary = aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+    # The no-op machine ended without reconciling, as a lost wake-up would leave it.
+    assert cluster["id"] in summary["resubmitted"]
+    assert len(executions()) == 2
