@@ -36,6 +36,7 @@ unit integration e2e: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench.bench_start
 	$(BIN)/python -m tests.bench.bench_cold_import
+	$(BIN)/python -m tests.bench.bench_watchdog
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

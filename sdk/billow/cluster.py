@@ -98,7 +98,7 @@ class Cluster(DaskCluster):
             "idle_timeout": idle_timeout,
             "no_client_timeout": no_client_timeout,
             "cluster_timeout": cluster_timeout,
-            "analytics": analytics or config.get("analytics", "minimal"),
+            "analytics": analytics or config.analytics_level(),
             "tags": tags,
             "environ": environ,
         }

@@ -57,6 +57,12 @@ def get(key: str, default: Any = None) -> Any:
     return dask.config.get(f"billow.{key}", default=default)
 
 
+def analytics_level() -> str:
+    """``billow.analytics``; YAML reads an unquoted ``off`` as ``False``, which means off."""
+    value = get("analytics", "minimal")
+    return "off" if value is False else str(value)
+
+
 def login_file() -> Path:
     configured = get("login-file")
     return Path(configured) if configured else Path(dask.config.PATH) / "billow-login.yaml"

@@ -15,3 +15,14 @@ def test_billow_environment_variables_map_to_config_keys() -> None:
         "BILLOW_INSTANCE_TOKEN": "secret",
     }
     assert _env_overrides(env) == {"idle-timeout": "5m", "show-progress": False}
+
+
+def test_unquoted_off_means_analytics_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask.config
+
+    from billow import config
+
+    with dask.config.set({"billow.analytics": False}):
+        assert config.analytics_level() == "off"
+    with dask.config.set({"billow.analytics": "full"}):
+        assert config.analytics_level() == "full"
