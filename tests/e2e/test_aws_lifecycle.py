@@ -213,7 +213,8 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_cluster(live: Live
         "idempotency-key": f"key-{uuid.uuid4().hex}",
     }
     event = http_api_event("POST", "/v1/clusters", "", headers, body, "127.0.0.1")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ["PYTHONPATH"]])}
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     containers = [
         subprocess.Popen(
             [sys.executable, "-c", _CONTAINER, json.dumps(event)],
