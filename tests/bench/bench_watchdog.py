@@ -84,7 +84,7 @@ from billow_control.core.ports import Store
 from billow_control.core.settings import ControlSettings
 from billow_control.embedded.runtime import EmbeddedRuntime, write_login
 from tests.support.fleet import Fleet, ItemsRead
-from tests.support.processes import EmbeddedServer, free_port, http_ok, stop_process, wait_until
+from tests.support.processes import EmbeddedServer, free_port, moto_server, wait_until
 
 CLUSTERS = 50
 CLIENTS = 128
@@ -369,34 +369,6 @@ def print_profile(path: Path, top: int = 20) -> None:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """A ``moto_server`` on a free loopback port, stopped by PID (process group) after."""
-    port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    log = Path(tempfile.mkdtemp(prefix="billow-bench-moto-")) / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_ok(url + "/moto-api/"), 60, "moto_server")
-        for key, value in (
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ):
-            os.environ.setdefault(key, value)
-        yield url
-    finally:
-        stop_process(proc)
-        shutil.rmtree(log.parent, ignore_errors=True)
-
-
-@contextmanager
 def dynamodb(url: str) -> Iterator[DynamoDBStore]:
     store = DynamoDBStore(f"bench-{uuid.uuid4().hex[:8]}-", host=url)
     store.create_tables()
@@ -454,7 +426,7 @@ def bench_reaper() -> None:
         f"reaper pass, {ACTIVE} active clusters: {STOPPED} stopped vs none (baseline), "
         f"median of {PASSES} passes of each, alternating"
     )
-    with moto_server() as url:
+    with moto_server(Path(tempfile.mkdtemp(prefix="billow-bench-moto-"))) as url:
         for label, make in (("SQLite file", sqlite), ("DynamoDB (moto)", lambda: dynamodb(url))):
             with make() as base_store, make() as full_store:
                 base, full = Measured(base_store, 0), Measured(full_store, STOPPED)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,3 +138,53 @@ class EmbeddedServer:
         for pid in self.live_instance_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# moto_server with one request at a time. The threaded moto_server applies a
+# TransactWriteItems as a sequence of writes rolled back by restoring a copy of the table, so
+# concurrent transactions interleave (seen: a cancelled create left its cluster item behind).
+# DynamoDB makes each conditional write and each transaction atomic and isolated; one request
+# at a time is the faithful stand-in for that.
+_SERIAL_MOTO = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"""
+
+
+@contextmanager
+def moto_server(log_dir: Path, serial: bool = False) -> Iterator[str]:
+    """A real ``moto_server`` on a free loopback port (one request at a time if ``serial``),
+    with dummy AWS credentials in the environment; stopped by PID on exit."""
+    port = free_port()
+    if serial:
+        command = [sys.executable, "-c", _SERIAL_MOTO, str(port)]
+    else:
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+        command = [exe or "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "moto.log", "wb") as out:
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Step Functions tasks call other services (SQS) on localhost:$MOTO_PORT.
+            env={**os.environ, "MOTO_PORT": str(port)},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(url + "/moto-api/"), 60, "moto_server")
+        for key, value in (
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
+            os.environ.setdefault(key, value)
+        yield url
+    finally:
+        stop_process(proc)
