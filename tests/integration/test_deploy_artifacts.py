@@ -3,7 +3,9 @@
 ``osls package`` turns serverless.yml into the CloudFormation template that ``osls deploy``
 would submit; cfn-lint checks it against the CloudFormation resource schemas; asl-validator
 checks the state machine definitions. No AWS account is touched: the credentials are dummies
-and every HTTP(S) request osls might make goes to a closed local port.
+and the AWS SDK's endpoint is moto_server on 127.0.0.1 (AWS_ENDPOINT_URL), the only AWS call
+packaging makes being CloudFormation DescribeStacks for the layer; the machine has no other
+network.
 """
 
 from __future__ import annotations
@@ -81,11 +83,29 @@ def deploy_tools() -> Path:
 
 
 @pytest.fixture(scope="session")
-def package_dir(deploy_tools: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``osls package`` of serverless.yml into a temporary directory."""
+def lambda_layer(deploy_tools: Path) -> Path:
+    """Run scripts/build-lambda-layer.sh (idempotent); return the layer's python/ dir."""
+    proc = _run(
+        ["bash", str(ROOT / "scripts" / "build-lambda-layer.sh")],
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "VENV": sys.prefix},
+    )
+    assert proc.returncode == 0, "build-lambda-layer.sh failed\n" + _explain(proc)
+    return ROOT / ".build" / "lambda-layer" / "python"
+
+
+@pytest.fixture(scope="session")
+def package_dir(
+    deploy_tools: Path, lambda_layer: Path, moto_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``osls package`` of serverless.yml into a temporary directory.
+
+    Packaging a layer asks CloudFormation whether the stack already carries it
+    (DescribeStacks); the AWS SDK is pointed at moto_server, which answers that the stack
+    does not exist."""
     out = tmp_path_factory.mktemp("sls-package")
     home = tmp_path_factory.mktemp("sls-home")
-    closed = "http://127.0.0.1:9"  # nothing listens there: any cloud call fails at once
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLS_"))},
         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
@@ -94,9 +114,7 @@ def package_dir(deploy_tools: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "SLS_TELEMETRY_DISABLED": "1",
         "SLS_NOTIFICATIONS_MODE": "off",
         "HOME": str(home),  # osls keeps its state under ~/.serverless
-        "HTTP_PROXY": closed,
-        "HTTPS_PROXY": closed,
-        "NO_PROXY": "",
+        "AWS_ENDPOINT_URL": moto_url,
     }
     proc = _run(
         [
@@ -481,3 +499,50 @@ def test_state_machine_retries_lambda_errors_and_times_out(template: dict[str, A
     waits = [s for s in definition["States"].values() if s["Type"] == "Wait"]
     assert waits and all(w["SecondsPath"] == "$.reconcile.wait" for w in waits)
     assert all(t["ResultPath"] == "$.reconcile" for t in tasks.values())
+
+
+LAYER_IMPORT_CHECK = """
+import sys
+layer, root = sys.argv[1], sys.argv[2]
+sys.path[:0] = [layer, root]
+import functions.aws
+import billow_control.aws_runtime
+import billow_control.adapters.dynamodb_store
+import billow_control.adapters.ec2_provider
+import billow_control.adapters.sfn_orchestrator
+import boto3
+from billow_control.api.app import build_app
+build_app(lambda: None)
+import json
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_lambda_code_imports_from_the_layer_alone(lambda_layer: Path) -> None:
+    """What Lambda will run: the packaged code plus the layer, no site-packages (-S -I)."""
+    proc = subprocess.run(
+        [
+            sys.base_prefix + "/bin/python3",
+            "-S",
+            "-I",
+            "-c",
+            LAYER_IMPORT_CHECK,
+            str(lambda_layer),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"pydantic", "pynamodb", "aws_lambda_powertools", "boto3"} <= modules
+    assert not modules & {"dask", "distributed", "numpy"}
+
+
+def test_every_function_uses_the_dependency_layer(template: dict[str, Any]) -> None:
+    (layer_id,) = _resources(template, "AWS::Lambda::LayerVersion")
+    functions = _resources(template, "AWS::Lambda::Function")
+    assert functions
+    for name, fn in functions.items():
+        assert {"Ref": layer_id} in fn["Properties"].get("Layers", []), name
