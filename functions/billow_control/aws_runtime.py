@@ -220,7 +220,7 @@ class AwsRuntime:
                 ),
                 expires_after_seconds=int(store.idempotency_ttl.total_seconds()),
             )
-        reaper = Reaper(store, provider, orchestrator, reconciler, clock, events, settings)
+        reaper = Reaper(plane, reconciler)
         return cls(
             settings=settings,
             ec2_settings=ec2_config,

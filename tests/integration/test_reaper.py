@@ -66,15 +66,7 @@ class Watchdog:
             self.bus,
             self.settings,
         )
-        self.reaper = Reaper(
-            store,
-            self.provider,
-            self.orchestrator,
-            self.reconciler,
-            self.clock,
-            self.bus,
-            self.settings,
-        )
+        self.reaper = Reaper(self.plane, self.reconciler)
         self.user = User(id="u-1", name="ann")
         store.put_user(self.user)
 

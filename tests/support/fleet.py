@@ -8,8 +8,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.dynamodb_store import DynamoDBStore
+from billow_control.adapters.fernet_box import FernetSecretBox
 from billow_control.core.models import (
     ClusterRecord,
     ClusterRequest,
@@ -22,6 +25,7 @@ from billow_control.core.models import (
 from billow_control.core.ports import Store
 from billow_control.core.reaper import Reaper, ReaperReport
 from billow_control.core.reconcile import Reconciler
+from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
 
@@ -83,9 +87,11 @@ class Fleet:
         bus = MemoryBus()
         provider = MemoryProvider(self.clock)
         reconciler = Reconciler(store, provider, self.clock, bus, self.settings)
-        self.reaper = Reaper(
-            store, provider, RecordingOrchestrator(), reconciler, self.clock, bus, self.settings
+        box = FernetSecretBox(Fernet.generate_key())
+        plane = ControlPlane(
+            store, provider, RecordingOrchestrator(), box, self.clock, bus, self.settings
         )
+        self.reaper = Reaper(plane, reconciler)
 
     def record(self, i: int, status: ClusterStatus) -> ClusterRecord:
         """Cluster number ``i`` with ``status``, created ``i`` seconds after the first."""

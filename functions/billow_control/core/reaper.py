@@ -22,8 +22,9 @@ from .models import (
     InstanceInfo,
     parse_duration,
 )
-from .ports import Clock, ConflictError, EventBus, Orchestrator, Provider, Store
+from .ports import ConflictError
 from .reconcile import Reconciler
+from .service import ControlPlane
 from .settings import ControlSettings
 
 log = logging.getLogger(__name__)
@@ -127,23 +128,17 @@ class ReaperReport:
 
 
 class Reaper:
-    def __init__(
-        self,
-        store: Store,
-        provider: Provider,
-        orchestrator: Orchestrator,
-        reconciler: Reconciler,
-        clock: Clock,
-        events: EventBus,
-        settings: ControlSettings,
-    ) -> None:
-        self.store = store
-        self.provider = provider
-        self.orchestrator = orchestrator
+    """Runs ``judge`` over active clusters with the ports of ``plane``; failures go
+    through ``reconciler.fail`` so they record logs and events like any other failure."""
+
+    def __init__(self, plane: ControlPlane, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
-        self.clock = clock
-        self.events = events
-        self.settings = settings
+        self.store = plane.store
+        self.provider = plane.provider
+        self.orchestrator = plane.orchestrator
+        self.clock = plane.clock
+        self.events = plane.events
+        self.settings = plane.settings
 
     def run_once(self) -> ReaperReport:
         """One pass over active clusters, then the orphan sweep. Never raises for a single

@@ -50,7 +50,7 @@ class EmbeddedRuntime:
         reconciler = Reconciler(store, provider, clock, events, settings)
         orchestrator = LocalOrchestrator(reconciler.reconcile)
         plane = ControlPlane(store, provider, orchestrator, box, clock, events, settings)
-        reaper = Reaper(store, provider, orchestrator, reconciler, clock, events, settings)
+        reaper = Reaper(plane, reconciler)
         return cls(data_dir, settings, store, provider, orchestrator, reconciler, plane, reaper)
 
     def start(self) -> None:
