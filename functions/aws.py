@@ -11,7 +11,7 @@ handler              invoked by
 ===================  ==========================================================================
 
 Each handler is thin: parse the event, call one use case of the runtime that
-``billow_control.aws_runtime`` builds once per container, return. Importing this module
+``billow_control.runtimes.aws`` builds once per container, return. Importing this module
 loads only the powertools logger and metrics; the runtime (boto3, pydantic, the core) is
 built on the first invocation, and dask is never imported (the Lambda package carries no
 dask).
@@ -64,8 +64,8 @@ from aws_lambda_powertools.logging import correlation_paths  # noqa: E402
 from aws_lambda_powertools.metrics import MetricUnit  # noqa: E402
 
 if TYPE_CHECKING:
-    from billow_control.aws_runtime import AwsRuntime
     from billow_control.core.models import ClusterRecord, ReconcileResult
+    from billow_control.runtimes.aws import AwsRuntime
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "billow"
 logger = Logger(service=SERVICE, utc=True)
@@ -97,7 +97,7 @@ def observe(kind: str, cluster: ClusterRecord, detail: dict | None) -> None:
 
 def runtime() -> AwsRuntime:
     """The container's runtime, built on first use."""
-    from billow_control import aws_runtime
+    from billow_control.runtimes import aws as aws_runtime
 
     built = aws_runtime._runtime is None
     rt = aws_runtime.get_runtime(observer=observe)
@@ -304,7 +304,7 @@ def sweep(rt: AwsRuntime, active_ids: set[str]) -> list[str]:
     may be missing from it while its first reconcile creates these: clusters whose
     record, read strongly, is active are kept too.
     """
-    from billow_control.adapters.ec2_provider import TAG_CLUSTER, TAG_DEPLOYMENT
+    from billow_control.adapters.aws.ec2_provider import TAG_CLUSTER, TAG_DEPLOYMENT
 
     ec2 = rt.provider.ec2
     deployment = [{"Name": f"tag:{TAG_DEPLOYMENT}", "Values": [rt.settings.deployment]}]

@@ -40,7 +40,7 @@ def server(
     from dask.utils import parse_timedelta
 
     from billow_control.core.settings import ControlSettings
-    from billow_control.embedded.serve import serve
+    from billow_control.runtimes.embedded_server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -68,7 +68,7 @@ def login(
     token: str = typer.Option(..., prompt=True, hide_input=True, help="Your API token."),
 ) -> None:
     """Save the control plane URL and token for the SDK and CLI (file mode 0600)."""
-    from billow_control.embedded.runtime import write_login
+    from billow_control.runtimes.embedded import write_login
 
     async def check() -> dict:
         async with ControlPlaneClient(server, token) as api:

@@ -76,13 +76,13 @@ from typing import Any
 
 import httpx
 
-from billow_control.adapters.dynamodb_store import DynamoDBStore
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.auth import hash_token
 from billow_control.core.models import ClusterRequest
 from billow_control.core.ports import Store
 from billow_control.core.settings import ControlSettings
-from billow_control.embedded.runtime import EmbeddedRuntime, write_login
+from billow_control.runtimes.embedded import EmbeddedRuntime, write_login
 from tests.support.fleet import Fleet, ItemsRead
 from tests.support.processes import EmbeddedServer, free_port, moto_server, wait_until
 

@@ -30,8 +30,8 @@ import pytest
 from dask.distributed import Client
 
 import billow
-from billow_control import aws_runtime
-from billow_control.embedded.server import http_api_event
+from billow_control.runtimes import aws as aws_runtime
+from billow_control.runtimes.http_proxy import http_api_event
 from tests.support.aws import (
     ApiGateway,
     Deployment,

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from billow_control.adapters.eventbridge_bus import EventBridgeBus
-from billow_control.adapters.kms_box import KmsSecretBox
-from billow_control.adapters.sfn_orchestrator import StepFunctionsOrchestrator
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.aws.eventbridge_bus import EventBridgeBus
+from billow_control.adapters.aws.kms_box import KmsSecretBox
+from billow_control.adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import ClusterRecord, ClusterRequest, ClusterStatus, new_id
 from tests.support.aws import SQS_TASK, client
 from tests.support.processes import wait_until
@@ -98,7 +98,7 @@ def test_a_missing_bus_never_fails_the_caller(url: str) -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    bus_log = logging.getLogger("billow_control.adapters.eventbridge_bus")
+    bus_log = logging.getLogger("billow_control.adapters.aws.eventbridge_bus")
     bus_log.addHandler(handler)
     try:
         EventBridgeBus(client(url, "events"), "no-such-bus", "prod").publish("ready", record())

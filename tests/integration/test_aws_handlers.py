@@ -16,8 +16,8 @@ import functions.aws as aws
 import httpx
 import pytest
 
-from billow_control.aws_runtime import AwsRuntime
 from billow_control.core.models import ClusterRequest, ClusterStatus
+from billow_control.runtimes.aws import AwsRuntime
 from tests.support.aws import Deployment, FakeLambdaContext, client, functions_env
 from tests.support.processes import wait_until
 

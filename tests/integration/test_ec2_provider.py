@@ -25,7 +25,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from billow_control.adapters.ec2_provider import (
+from billow_control.adapters.aws.ec2_provider import (
     MAX_USER_DATA,
     TAG_CLUSTER,
     TAG_DEPLOYMENT,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from billow_control.adapters.clock import SystemClock
-from billow_control.adapters.local_provider import LocalProcessProvider
+from billow_control.adapters.local.process_provider import LocalProcessProvider
 from billow_control.core.models import InstanceRole, InstanceSpec, InstanceState
 from tests.support.processes import pid_alive, wait_until
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from billow_control.adapters.clock import ManualClock
-from billow_control.adapters.fernet_box import FernetSecretBox
-from billow_control.adapters.local_provider import LocalProcessProvider
+from billow_control.adapters.local.fernet_box import FernetSecretBox
+from billow_control.adapters.local.process_provider import LocalProcessProvider
 from billow_control.core.models import (
     ClusterRequest,
     ClusterStatus,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from billow_control.adapters.dynamodb_store import DynamoDBStore
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from tests.support.fleet import Fleet, ItemsRead
 from tests.support.stores import dynamodb_store
 

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from billow_control.adapters.dynamodb_store import DynamoDBStore
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import (
     ClusterRecord,
     ClusterRequest,

@@ -10,9 +10,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
 from billow_control.adapters.clock import ManualClock
-from billow_control.adapters.dynamodb_store import DynamoDBStore
-from billow_control.adapters.fernet_box import FernetSecretBox
+from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.core.models import (
     ClusterRecord,
     ClusterRequest,

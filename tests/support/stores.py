@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from billow_control.adapters.dynamodb_store import DynamoDBStore
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.ports import Store
 
 STORE_KINDS = ["sqlite", "dynamodb"]

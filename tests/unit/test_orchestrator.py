@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from billow_control.adapters.local_orchestrator import LocalOrchestrator
+from billow_control.adapters.local.thread_orchestrator import LocalOrchestrator
 from billow_control.core.models import ClusterStatus, ReconcileResult
 
 pytestmark = pytest.mark.unit

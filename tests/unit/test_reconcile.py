@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from billow_control.adapters.clock import ManualClock
-from billow_control.adapters.fernet_box import FernetSecretBox
-from billow_control.adapters.sqlite_store import SqliteStore
+from billow_control.adapters.local.fernet_box import FernetSecretBox
+from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import (
     ClusterRequest,
     ClusterStatus,

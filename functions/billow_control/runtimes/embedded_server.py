@@ -12,8 +12,8 @@ import uvicorn
 
 from ..api.app import build_app
 from ..core.settings import ControlSettings
-from .runtime import EmbeddedRuntime, write_login
-from .server import ProxyASGIApp
+from .embedded import EmbeddedRuntime, write_login
+from .http_proxy import ProxyASGIApp
 
 log = logging.getLogger("billow.server")
 

@@ -21,8 +21,8 @@ from collections import deque
 from datetime import datetime
 from pathlib import Path
 
-from ..core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState, new_id
-from ..core.ports import Clock
+from ...core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState, new_id
+from ...core.ports import Clock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (

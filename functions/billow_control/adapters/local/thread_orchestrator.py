@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..core.models import ReconcileResult
+from ...core.models import ReconcileResult
 
 log = logging.getLogger(__name__)
 

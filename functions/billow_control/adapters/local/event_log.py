@@ -7,7 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
-from ..core.models import ClusterRecord, utcnow
+from ...core.models import ClusterRecord, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import yaml
 
 from ..adapters.clock import SystemClock
-from ..adapters.event_log import JsonLinesEventBus
-from ..adapters.fernet_box import FernetSecretBox
-from ..adapters.local_orchestrator import LocalOrchestrator
-from ..adapters.local_provider import LocalProcessProvider
-from ..adapters.sqlite_store import SqliteStore
+from ..adapters.local.event_log import JsonLinesEventBus
+from ..adapters.local.fernet_box import FernetSecretBox
+from ..adapters.local.process_provider import LocalProcessProvider
+from ..adapters.local.sqlite_store import SqliteStore
+from ..adapters.local.thread_orchestrator import LocalOrchestrator
 from ..core.reaper import Reaper
 from ..core.reconcile import Reconciler
 from ..core.service import ControlPlane

@@ -35,8 +35,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..core.models import ClusterRecord
-from ..core.ports import Store
+from ...core.models import ClusterRecord
+from ...core.ports import Store
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState
+from ...core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState
 
 log = logging.getLogger(__name__)
 

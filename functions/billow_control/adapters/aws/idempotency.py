@@ -37,9 +37,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from .core.errors import Conflict
-from .core.models import ClusterRequest, User
-from .core.service import ControlPlane
+from ...core.errors import Conflict
+from ...core.models import ClusterRequest, User
+from ...core.service import ControlPlane
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ..core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ..core.ports import ConflictError, IdempotencyMismatch, NameTakenError
+from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ...core.ports import ConflictError, IdempotencyMismatch, NameTakenError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (

@@ -75,8 +75,8 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
-from ..core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ..core.ports import ConflictError, IdempotencyMismatch, NameTakenError
+from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ...core.ports import ConflictError, IdempotencyMismatch, NameTakenError
 
 PAY_PER_REQUEST = "PAY_PER_REQUEST"
 _CONDITION_FAILED = "ConditionalCheckFailedException"

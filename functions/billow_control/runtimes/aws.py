@@ -1,5 +1,5 @@
 """Composition root of the AWS control plane: DynamoDB, EC2, Step Functions, EventBridge,
-KMS. The AWS counterpart of ``billow_control.embedded.runtime``.
+KMS. The AWS counterpart of ``billow_control.runtimes.embedded``.
 
 Everything is configured by environment variables (``serverless.yml`` sets them):
 
@@ -46,18 +46,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .adapters.clock import SystemClock
-from .adapters.dynamodb_store import DynamoDBStore
-from .adapters.ec2_provider import EC2Provider, EC2Settings
-from .adapters.eventbridge_bus import EventBridgeBus
-from .adapters.kms_box import KmsSecretBox
-from .adapters.sfn_orchestrator import StepFunctionsOrchestrator
-from .core.models import ClusterRecord, parse_duration
-from .core.ports import EventBus
-from .core.reaper import Reaper
-from .core.reconcile import Reconciler
-from .core.service import ControlPlane
-from .core.settings import ControlSettings
+from ..adapters.aws.dynamodb_store import DynamoDBStore
+from ..adapters.aws.ec2_provider import EC2Provider, EC2Settings
+from ..adapters.aws.eventbridge_bus import EventBridgeBus
+from ..adapters.aws.kms_box import KmsSecretBox
+from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+from ..adapters.clock import SystemClock
+from ..core.models import ClusterRecord, parse_duration
+from ..core.ports import EventBus
+from ..core.reaper import Reaper
+from ..core.reconcile import Reconciler
+from ..core.service import ControlPlane
+from ..core.settings import ControlSettings
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class AwsRuntime:
         else:
             from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-            from .aws_idempotency import IdempotentControlPlane
+            from ..adapters.aws.idempotency import IdempotentControlPlane
 
             plane = IdempotentControlPlane(
                 *ports,

@@ -38,7 +38,7 @@ import json
 import logging
 from typing import Any
 
-from ..core.models import ClusterRecord, utcnow
+from ...core.models import ClusterRecord, utcnow
 
 log = logging.getLogger(__name__)
 
