@@ -206,7 +206,7 @@ def _fail(rt: AwsRuntime, cluster_id: str, error: Any) -> ReconcileResult:
     """Record the state machine's caught error as the cluster's failure (target stopped),
     then take the first teardown step; the state machine's teardown loop does the rest."""
     from billow_control.core.models import ClusterStatus, ReconcileResult
-    from billow_control.core.ports import ConflictError
+    from billow_control.core.ports import StaleRecordError
 
     message = f"the lifecycle workflow failed: {describe_error(error)}"
     for _ in range(10):
@@ -218,7 +218,7 @@ def _fail(rt: AwsRuntime, cluster_id: str, error: Any) -> ReconcileResult:
         try:
             rt.reconciler.fail(record, "orchestration-error", message, [])
             break
-        except ConflictError:
+        except StaleRecordError:
             continue
     try:
         return rt.reconciler.reconcile(cluster_id)

@@ -38,7 +38,6 @@ def provider(tmp_path: Path):
 def spec(name: str, **env: str) -> InstanceSpec:
     return InstanceSpec(
         cluster_id="c-1",
-        generation=1,
         name=name,
         role=InstanceRole.worker,
         cpu=1,

@@ -197,7 +197,6 @@ def test_instance_without_a_record_is_swept_after_the_grace_period(dog: Watchdog
     orphan = dog.provider.launch(
         InstanceSpec(
             cluster_id="c-00000000deadbeef",
-            generation=1,
             name="worker-0",
             role=InstanceRole.worker,
             cpu=1,

@@ -36,7 +36,7 @@ from billow_control.core.models import (
     User,
     new_id,
 )
-from billow_control.core.ports import ConflictError, IdempotencyMismatch, NameTakenError, Store
+from billow_control.core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError, Store
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration
@@ -187,14 +187,14 @@ def test_update_bumps_the_version_and_persists(store: Store) -> None:
 def test_stale_update_conflicts_and_writes_nothing(store: Store) -> None:
     rec, _ = store.create_cluster(record(), None, "h")
     winner = store.update_cluster(rec.model_copy(update={"desired_workers": 5}))
-    with pytest.raises(ConflictError):
+    with pytest.raises(StaleRecordError):
         store.update_cluster(rec.model_copy(update={"desired_workers": 9}))
-    with pytest.raises(ConflictError):  # a stale terminal write must not free the name
+    with pytest.raises(StaleRecordError):  # a stale terminal write must not free the name
         finish(store, rec, ClusterStatus.stopped)
     assert store.get_cluster(rec.id) == winner
     with pytest.raises(NameTakenError):
         store.create_cluster(record(), None, "h")
-    with pytest.raises(ConflictError):
+    with pytest.raises(StaleRecordError):
         store.update_cluster(record())  # never created
 
 
@@ -216,7 +216,7 @@ def test_concurrent_updates_from_one_version_have_one_winner(atomic_store: Store
     def update(i: int) -> ClusterRecord | None:
         try:
             return atomic_store.update_cluster(base.model_copy(update={"desired_workers": i}))
-        except ConflictError:
+        except StaleRecordError:
             return None
 
     winners = [r for r in concurrently(update) if r is not None]

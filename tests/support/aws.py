@@ -43,8 +43,8 @@ from typing import Any
 
 import boto3
 
-from billow_control.runtimes import aws as aws_runtime
 from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
 from tests.support.processes import ROOT, pid_alive
 

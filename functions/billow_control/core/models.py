@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import tags
+
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$")
@@ -183,8 +185,8 @@ class ClusterRequest(BaseModel):
     @classmethod
     def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if key.startswith("billow:"):
-                raise ValueError(f"tag {key!r} uses the reserved prefix 'billow:'")
+            if tags.is_reserved(key):
+                raise ValueError(f"tag {key!r} uses the reserved prefix {tags.PREFIX!r}")
         return v
 
     @property
@@ -251,7 +253,6 @@ class ClusterRecord(BaseModel):
     request: ClusterRequest
     status: ClusterStatus = ClusterStatus.pending
     target: ClusterTarget = ClusterTarget.running
-    generation: int = 1
     desired_workers: int
     remove_workers: list[str] = Field(default_factory=list)
     version: int = 0
@@ -286,11 +287,10 @@ class HeartbeatRecord(BaseModel):
 
 
 class InstanceSpec(BaseModel):
-    """What the orchestrator asks a provider to run. ``name`` is unique per cluster
-    generation and doubles as the idempotency token of the launch."""
+    """What the reconciler asks a provider to run. ``name`` is unique within the cluster
+    (a replacement gets a fresh name), so ``client_token`` makes the launch idempotent."""
 
     cluster_id: str
-    generation: int
     name: str
     role: InstanceRole
     cpu: int
@@ -300,7 +300,7 @@ class InstanceSpec(BaseModel):
 
     @property
     def client_token(self) -> str:
-        return f"{self.cluster_id}-g{self.generation}-{self.name}"
+        return f"{self.cluster_id}-{self.name}"
 
 
 class InstanceState(StrEnum):

@@ -1,12 +1,17 @@
-"""The ports the core talks through. Adapters live in ``billow_control.adapters``.
+"""The ports the core talks through, and ``Ports``, the one bundle a runtime builds.
 
-Each runtime (embedded, AWS, GCP) wires one adapter per port in its composition root.
+Adapters live in ``billow_control.adapters`` (``local/``, ``aws/``, ...). Each runtime
+(``billow_control.runtimes``) builds exactly one ``Ports`` in its composition root and
+hands it to ``ControlPlane``, which gives it to the lifecycle and the watchdog: no port
+is passed twice.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .models import (
     ClusterRecord,
@@ -16,10 +21,18 @@ from .models import (
     InstanceSpec,
     User,
 )
+from .settings import ControlSettings
 
 
-class ConflictError(Exception):
-    """A conditional write lost: the record changed since it was read. Re-read and retry."""
+class StaleRecordError(Exception):
+    """A conditional write lost: the record changed since it was read. Re-read and retry.
+
+    (Not an HTTP error: the API's 409 is ``core.errors.Conflict``.)"""
+
+
+class FinishedClusterError(ValueError):
+    """A write tried to make a stopped or failed cluster active again; its name may belong
+    to a newer cluster by now. Nothing was written."""
 
 
 class NameTakenError(Exception):
@@ -40,7 +53,7 @@ class Store(Protocol):
     """Durable state of clusters, users, tokens and secrets.
 
     Writes of cluster records are conditional on ``version``: ``update_cluster`` raises
-    ``ConflictError`` when another writer got there first, and never half-writes.
+    ``StaleRecordError`` when another writer got there first, and never half-writes.
     """
 
     def create_cluster(
@@ -49,26 +62,31 @@ class Store(Protocol):
         """Insert ``record`` atomically with its idempotency key.
 
         Returns ``(record, True)`` when created, or ``(existing, False)`` when the same
-        owner already created a cluster with this key and the same ``request_hash``.
+        owner already created a cluster with this key and the same ``request_hash``
+        within the store's Idempotency-Key lifetime (an expired key counts as unused).
         Raises ``IdempotencyMismatch`` when the key was used for another request, and
         ``NameTakenError`` when an active cluster of this owner has the same name.
         """
         ...
 
-    def get_cluster(self, cluster_id: str) -> ClusterRecord | None: ...
+    def get_cluster(self, cluster_id: str) -> ClusterRecord | None:
+        """The record as last written (a strongly consistent read), or ``None``."""
+        ...
 
     def list_clusters(
         self, owner: str | None, active_only: bool, name: str | None = None
     ) -> list[ClusterRecord]:
         """Clusters of ``owner`` (all owners when ``None``), optionally of one ``name``,
         newest first. ``active_only`` reads only non-terminal clusters (an index, never a
-        scan of finished ones)."""
+        scan of finished ones). May be eventually consistent."""
         ...
 
     def update_cluster(self, record: ClusterRecord) -> ClusterRecord:
         """Write ``record`` if the stored version equals ``record.version``.
 
-        Returns the record with its new version. Raises ``ConflictError`` otherwise.
+        Returns the record with its new version. Raises ``StaleRecordError`` otherwise,
+        and ``FinishedClusterError`` when ``record`` is active but the stored one is
+        terminal. A finished cluster never becomes active again.
         """
         ...
 
@@ -112,7 +130,11 @@ class Store(Protocol):
 
 
 class Provider(Protocol):
-    """Runs instances. Every method is idempotent and safe to call again after a crash."""
+    """Runs instances. Every method is idempotent and safe to call again after a crash.
+
+    Infrastructure errors (the cloud API unavailable, throttled, refusing) are raised;
+    the orchestrator retries the reconcile step with backoff.
+    """
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
         """Start the instance, or return the one already started for ``spec.client_token``."""
@@ -134,24 +156,141 @@ class Provider(Protocol):
         """Every live instance tagged with this deployment (for the orphan sweep)."""
         ...
 
+    def sweep_cluster_resources(self, is_active: Callable[[str], bool]) -> list[str]:
+        """Release what clusters hold besides instances (EC2: launch templates and security
+        groups; local processes: scratch directories) for every cluster of this deployment
+        for which ``is_active(cluster_id)`` is false and no instance is alive.
 
-class Orchestrator(Protocol):
-    def submit(self, cluster_id: str) -> None:
-        """Make sure ``reconcile(cluster_id)`` runs soon and keeps running until done.
-
-        Calling it for a cluster that is already being driven is a cheap no-op (or a
-        prompt re-run); never two concurrent reconciles of the same cluster.
+        Returns the ids of clusters now fully cleaned up; the others are tried again on
+        the next call. Never touches shared resources or instance logs.
         """
         ...
 
 
-class SecretBox(Protocol):
-    def encrypt(self, plaintext: bytes) -> bytes: ...
+class Orchestrator(Protocol):
+    """Drives ``Lifecycle.reconcile`` for each cluster until it reports ``done``."""
 
-    def decrypt(self, ciphertext: bytes) -> bytes: ...
+    def submit(self, cluster_id: str) -> None:
+        """Make sure ``reconcile(cluster_id)`` runs soon and keeps running until done.
+
+        Calling it for a cluster that is already being driven is a cheap no-op (or a
+        prompt re-run); never two concurrent reconciles of the same cluster. Raises on
+        infrastructure errors; the record is already written, so the watchdog's resync
+        drives the cluster later.
+        """
+        ...
+
+    def running_clusters(self) -> set[str]:
+        """Ids of the clusters being driven right now (queued or running)."""
+        ...
+
+
+class SecretBox(Protocol):
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Ciphertext that only this deployment's key opens."""
+        ...
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        """The plaintext; raises when the ciphertext was not sealed by this deployment."""
+        ...
 
 
 class EventBus(Protocol):
     def publish(self, kind: str, cluster: ClusterRecord, detail: dict | None = None) -> None:
         """Emit a lifecycle event; failures are logged, never raised into the caller."""
         ...
+
+
+class IdempotencyCache(Protocol):
+    """Answers a *completed* repeat of a create from one read, before the core pays for
+    a fresh PKI and its encrypted secrets. The store's transactional create stays the
+    source of truth: whenever the cache cannot decide it simply runs ``create``."""
+
+    def run_once(self, owner: str, key: str, request_hash: str, create: Callable[[], str]) -> str:
+        """The cluster id of ``create()`` run now, or of the first completed run for
+        ``(owner, key)``. Raises ``IdempotencyMismatch`` when the key was used with
+        another ``request_hash``."""
+        ...
+
+
+T = TypeVar("T")
+
+
+class _Port(Generic[T]):
+    """A ``Ports`` attribute holding an adapter, or a factory that builds it on first use."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type) -> _Port[T]: ...
+
+    @overload
+    def __get__(self, obj: Ports, objtype: type) -> T: ...
+
+    def __get__(self, obj: Ports | None, objtype: type) -> T | _Port[T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name]
+        if isinstance(value, _Lazy):
+            with obj._build_lock:
+                value = obj.__dict__[self.name]
+                if isinstance(value, _Lazy):
+                    value = obj.__dict__[self.name] = value.build()
+        return value  # type: ignore[no-any-return]
+
+    def __set__(self, obj: Ports, value: T) -> None:
+        obj.__dict__[self.name] = value
+
+
+class _Lazy:
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+
+
+def lazy(build: Callable[[], T]) -> T:
+    """Give ``Ports`` a factory instead of an adapter: it is called once, on first use,
+    so a Lambda request builds only the clients it needs (typed as the adapter)."""
+    return _Lazy(build)  # type: ignore[return-value]
+
+
+class Ports:
+    """Every adapter of one runtime. Build exactly one per runtime (composition root).
+
+    Any port may be given as ``lazy(factory)``: the adapter is built on first access and
+    kept. ``idempotency`` is optional (``None``: the store alone answers repeats).
+    """
+
+    store: _Port[Store] = _Port()
+    provider: _Port[Provider] = _Port()
+    orchestrator: _Port[Orchestrator] = _Port()
+    secrets: _Port[SecretBox] = _Port()
+    events: _Port[EventBus] = _Port()
+    idempotency: _Port[IdempotencyCache | None] = _Port()
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        provider: Provider,
+        orchestrator: Orchestrator,
+        secrets: SecretBox,
+        clock: Clock,
+        events: EventBus,
+        settings: ControlSettings,
+        idempotency: IdempotencyCache | None = None,
+    ) -> None:
+        self._build_lock = threading.RLock()
+        self.store = store
+        self.provider = provider
+        self.orchestrator = orchestrator
+        self.secrets = secrets
+        self.events = events
+        self.idempotency = idempotency
+        self.clock = clock
+        self.settings = settings
+
+    def built(self) -> list[str]:
+        """Names of the ports built so far (what a request has paid for)."""
+        names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency")
+        return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy)]

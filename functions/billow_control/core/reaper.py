@@ -22,7 +22,7 @@ from .models import (
     InstanceInfo,
     parse_duration,
 )
-from .ports import ConflictError
+from .ports import StaleRecordError
 from .reconcile import Reconciler
 from .service import ControlPlane
 from .settings import ControlSettings
@@ -154,7 +154,7 @@ class Reaper:
                     judge(record, self.store.get_heartbeat(record.id), now, self.settings),
                     report,
                 )
-            except ConflictError:
+            except StaleRecordError:
                 pass  # changed under us; the next pass sees the new state
             except Exception:
                 log.exception("reaper failed on cluster %s", record.id)

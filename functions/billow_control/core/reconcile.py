@@ -23,7 +23,7 @@ from .models import (
     InstanceState,
     ReconcileResult,
 )
-from .ports import Clock, ConflictError, EventBus, Provider, Store
+from .ports import Clock, EventBus, Provider, StaleRecordError, Store
 from .settings import ControlSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Reconciler:
             if record.status.terminal:
                 return self._teardown(record, instances)
             return self._bring_up(record, instances)
-        except ConflictError:
+        except StaleRecordError:
             return ReconcileResult(done=False, wait=0.0, status=record.status)
 
     # -- bring up ----------------------------------------------------------------------
@@ -191,7 +191,6 @@ class Reconciler:
         request = record.request
         spec = InstanceSpec(
             cluster_id=record.id,
-            generation=record.generation,
             name=name,
             role=role,
             cpu=request.scheduler_cpu if role == InstanceRole.scheduler else request.worker_cpu,

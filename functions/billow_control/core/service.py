@@ -34,13 +34,13 @@ from .models import (
 )
 from .ports import (
     Clock,
-    ConflictError,
     EventBus,
     IdempotencyMismatch,
     NameTakenError,
     Orchestrator,
     Provider,
     SecretBox,
+    StaleRecordError,
     Store,
 )
 from .settings import ControlSettings
@@ -190,7 +190,7 @@ class ControlPlane:
             record.updated_at = self.clock.now()
             try:
                 record = self.store.update_cluster(record)
-            except ConflictError:
+            except StaleRecordError:
                 continue
             self.events.publish("scaled", record, {"n_workers": scale.n_workers})
             self.orchestrator.submit(record.id)
@@ -212,7 +212,7 @@ class ControlPlane:
             record.updated_at = self.clock.now()
             try:
                 record = self.store.update_cluster(record)
-            except ConflictError:
+            except StaleRecordError:
                 fresh = self.store.get_cluster(record.id)
                 if fresh is None:
                     raise NotFound("cluster disappeared") from None

@@ -76,7 +76,7 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ...core.ports import ConflictError, IdempotencyMismatch, NameTakenError
+from ...core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError
 
 PAY_PER_REQUEST = "PAY_PER_REQUEST"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -337,7 +337,7 @@ class DynamoDBStore:
         Returns ``(record, True)``, or ``(existing, False)`` for a repeated key with the same
         ``request_hash``. Raises ``IdempotencyMismatch`` for a repeated key with another
         hash, ``NameTakenError`` when an active cluster of the owner has the name,
-        ``ValueError`` unless ``record.version == 0``, and ``ConflictError`` when DynamoDB
+        ``ValueError`` unless ``record.version == 0``, and ``StaleRecordError`` when DynamoDB
         kept cancelling the transaction for concurrent writes to the same keys.
         """
         if record.version != 0:
@@ -376,7 +376,7 @@ class DynamoDBStore:
                 delay *= 2
                 continue
             return record, True
-        raise ConflictError(f"could not create cluster {record.id}: concurrent writes")
+        raise StaleRecordError(f"could not create cluster {record.id}: concurrent writes")
 
     def _why_create_failed(
         self, record: ClusterRecord, idempotency_key: str | None, request_hash: str
@@ -445,7 +445,7 @@ class DynamoDBStore:
     def update_cluster(self, record: ClusterRecord) -> ClusterRecord:
         """Write ``record`` if the stored version equals ``record.version``.
 
-        Returns the record with ``version + 1``. Raises ``ConflictError`` when the version
+        Returns the record with ``version + 1``. Raises ``StaleRecordError`` when the version
         differs or the cluster does not exist, and nothing is written. The write that makes
         a cluster terminal also frees its name, in one transaction. Raises ``ValueError``
         when asked to make a terminal cluster active again (its name may be taken).
@@ -465,7 +465,7 @@ class DynamoDBStore:
                         f"cluster {record.id} is {stored.status.value}; "
                         "a finished cluster cannot become active again"
                     ) from None
-                raise ConflictError(record.id) from None
+                raise StaleRecordError(record.id) from None
             return new
         lock = m.key(record.owner, _NAME_LOCK + record.name)
         ours = m.key.cluster_id.does_not_exist() | (m.key.cluster_id == record.id)
@@ -478,14 +478,14 @@ class DynamoDBStore:
                 raise
             holder = self._get(m.key, record.owner, _NAME_LOCK + record.name)
             if holder is None or holder.cluster_id == record.id:
-                raise ConflictError(record.id) from None
+                raise StaleRecordError(record.id) from None
             # The name belongs to a newer cluster: this one was terminal already.
             try:
                 self._cluster_item(new, stored_version=record.version + 1).save()
             except PutError as e2:
                 if not _failed(e2):
                     raise
-                raise ConflictError(record.id) from None
+                raise StaleRecordError(record.id) from None
         return new
 
     # -- heartbeats, secrets, users, tokens ----------------------------------------------

@@ -2,8 +2,7 @@
 state machine (``infra/statemachines/cluster-lifecycle.asl.json``), which call the
 reconcile function until it reports ``done``.
 
-Execution names are ``<cluster id>-g<generation>-v<record version>``, with the input
-``{"cluster_id", "generation"}``:
+Execution names are ``<cluster id>-v<record version>``, with the input ``{"cluster_id"}``:
 
 * At most one execution per cluster runs at a time: ``submit`` first lists the running
   executions of the state machine and does nothing when one of this cluster's is among
@@ -13,7 +12,7 @@ Execution names are ``<cluster id>-g<generation>-v<record version>``, with the i
   heartbeat and a scale at the same instant) derive the same name and input, so Step
   Functions starts one execution: ``StartExecution`` returns the running execution for
   a repeated name and input, and ``ExecutionAlreadyExists`` is treated as success.
-* A name from the cluster id and generation alone would run a cluster once: after the
+* A name from the cluster id alone would run a cluster once: after the
   bring-up execution succeeded, a stop or a scale would collide with it and be dropped.
   The record version makes the name unique per change of the record. When an
   execution of this very version already finished (the record did not change, yet the
@@ -37,18 +36,20 @@ from botocore.exceptions import ClientError
 
 from ...core.models import ClusterRecord
 from ...core.ports import Store
+from .errors import error_code
 
 log = logging.getLogger(__name__)
 
 MAX_NAME = 80  # Step Functions execution names: 1..80 of [A-Za-z0-9_-]
 
 
-def execution_prefix(cluster_id: str, generation: int) -> str:
-    return f"{cluster_id}-g{generation}-"
+def execution_name(record: ClusterRecord) -> str:
+    return f"{record.id}-v{record.version}"
 
 
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
+def cluster_of(execution_name: str) -> str:
+    """The cluster id an execution name starts with (ids never contain ``-v``)."""
+    return execution_name.rsplit("-v", 1)[0]
 
 
 class StepFunctionsOrchestrator:
@@ -61,7 +62,7 @@ class StepFunctionsOrchestrator:
     state_machine_arn
         ARN of the cluster lifecycle state machine.
     store
-        Read for the cluster's generation and version.
+        Read for the cluster's version.
     clock
         Unix time in seconds, for the names of follow-up executions.
     """
@@ -100,7 +101,7 @@ class StepFunctionsOrchestrator:
         Returns the execution name started or already running, ``None`` when a racer
         started the same follow-up.
         """
-        name = f"{execution_prefix(record.id, record.generation)}v{record.version}"
+        name = execution_name(record)
         if self._start(name, record):
             return name
         status = self._status(name)
@@ -120,7 +121,7 @@ class StepFunctionsOrchestrator:
         pages = paginator.paginate(stateMachineArn=self.state_machine_arn, statusFilter="RUNNING")
         for page in pages:
             for execution in page.get("executions", []):
-                cluster_id = str(execution["name"]).split("-g", 1)[0]
+                cluster_id = cluster_of(str(execution["name"]))
                 if only is None or cluster_id == only:
                     found.add(cluster_id)
                     if only is not None:
@@ -134,10 +135,10 @@ class StepFunctionsOrchestrator:
             self.sfn.start_execution(
                 stateMachineArn=self.state_machine_arn,
                 name=name,
-                input=json.dumps({"cluster_id": record.id, "generation": record.generation}),
+                input=json.dumps({"cluster_id": record.id}),
             )
         except ClientError as e:
-            if _code(e) != "ExecutionAlreadyExists":
+            if error_code(e) != "ExecutionAlreadyExists":
                 raise
             return False
         log.info("started execution %s", name)
@@ -150,6 +151,6 @@ class StepFunctionsOrchestrator:
         try:
             return str(self.sfn.describe_execution(executionArn=arn)["status"])
         except ClientError as e:
-            if _code(e) == "ExecutionDoesNotExist":
+            if error_code(e) == "ExecutionDoesNotExist":
                 return None
             raise

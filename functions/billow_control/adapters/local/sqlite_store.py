@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ...core.ports import ConflictError, IdempotencyMismatch, NameTakenError
+from ...core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -148,7 +148,7 @@ class SqliteStore:
                 (int(new.active), new.version, new.model_dump_json(), record.id, record.version),
             )
             if cur.rowcount != 1:
-                raise ConflictError(record.id)
+                raise StaleRecordError(record.id)
         return new
 
     # -- heartbeats, secrets, tokens ----------------------------------------------------
