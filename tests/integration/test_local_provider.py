@@ -85,3 +85,26 @@ def test_terminate_signals_then_escalates_to_kill(provider: LocalProcessProvider
     wait_until(converged, 10, "stubborn killed after the grace period", interval=0.2)
     assert provider.list_deployment_instances() == []
     assert provider.tail_logs(stubborn.id)  # logs outlive the instance
+
+
+def test_sweep_deletes_scratch_of_finished_clusters_and_keeps_logs(
+    provider: LocalProcessProvider,
+) -> None:
+    worker = provider.launch(spec("worker-0"))
+    scratch = provider.instance_dir(worker.id) / "scratch"
+    wait_until(lambda: provider.tail_logs(worker.id) != [], 10, "log line")
+    env = (Path("/proc") / str(pid_of(provider, worker.id)) / "environ").read_bytes()
+    assert f"DASK_TEMPORARY_DIRECTORY={scratch}".encode() in env.split(b"\0")
+    (scratch / "worker-x").mkdir(parents=True)
+    (scratch / "worker-x" / "spilled.bin").write_bytes(b"x" * 1024)
+
+    assert provider.sweep_cluster_resources(lambda cluster_id: False) == []  # still running
+    assert provider.sweep_cluster_resources(lambda cluster_id: True) == []
+    assert scratch.exists()
+    provider.terminate([worker.id])
+    wait_until(lambda: provider.describe("c-1")[0].state == InstanceState.terminated, 10, "exit")
+    assert provider.sweep_cluster_resources(lambda cluster_id: True) == []  # still active
+    assert provider.sweep_cluster_resources(lambda cluster_id: False) == ["c-1"]
+    assert not scratch.exists()
+    assert provider.tail_logs(worker.id)  # logs outlive the sweep
+    assert provider.sweep_cluster_resources(lambda cluster_id: False) == []  # nothing left

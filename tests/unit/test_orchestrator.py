@@ -36,7 +36,10 @@ def test_runs_until_done_never_concurrently_and_retries_errors() -> None:
         return ReconcileResult(done=done, wait=0.01, status=ClusterStatus.provisioning)
 
     orchestrator = LocalOrchestrator(reconcile, threads=4)
-    orchestrator.start(["a", "flaky"])
+    orchestrator.submit("a")
+    orchestrator.submit("flaky")
+    assert orchestrator.running_clusters() == {"a", "flaky"}
+    orchestrator.start()
     for _ in range(10):
         orchestrator.submit("a")
     assert finished.wait(5)
@@ -44,6 +47,6 @@ def test_runs_until_done_never_concurrently_and_retries_errors() -> None:
     while not orchestrator.idle() and time.monotonic() < deadline:
         time.sleep(0.02)
     orchestrator.stop()
-    assert orchestrator.idle()
+    assert orchestrator.idle() and orchestrator.running_clusters() == set()
     assert not overlap.is_set()
     assert calls["flaky"] >= 3  # the error was retried, then it converged

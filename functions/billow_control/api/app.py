@@ -12,9 +12,9 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from ..core.errors import ApiError
+from ..core.errors import ApiError, describe_validation_errors
 from ..core.service import ControlPlane
-from .responses import describe_validation_errors, json_response
+from .responses import json_response
 from .routes_agent import agent_router
 from .routes_clusters import cluster_router
 

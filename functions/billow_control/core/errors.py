@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     """Base of errors a user sees: ``status`` for HTTP, ``code`` stable for programs."""
@@ -60,3 +62,25 @@ class Invalid(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload-too-large"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """One readable sentence naming every bad field, plus the structured details.
+
+    The offending input is never echoed back (it may be huge or secret).
+    """
+    details = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+        # Union members (int | list[int]) add type names to the path: keep the field.
+        field = ".".join(p for p in loc if p not in ("int", "list[constrained-int]", "list[int]"))
+        details.append(
+            {"field": field or "body", "message": e.get("msg", ""), "type": e.get("type")}
+        )
+    seen: dict[str, list[str]] = {}
+    for d in details:
+        seen.setdefault(d["field"], [])
+        if d["message"] not in seen[d["field"]]:
+            seen[d["field"]].append(d["message"])
+    message = "; ".join(f"{field}: {' or '.join(msgs)}" for field, msgs in seen.items())
+    return message, details

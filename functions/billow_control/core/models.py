@@ -18,17 +18,15 @@ from . import tags
 
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
 _DURATION_UNITS = {
     None: 1.0,
-    "ms": 0.001,
-    "s": 1.0,
-    "sec": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "d": 86400.0,
+    **dict.fromkeys(("ms", "millisecond", "milliseconds"), 0.001),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+    **dict.fromkeys(("w", "week", "weeks"), 604800.0),
 }
 
 
@@ -39,8 +37,8 @@ def parse_duration(value: str | float | int | None) -> float | None:
     """
     if value is None or isinstance(value, int | float):
         return None if value is None else float(value)
-    match = _DURATION.match(value)
-    if not match:
+    match = _DURATION.match(value.lower())
+    if not match or match.group(2) not in _DURATION_UNITS:
         raise ValueError(
             f"{value!r} is not a duration; use seconds or a number with a unit "
             "(ms, s, m, h, d), for example '30s' or '20m'"

@@ -2,16 +2,16 @@
 
 Every method checks who is asking (owner, cluster token or instance token) before it
 reads or writes anything, and raises an ``ApiError`` subclass for anything a user did
-wrong. Nothing here imports a cloud SDK.
+wrong. Nothing here imports a cloud SDK. ``ControlPlane`` owns the runtime's one
+``Ports`` bundle and the ``Lifecycle`` and ``Watchdog`` built over it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from typing import Any
 
+from . import idempotency
 from .auth import (
     API_TOKEN_PREFIX,
     CLUSTER_TOKEN_PREFIX,
@@ -20,10 +20,10 @@ from .auth import (
     same_hash,
 )
 from .errors import Conflict, Forbidden, Invalid, NotFound, NotReady, Unauthorized
+from .lifecycle import WRITE_RETRIES, Lifecycle, converged
 from .models import (
     ClusterRecord,
     ClusterRequest,
-    ClusterStatus,
     ClusterTarget,
     Heartbeat,
     HeartbeatRecord,
@@ -32,19 +32,9 @@ from .models import (
     User,
     new_id,
 )
-from .ports import (
-    Clock,
-    EventBus,
-    IdempotencyMismatch,
-    NameTakenError,
-    Orchestrator,
-    Provider,
-    SecretBox,
-    StaleRecordError,
-    Store,
-)
-from .settings import ControlSettings
+from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
 from .tls import make_cluster_pki
+from .watchdog import Watchdog
 
 SECRET_NAMES = (
     "ca.pem",
@@ -55,29 +45,15 @@ SECRET_NAMES = (
     "client.pem",
     "client.key",
 )
-_RETRIES = 20
 
 
 class ControlPlane:
-    """The control plane's use cases, over injected ports."""
+    """The control plane's use cases over the one ``Ports`` bundle of a runtime."""
 
-    def __init__(
-        self,
-        store: Store,
-        provider: Provider,
-        orchestrator: Orchestrator,
-        secrets_box: SecretBox,
-        clock: Clock,
-        events: EventBus,
-        settings: ControlSettings,
-    ) -> None:
-        self.store = store
-        self.provider = provider
-        self.orchestrator = orchestrator
-        self.box = secrets_box
-        self.clock = clock
-        self.events = events
-        self.settings = settings
+    def __init__(self, ports: Ports) -> None:
+        self.ports = ports
+        self.lifecycle = Lifecycle(ports)
+        self.watchdog = Watchdog(ports, self.lifecycle)
 
     # -- users and tokens ------------------------------------------------------------
 
@@ -85,7 +61,7 @@ class ControlPlane:
         """The user owning an API token. Raises ``Unauthorized`` for a missing or bad one."""
         if not token:
             raise Unauthorized("missing bearer token; run `billow login` or pass token=")
-        user = self.store.user_for_token(hash_token(token))
+        user = self.ports.store.user_for_token(hash_token(token))
         if user is None:
             raise Unauthorized("invalid API token")
         return user
@@ -93,9 +69,9 @@ class ControlPlane:
     def create_user(self, name: str, is_admin: bool = False) -> tuple[User, str]:
         """A new user and its first API token (returned once, stored hashed)."""
         user = User(id=new_id("u"), name=name, is_admin=is_admin)
-        self.store.put_user(user)
+        self.ports.store.put_user(user)
         token = new_token(API_TOKEN_PREFIX)
-        self.store.put_api_token(hash_token(token), user.id)
+        self.ports.store.put_api_token(hash_token(token), user.id)
         return user, token
 
     def add_user(self, admin: User, name: str) -> dict[str, Any]:
@@ -109,7 +85,7 @@ class ControlPlane:
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin and return its token, or ``None`` if users exist."""
-        if self.store.count_users() > 0:
+        if self.ports.store.count_users() > 0:
             return None
         return self.create_user("admin", is_admin=True)[1]
 
@@ -121,35 +97,53 @@ class ControlPlane:
         """Record a new cluster with target=running and hand it to the orchestrator.
 
         Returns ``(cluster, created)``; a repeated ``idempotency_key`` with the same
-        request returns the first cluster with ``created=False``. Secrets are written
-        before the record, so a visible cluster is never missing its certificates.
+        request returns the first cluster with ``created=False`` (see
+        ``core.idempotency``). Secrets are written before the record, so a visible
+        cluster is never missing its certificates.
         """
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
-            raise Invalid("Idempotency-Key must be 1 to 128 characters", field="Idempotency-Key")
+        key = idempotency.check_key(idempotency_key)
+        request_hash = idempotency.request_hash(request)
+        cache = self.ports.idempotency
+        if key is None or cache is None:
+            return self._create(user, request, key, request_hash)
+        fresh: list[tuple[dict[str, Any], bool]] = []
+
+        def create() -> str:
+            fresh.append(self._create(user, request, key, request_hash))
+            return str(fresh[0][0]["id"])
+
+        try:
+            cluster_id = cache.run_once(user.id, key, request_hash, create)
+        except IdempotencyMismatch:
+            raise idempotency.reused_key() from None
+        return fresh[0] if fresh else (self.get_cluster(user, cluster_id), False)
+
+    def _create(
+        self, user: User, request: ClusterRequest, key: str | None, request_hash: str
+    ) -> tuple[dict[str, Any], bool]:
+        ports = self.ports
         name = request.name or f"{user.name}-{secrets.token_hex(3)}"
         cluster_id = new_id("c")
-        pki = make_cluster_pki(cluster_id, self.clock.now())
+        now = ports.clock.now()
+        pki = make_cluster_pki(cluster_id, now)
         blobs = {
             "ca.pem": pki.ca_cert_pem,
             **{f"{role}.pem": pair.cert_pem for role, pair in pki.pairs.items()},
             **{f"{role}.key": pair.key_pem for role, pair in pki.pairs.items()},
         }
         for secret_name, value in blobs.items():
-            self.store.put_secret(cluster_id, secret_name, self.box.encrypt(value.encode()))
+            ports.store.put_secret(cluster_id, secret_name, ports.secrets.encrypt(value.encode()))
         record = ClusterRecord(
             id=cluster_id,
             owner=user.id,
             name=name,
             request=request,
             desired_workers=request.initial_workers,
-            created_at=self.clock.now(),
-            updated_at=self.clock.now(),
+            created_at=now,
+            updated_at=now,
         )
-        request_hash = hashlib.sha256(
-            json.dumps(request.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()
         try:
-            stored, created = self.store.create_cluster(record, idempotency_key, request_hash)
+            stored, created = ports.store.create_cluster(record, key, request_hash)
         except NameTakenError:
             raise Conflict(
                 f"an active cluster named {name!r} already exists; reconnect to it with "
@@ -157,14 +151,11 @@ class ControlPlane:
                 field="name",
             ) from None
         except IdempotencyMismatch:
-            raise Conflict(
-                "Idempotency-Key was already used for a different request",
-                field="Idempotency-Key",
-            ) from None
+            raise idempotency.reused_key() from None
         if created:
-            self.events.publish("requested", stored)
+            ports.events.publish("requested", stored)
         if stored.active:
-            self.orchestrator.submit(stored.id)
+            ports.orchestrator.submit(stored.id)
         return self._public(stored), created
 
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
@@ -176,58 +167,38 @@ class ControlPlane:
         """The caller's clusters (everyone's for an admin, unless ``name`` is given, which
         always means the caller's own), newest first."""
         owner = None if user.is_admin and name is None else user.id
-        return [self._public(r) for r in self.store.list_clusters(owner, active_only, name)]
+        return [self._public(r) for r in self.ports.store.list_clusters(owner, active_only, name)]
 
     def scale_cluster(self, user: User, cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
         """Set the desired worker count; the orchestrator converges on it."""
-        for _ in range(_RETRIES):
+        for _ in range(WRITE_RETRIES):
             record = self._owned(user, cluster_id)
             if record.target != ClusterTarget.running or record.status.terminal:
                 reason = f" (stop_reason: {record.stop_reason})" if record.stop_reason else ""
                 raise Conflict(f"cluster is {record.status.value}{reason}; it cannot be scaled")
             record.desired_workers = scale.n_workers
             record.remove_workers = sorted(set(record.remove_workers) | set(scale.remove))
-            record.updated_at = self.clock.now()
+            record.updated_at = self.ports.clock.now()
             try:
-                record = self.store.update_cluster(record)
+                record = self.ports.store.update_cluster(record)
             except StaleRecordError:
                 continue
-            self.events.publish("scaled", record, {"n_workers": scale.n_workers})
-            self.orchestrator.submit(record.id)
+            self.ports.events.publish("scaled", record, {"n_workers": scale.n_workers})
+            self.ports.orchestrator.submit(record.id)
             return self._public(record)
         raise Conflict("cluster is changing too quickly; try again")
 
     def stop_cluster(self, user: User, cluster_id: str, reason: str = "user") -> dict[str, Any]:
         """Set target=stopped (idempotent); the orchestrator terminates the instances."""
         record = self._owned(user, cluster_id)
-        return self._public(self.request_stop(record, reason))
-
-    def request_stop(self, record: ClusterRecord, reason: str) -> ClusterRecord:
-        for _ in range(_RETRIES):
-            if record.target == ClusterTarget.stopped:
-                self.orchestrator.submit(record.id)
-                return record
-            record.target = ClusterTarget.stopped
-            record.stop_reason = record.stop_reason or reason
-            record.updated_at = self.clock.now()
-            try:
-                record = self.store.update_cluster(record)
-            except StaleRecordError:
-                fresh = self.store.get_cluster(record.id)
-                if fresh is None:
-                    raise NotFound("cluster disappeared") from None
-                record = fresh
-                continue
-            self.orchestrator.submit(record.id)
-            return record
-        raise Conflict("cluster is changing too quickly; try again")
+        return self._public(self.lifecycle.request_stop(record, reason))
 
     def client_credentials(self, user: User, cluster_id: str) -> dict[str, Any]:
         """The owner's TLS bundle and the scheduler address. Owners only, admins included."""
         record = self._owned(user, cluster_id, owner_only=True)
         if record.status.terminal:
             raise Conflict(f"cluster is {record.status.value}")
-        beat = self.store.get_heartbeat(cluster_id)
+        beat = self.ports.store.get_heartbeat(cluster_id)
         return {
             "cluster_id": record.id,
             "scheduler_address": beat.heartbeat.scheduler_address if beat else None,
@@ -242,7 +213,7 @@ class ControlPlane:
         if not 1 <= lines <= 10_000:
             raise Invalid("lines must be between 1 and 10000", field="lines")
         instances = sorted(
-            self.provider.describe(record.id),
+            self.ports.provider.describe(record.id),
             key=lambda i: (i.role != InstanceRole.scheduler, i.launched_at),
         )
         return {
@@ -253,7 +224,7 @@ class ControlPlane:
                     "name": i.name,
                     "role": i.role.value,
                     "state": i.state.value,
-                    "lines": self.provider.tail_logs(i.id, lines),
+                    "lines": self.ports.provider.tail_logs(i.id, lines),
                 }
                 for i in instances
             ],
@@ -270,17 +241,17 @@ class ControlPlane:
         if not instance_token:
             raise Unauthorized("missing instance token")
         token_hash = hash_token(instance_token)
-        cred = self.store.peek_instance_credential(token_hash)
-        now = self.clock.now()
+        cred = self.ports.store.peek_instance_credential(token_hash)
+        now = self.ports.clock.now()
         if cred is None or cred.used or cred.expired(now):
             raise Unauthorized("instance token is unknown, used or expired")
-        record = self.store.get_cluster(cred.cluster_id)
+        record = self.ports.store.get_cluster(cred.cluster_id)
         if record is None or record.target != ClusterTarget.running:
             raise Conflict("cluster is stopping; instance should exit")
-        beat = self.store.get_heartbeat(record.id)
+        beat = self.ports.store.get_heartbeat(record.id)
         if cred.role == InstanceRole.worker and beat is None:
             raise NotReady("scheduler has not reported its address yet", retry_after=0.2)
-        if self.store.consume_instance_credential(token_hash, now) is None:
+        if self.ports.store.consume_instance_credential(token_hash, now) is None:
             raise Unauthorized("instance token is unknown, used or expired")
         role = cred.role.value
         request = record.request
@@ -295,14 +266,14 @@ class ControlPlane:
             "environ": request.environ,
             "nthreads": request.worker_cpu,
             "memory_limit": request.worker_memory,
-            "heartbeat_interval": self.settings.heartbeat_interval,
+            "heartbeat_interval": self.ports.settings.heartbeat_interval,
         }
         if cred.role == InstanceRole.scheduler:
             cluster_token = new_token(CLUSTER_TOKEN_PREFIX)
-            self.store.put_cluster_token(record.id, hash_token(cluster_token))
+            self.ports.store.put_cluster_token(record.id, hash_token(cluster_token))
             config["cluster_token"] = cluster_token
             config["analytics"] = request.analytics
-            config["gpu_threshold"] = self.settings.gpu_utilization_threshold
+            config["gpu_threshold"] = self.ports.settings.gpu_utilization_threshold
         else:
             assert beat is not None
             config["scheduler_address"] = beat.heartbeat.scheduler_address
@@ -313,38 +284,36 @@ class ControlPlane:
 
         Returns ``{"target": ...}`` so the scheduler learns when it should shut down.
         """
-        record = self.store.get_cluster(cluster_id)
-        stored_hash = self.store.get_cluster_token(cluster_id) if record else None
+        record = self.ports.store.get_cluster(cluster_id)
+        stored_hash = self.ports.store.get_cluster_token(cluster_id) if record else None
         if (
             record is None
             or not cluster_token
             or not same_hash(stored_hash, hash_token(cluster_token))
         ):
             raise Unauthorized("invalid cluster token")
-        self.store.put_heartbeat(
-            HeartbeatRecord(cluster_id=cluster_id, received_at=self.clock.now(), heartbeat=beat)
+        stored = HeartbeatRecord(
+            cluster_id=cluster_id, received_at=self.ports.clock.now(), heartbeat=beat
         )
-        converging = record.status != ClusterStatus.ready or len(beat.workers) != (
-            record.desired_workers
-        )
-        if record.active and converging:
-            self.orchestrator.submit(cluster_id)
+        self.ports.store.put_heartbeat(stored)
+        if record.active and not converged(record, stored):
+            self.ports.orchestrator.submit(cluster_id)
         return {"target": record.target.value, "status": record.status.value}
 
     # -- helpers ---------------------------------------------------------------------
 
     def _owned(self, user: User, cluster_id: str, owner_only: bool = False) -> ClusterRecord:
-        record = self.store.get_cluster(cluster_id)
+        record = self.ports.store.get_cluster(cluster_id)
         if record is None or (record.owner != user.id and (owner_only or not user.is_admin)):
             # Same answer for "absent" and "not yours": ids of other tenants do not leak.
             raise NotFound(f"no cluster {cluster_id!r}", field="cluster_id")
         return record
 
     def _public(self, record: ClusterRecord) -> dict[str, Any]:
-        return record.public(self.store.get_heartbeat(record.id))
+        return record.public(self.ports.store.get_heartbeat(record.id))
 
     def _secret(self, cluster_id: str, name: str) -> str:
-        blob = self.store.get_secret(cluster_id, name)
+        blob = self.ports.store.get_secret(cluster_id, name)
         if blob is None:
             raise NotFound(f"cluster {cluster_id} has no secret {name}")
-        return self.box.decrypt(blob).decode()
+        return self.ports.secrets.decrypt(blob).decode()

@@ -1,5 +1,5 @@
 """Composition root of the AWS control plane: DynamoDB, EC2, Step Functions, EventBridge,
-KMS. The AWS counterpart of ``billow_control.runtimes.embedded``.
+KMS, wired into one ``Ports`` bundle. The AWS counterpart of ``runtimes.embedded``.
 
 Everything is configured by environment variables (``serverless.yml`` sets them):
 
@@ -9,7 +9,7 @@ variable                        meaning
 ``BILLOW_DEPLOYMENT``           deployment name, the ``billow:deployment`` tag (required)
 ``BILLOW_CONTROL_URL``          URL of the HTTP API that instances bootstrap from (required)
 ``BILLOW_TABLE``                prefix of the store's DynamoDB tables, e.g. ``billow-prod-``
-                                (required; see ``adapters/dynamodb_store.py``)
+                                (required; see ``adapters/aws/dynamodb``)
 ``BILLOW_IDEMPOTENCY_TABLE``    powertools idempotency table (default ``<prefix>idempotency``;
                                 ``off``: the store's Idempotency-Key handling alone)
 ``BILLOW_STATE_MACHINE_ARN``    the cluster lifecycle state machine (required)
@@ -33,29 +33,28 @@ variable                        meaning
 ``AWS_REGION``                  region (Lambda sets it; ``AWS_DEFAULT_REGION`` otherwise)
 ==============================  ==============================================================
 
-``get_runtime()`` builds the runtime once per process (per Lambda container) on first
-use, so importing the handlers stays cheap and warm invocations reuse every client.
+``get_runtime()`` validates the whole configuration once per process (per Lambda
+container) and makes no AWS call. Every port is built on first use (``core.ports.lazy``),
+and so is every boto3 client: an API request that reads clusters builds the DynamoDB
+client only, never EC2, Step Functions or KMS ones.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from ..adapters.aws.dynamodb_store import DynamoDBStore
-from ..adapters.aws.ec2_provider import EC2Provider, EC2Settings
-from ..adapters.aws.eventbridge_bus import EventBridgeBus
-from ..adapters.aws.kms_box import KmsSecretBox
-from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+from pydantic import ValidationError
+
 from ..adapters.clock import SystemClock
-from ..core.models import ClusterRecord, parse_duration
-from ..core.ports import EventBus
-from ..core.reaper import Reaper
-from ..core.reconcile import Reconciler
+from ..core.models import ClusterRecord, ReconcileResult
+from ..core.ports import EventBus, Ports, lazy
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
 
@@ -66,6 +65,21 @@ Observer = Callable[[str, ClusterRecord, dict | None], None]
 # Step Functions bills every state transition: a bring-up of several minutes polled
 # every 5 s costs a few hundred transitions. Tests set BILLOW_RECONCILE_INTERVAL=1.
 AWS_DEFAULTS = {"reconcile_interval": 5.0}
+IDEMPOTENCY_TTL = timedelta(days=1)  # how long an Idempotency-Key names its create
+EC2_VARIABLES = {
+    "ami_id": "BILLOW_AMI_ID",
+    "instance_types": "BILLOW_INSTANCE_TYPES",
+    "allowed_cidr": "BILLOW_ALLOWED_CIDR",
+    "subnet_ids": "BILLOW_SUBNET_IDS",
+    "purchase": "BILLOW_PURCHASE",
+    "security_group_id": "BILLOW_SECURITY_GROUP_ID",
+    "vpc_cidr": "BILLOW_VPC_CIDR",
+    "max_subnets": "BILLOW_MAX_SUBNETS",
+    "log_group": "BILLOW_INSTANCE_LOG_GROUP",
+    "instance_profile_arn": "BILLOW_INSTANCE_PROFILE_ARN",
+    "python_package_spec": "BILLOW_PYTHON_PACKAGE",
+}
+LISTS = {"instance_types", "subnet_ids"}
 
 
 class ConfigError(ValueError):
@@ -83,51 +97,84 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def _first_error(e: ValidationError, variables: Callable[[str], str]) -> ConfigError:
+    first = e.errors()[0]
+    field = str(first["loc"][0]) if first.get("loc") else ""
+    return ConfigError(f"{variables(field)}: {first['msg']}")
+
+
 def control_settings(env: Mapping[str, str]) -> ControlSettings:
     """``ControlSettings`` from ``BILLOW_<FIELD>`` variables over the AWS defaults."""
-    values: dict[str, Any] = dict(AWS_DEFAULTS)
-    for name, info in ControlSettings.model_fields.items():
-        raw = env.get(f"BILLOW_{name.upper()}")
-        if raw is None or raw == "":
-            continue
-        try:
-            if info.annotation is float:
-                values[name] = parse_duration(raw)
-            elif info.annotation is int:
-                values[name] = int(raw)
-            else:
-                values[name] = raw
-        except ValueError as e:
-            raise ConfigError(f"BILLOW_{name.upper()}: {e}") from None
-    values["deployment"] = _required(env, "BILLOW_DEPLOYMENT")
-    values["control_url"] = _required(env, "BILLOW_CONTROL_URL").rstrip("/")
-    return ControlSettings(**values)
+    try:
+        return ControlSettings.from_env(
+            env,
+            **AWS_DEFAULTS,
+            deployment=_required(env, "BILLOW_DEPLOYMENT"),
+            control_url=_required(env, "BILLOW_CONTROL_URL").rstrip("/"),
+        )
+    except ValidationError as e:
+        raise _first_error(e, lambda field: f"BILLOW_{field.upper()}") from None
 
 
-def ec2_settings(env: Mapping[str, str]) -> EC2Settings:
+def ec2_settings(env: Mapping[str, str]) -> Any:
     """``EC2Settings`` from ``BILLOW_*`` variables; unset ones keep their defaults."""
-    values: dict[str, Any] = {
-        "ami_id": _required(env, "BILLOW_AMI_ID"),
-        "instance_types": _csv(_required(env, "BILLOW_INSTANCE_TYPES")),
-        "allowed_cidr": env.get("BILLOW_ALLOWED_CIDR") or "0.0.0.0/0",
-        "subnet_ids": _csv(env.get("BILLOW_SUBNET_IDS")),
-    }
-    optional = {
-        "purchase": "BILLOW_PURCHASE",
-        "security_group_id": "BILLOW_SECURITY_GROUP_ID",
-        "vpc_cidr": "BILLOW_VPC_CIDR",
-        "max_subnets": "BILLOW_MAX_SUBNETS",
-        "log_group": "BILLOW_INSTANCE_LOG_GROUP",
-        "instance_profile_arn": "BILLOW_INSTANCE_PROFILE_ARN",
-        "python_package_spec": "BILLOW_PYTHON_PACKAGE",
-    }
-    for key, variable in optional.items():
+    from ..adapters.aws.ec2 import EC2Settings
+
+    _required(env, "BILLOW_AMI_ID")
+    _required(env, "BILLOW_INSTANCE_TYPES")
+    values: dict[str, Any] = {"allowed_cidr": "0.0.0.0/0"}
+    for key, variable in EC2_VARIABLES.items():
         if env.get(variable):
-            values[key] = env[variable]
+            values[key] = _csv(env[variable]) if key in LISTS else env[variable]
     try:
         return EC2Settings(**values)
-    except ValueError as e:
-        raise ConfigError(f"EC2 settings from BILLOW_* variables: {e}") from None
+    except ValidationError as e:
+        raise _first_error(e, lambda field: EC2_VARIABLES.get(field, field)) from None
+
+
+class AwsClients:
+    """boto3 clients of one session, each built on first use and then reused."""
+
+    def __init__(self, region: str, endpoint: str | None) -> None:
+        self.region = region
+        self.endpoint = endpoint
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return self.get(service)
+
+    def get(self, service: str) -> Any:
+        """The client of ``service`` (``"ec2"``, ``"stepfunctions"``...)."""
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self._session().client(
+                    service, endpoint_url=self.endpoint, config=self._config()
+                )
+            return self._clients[service]
+
+    def built(self) -> list[str]:
+        return sorted(self._clients)
+
+    def _session(self) -> Any:
+        if "_session" not in self.__dict__:
+            import boto3
+
+            self.__dict__["_session"] = boto3.session.Session(region_name=self.region)
+        return self.__dict__["_session"]
+
+    @staticmethod
+    def _config() -> Any:
+        from botocore.config import Config
+
+        return Config(
+            retries={"mode": "standard", "max_attempts": 4},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=32,
+        )
 
 
 class ObservedEventBus:
@@ -148,94 +195,87 @@ class ObservedEventBus:
 
 @dataclass
 class AwsRuntime:
+    """The one ``Ports`` of a Lambda container and the ``ControlPlane`` over it."""
+
+    env: dict[str, str]
     settings: ControlSettings
-    ec2_settings: EC2Settings
-    clients: dict[str, Any]
-    store: DynamoDBStore
-    provider: EC2Provider
-    orchestrator: StepFunctionsOrchestrator
-    events: EventBus
-    box: KmsSecretBox
-    clock: SystemClock
-    reconciler: Reconciler
+    clients: AwsClients
+    ports: Ports
     plane: ControlPlane
-    reaper: Reaper
-    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, observer: Observer | None = None
     ) -> AwsRuntime:
-        """Build every adapter from ``env`` (default ``os.environ``).
-
-        Raises ``ConfigError`` naming a missing or invalid variable. Makes no AWS call.
-        """
-        import boto3
-        from botocore.config import Config
-
+        """Validate the configuration in ``env`` (default ``os.environ``) and wire lazy
+        ports. Raises ``ConfigError`` naming a missing or invalid variable. Makes no AWS
+        call and builds no client."""
         env = dict(os.environ if env is None else env)
         settings = control_settings(env)
         ec2_config = ec2_settings(env)
         prefix = _required(env, "BILLOW_TABLE")
+        machine_arn = _required(env, "BILLOW_STATE_MACHINE_ARN")
+        bus_name = _required(env, "BILLOW_EVENT_BUS")
+        key_id = _required(env, "BILLOW_KMS_KEY_ID")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         endpoint = env.get("BILLOW_AWS_ENDPOINT_URL") or None
-        session = boto3.session.Session(region_name=region)
-        config = Config(
-            retries={"mode": "standard", "max_attempts": 4},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=32,
-        )
-        clients = {
-            name: session.client(name, endpoint_url=endpoint, config=config)
-            for name in ("ec2", "logs", "stepfunctions", "events", "kms", "dynamodb")
-        }
-        clock = SystemClock()
-        store = DynamoDBStore(prefix, region=region, host=endpoint)
-        provider = EC2Provider(clients["ec2"], clients["logs"], settings.deployment, ec2_config)
-        orchestrator = StepFunctionsOrchestrator(
-            clients["stepfunctions"], _required(env, "BILLOW_STATE_MACHINE_ARN"), store
-        )
-        events: EventBus = EventBridgeBus(
-            clients["events"], _required(env, "BILLOW_EVENT_BUS"), settings.deployment
-        )
-        if observer is not None:
-            events = ObservedEventBus(events, observer)
-        box = KmsSecretBox(clients["kms"], _required(env, "BILLOW_KMS_KEY_ID"), settings.deployment)
-        reconciler = Reconciler(store, provider, clock, events, settings)
-        ports = (store, provider, orchestrator, box, clock, events, settings)
         idempotency_table = env.get("BILLOW_IDEMPOTENCY_TABLE") or f"{prefix}idempotency"
-        plane: ControlPlane
-        if idempotency_table.lower() == "off":
-            plane = ControlPlane(*ports)
-        else:
-            from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+        clients = AwsClients(region, endpoint)
 
-            from ..adapters.aws.idempotency import IdempotentControlPlane
+        def store() -> Any:
+            from ..adapters.aws.dynamodb import DynamoDBStore
 
-            plane = IdempotentControlPlane(
-                *ports,
-                persistence=DynamoDBPersistenceLayer(
-                    table_name=idempotency_table, boto3_client=clients["dynamodb"]
-                ),
-                expires_after_seconds=int(store.idempotency_ttl.total_seconds()),
+            return DynamoDBStore(
+                prefix, region=region, host=endpoint, idempotency_ttl=IDEMPOTENCY_TTL
             )
-        reaper = Reaper(plane, reconciler)
-        return cls(
+
+        def provider() -> Any:
+            from ..adapters.aws.ec2 import EC2Provider
+
+            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config)
+
+        def orchestrator() -> Any:
+            from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+
+            return StepFunctionsOrchestrator(clients.stepfunctions, machine_arn, ports.store)
+
+        def events() -> EventBus:
+            from ..adapters.aws.eventbridge_bus import EventBridgeBus
+
+            bus = EventBridgeBus(clients.events, bus_name, settings.deployment)
+            return bus if observer is None else ObservedEventBus(bus, observer)
+
+        def secrets() -> Any:
+            from ..adapters.aws.kms_box import KmsSecretBox
+
+            return KmsSecretBox(clients.kms, key_id, settings.deployment)
+
+        def idempotency() -> Any:
+            from ..adapters.aws.idempotency import PowertoolsIdempotencyCache
+
+            return PowertoolsIdempotencyCache(idempotency_table, clients.dynamodb, IDEMPOTENCY_TTL)
+
+        ports = Ports(
+            store=lazy(store),
+            provider=lazy(provider),
+            orchestrator=lazy(orchestrator),
+            secrets=lazy(secrets),
+            events=lazy(events),
+            idempotency=None if idempotency_table.lower() == "off" else lazy(idempotency),
+            clock=SystemClock(),
             settings=settings,
-            ec2_settings=ec2_config,
-            clients=clients,
-            store=store,
-            provider=provider,
-            orchestrator=orchestrator,
-            events=events,
-            box=box,
-            clock=clock,
-            reconciler=reconciler,
-            plane=plane,
-            reaper=reaper,
-            env=env,
         )
+        return cls(env, settings, clients, ports, ControlPlane(ports))
+
+
+def step_output(result: ReconcileResult) -> dict[str, Any]:
+    """What the state machine reads after a reconcile step. Its Wait takes whole
+    seconds: round up, so a wait is never skipped."""
+    return {
+        "done": result.done,
+        "wait": int(math.ceil(result.wait)),
+        "status": result.status.value,
+    }
 
 
 _runtime: AwsRuntime | None = None

@@ -1,4 +1,6 @@
-"""Composition root of the embedded control plane: SQLite, local processes, threads."""
+"""Composition root of the embedded control plane: SQLite, local processes, threads,
+wired into one ``Ports`` bundle, plus the timer that stands in for the scheduled
+watchdog function."""
 
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from ..adapters.local.fernet_box import FernetSecretBox
 from ..adapters.local.process_provider import LocalProcessProvider
 from ..adapters.local.sqlite_store import SqliteStore
 from ..adapters.local.thread_orchestrator import LocalOrchestrator
-from ..core.reaper import Reaper
-from ..core.reconcile import Reconciler
+from ..core.ports import Ports
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
 
@@ -26,14 +27,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbeddedRuntime:
+    """The one ``Ports`` of ``billow server``, the ``ControlPlane`` over it, and the
+    concrete orchestrator and provider whose threads and processes it starts and stops."""
+
     data_dir: Path
-    settings: ControlSettings
-    store: SqliteStore
-    provider: LocalProcessProvider
-    orchestrator: LocalOrchestrator
-    reconciler: Reconciler
+    ports: Ports
     plane: ControlPlane
-    reaper: Reaper
+    orchestrator: LocalOrchestrator
+    provider: LocalProcessProvider
     _stop: threading.Event = field(default_factory=threading.Event)
     _timer: threading.Thread | None = None
 
@@ -43,23 +44,30 @@ class EmbeddedRuntime:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         clock = SystemClock()
-        store = SqliteStore(data_dir / "billow.db")
-        box = FernetSecretBox.from_key_file(data_dir / "secret.key")
         provider = LocalProcessProvider(data_dir / "instances", settings.deployment, clock)
-        events = JsonLinesEventBus(data_dir / "events.jsonl")
-        reconciler = Reconciler(store, provider, clock, events, settings)
-        orchestrator = LocalOrchestrator(reconciler.reconcile)
-        plane = ControlPlane(store, provider, orchestrator, box, clock, events, settings)
-        reaper = Reaper(plane, reconciler)
-        return cls(data_dir, settings, store, provider, orchestrator, reconciler, plane, reaper)
+        orchestrator = LocalOrchestrator()
+        ports = Ports(
+            store=SqliteStore(data_dir / "billow.db"),
+            provider=provider,
+            orchestrator=orchestrator,
+            secrets=FernetSecretBox.from_key_file(data_dir / "secret.key"),
+            events=JsonLinesEventBus(data_dir / "events.jsonl"),
+            clock=clock,
+            settings=settings,
+        )
+        plane = ControlPlane(ports)
+        orchestrator.reconcile = plane.lifecycle.reconcile
+        return cls(data_dir, ports, plane, orchestrator, provider)
 
     def start(self) -> None:
-        """Resume every cluster that has not reached a terminal status."""
-        resume = [r.id for r in self.store.list_clusters(None, active_only=True)]
-        if resume:
-            log.info("resuming %d cluster(s): %s", len(resume), ", ".join(resume))
-        self.orchestrator.start(resume)
-        self._timer = threading.Thread(target=self._reap_forever, name="billow-reaper", daemon=True)
+        """Start the reconcile threads, resubmit every unfinished cluster that has not
+        converged (the watchdog's resync, as after any lost submit), and start the
+        watchdog timer."""
+        self.orchestrator.start()
+        report = self.plane.watchdog.run_once()
+        if report.resubmitted:
+            log.info("resuming %d cluster(s): %s", len(report.resubmitted), report.resubmitted)
+        self._timer = threading.Thread(target=self._watch, name="billow-watchdog", daemon=True)
         self._timer.start()
 
     def stop(self) -> None:
@@ -68,21 +76,16 @@ class EmbeddedRuntime:
             self._timer.join(10)
         self.orchestrator.stop()
 
-    def _reap_forever(self) -> None:
-        """The embedded stand-in for the scheduled reaper function."""
-        while not self._stop.wait(self.settings.reaper_interval):
+    def _watch(self) -> None:
+        """The embedded stand-in for the scheduled watchdog function."""
+        while not self._stop.wait(self.ports.settings.reaper_interval):
             try:
-                report = self.reaper.run_once()
+                report = self.plane.watchdog.run_once()
             except Exception:
-                log.exception("reaper pass failed")
+                log.exception("watchdog pass failed")
                 continue
-            if report.stopped or report.failed or report.orphans_terminated:
-                log.info(
-                    "reaper: stopped %s failed %s orphans %s",
-                    report.stopped,
-                    report.failed,
-                    report.orphans_terminated,
-                )
+            if report.acted:
+                log.info("watchdog: %s", report.summary())
 
 
 def write_login(path: Path, server: str, token: str) -> None:

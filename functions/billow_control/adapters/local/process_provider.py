@@ -5,6 +5,11 @@ runs in its own session so its whole process group can be signalled, and livenes
 from ``/proc`` (pid plus start time, so a reused pid is never mistaken for an instance).
 Terminating sends SIGTERM to the group, and SIGKILL once the grace period has passed on a
 later call; that keeps ``terminate`` idempotent and crash-safe.
+
+Each instance gets a directory of its own (its working directory, ``instance.log``,
+``exit_code``) and, inside it, ``scratch/``: Dask's temporary directory, where workers
+spill. ``sweep_cluster_resources`` deletes the scratch directories of finished clusters
+(a killed worker never cleans up after itself); logs stay.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -41,6 +48,7 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_cluster ON instances(cluster_id);
 """
 
+SCRATCH = "scratch"
 _COLUMNS = "id, cluster_id, name, role, tags, pid, pid_start, launched_at, terminate_requested_at"
 
 
@@ -127,6 +135,7 @@ class LocalProcessProvider:
                 "BILLOW_INSTANCE_DIR": str(directory),
                 "BILLOW_INSTANCE_NAME": spec.name,
                 "BILLOW_DEPLOYMENT": self.deployment,
+                "DASK_TEMPORARY_DIRECTORY": str(directory / SCRATCH),
                 "PYTHONUNBUFFERED": "1",
             }
             with open(directory / "instance.log", "ab") as logfile:
@@ -200,7 +209,26 @@ class LocalProcessProvider:
             and i.tags.get("billow:deployment") == self.deployment
         ]
 
+    def sweep_cluster_resources(self, is_active: Callable[[str], bool]) -> list[str]:
+        """Delete the scratch directories of every cluster that is not active and has no
+        live instance; returns the clusters cleaned. Logs are kept."""
+        clusters: dict[str, list[tuple]] = {}
+        for row in self._db().execute(f"SELECT {_COLUMNS} FROM instances"):
+            if (self.instance_dir(row[0]) / SCRATCH).exists():
+                clusters.setdefault(row[1], []).append(row)
+        cleaned = []
+        for cluster_id, rows in sorted(clusters.items()):
+            if is_active(cluster_id) or self.describe_live(cluster_id):
+                continue
+            for row in rows:
+                shutil.rmtree(self.instance_dir(row[0]) / SCRATCH, ignore_errors=True)
+            cleaned.append(cluster_id)
+        return cleaned
+
     # -- helpers -------------------------------------------------------------------------
+
+    def describe_live(self, cluster_id: str) -> list[InstanceInfo]:
+        return [i for i in self.describe(cluster_id) if i.state != InstanceState.terminated]
 
     def kill_all(self) -> None:
         """SIGKILL every live instance (test and shutdown helper)."""

@@ -2,8 +2,9 @@
 
 Each submitted cluster is reconciled until it reports ``done``; a cluster is never
 reconciled by two threads at once, and a submit while it runs schedules a prompt re-run.
-Errors are retried with exponential backoff. On start, every non-terminal cluster in the
-store is resumed, so a restart after a crash picks up where the last process stopped.
+Errors are retried with exponential backoff. After a restart, the embedded runtime's
+watchdog pass resubmits every unfinished cluster, so work picks up where the last process
+stopped.
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ class LocalOrchestrator:
         self._stopping = False
         self._workers: list[threading.Thread] = []
 
-    def start(self, resume: list[str] = ()) -> None:  # type: ignore[assignment]
-        for cluster_id in resume:
-            self.submit(cluster_id)
+    def start(self) -> None:
+        """Start the reconcile threads (clusters submitted before are picked up)."""
         for i in range(self.threads):
             t = threading.Thread(target=self._run, name=f"billow-reconcile-{i}", daemon=True)
             t.start()
@@ -58,6 +58,11 @@ class LocalOrchestrator:
 
     def submit(self, cluster_id: str) -> None:
         self._schedule(cluster_id, 0.0)
+
+    def running_clusters(self) -> set[str]:
+        """Clusters queued or being reconciled right now."""
+        with self._cond:
+            return {e[2] for e in self._queue} | self._running
 
     def idle(self) -> bool:
         with self._cond:
