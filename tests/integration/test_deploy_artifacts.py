@@ -508,7 +508,7 @@ sys.path[:0] = [layer, root]
 import functions.aws
 import billow_control.runtimes.aws
 import billow_control.adapters.aws.dynamodb_store
-import billow_control.adapters.aws.ec2_provider
+import billow_control.adapters.aws.ec2
 import billow_control.adapters.aws.sfn_orchestrator
 import boto3
 from billow_control.api.app import build_app

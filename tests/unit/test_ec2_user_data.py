@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from billow_control.adapters.aws.ec2_provider import (
+from billow_control.adapters.aws.ec2 import (
     BOOTSTRAP_ENV,
     MAX_USER_DATA,
     EC2Settings,
