@@ -21,8 +21,7 @@ from billow_control.core.models import (
     InstanceState,
     User,
 )
-from billow_control.core.reaper import Reaper
-from billow_control.core.reconcile import Reconciler
+from billow_control.core.ports import Ports
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.support.processes import wait_until
@@ -56,17 +55,19 @@ class Watchdog:
         )
         self.bus = MemoryBus()
         self.orchestrator = RecordingOrchestrator()
-        self.reconciler = Reconciler(store, self.provider, self.clock, self.bus, self.settings)
         self.plane = ControlPlane(
-            store,
-            self.provider,
-            self.orchestrator,
-            FernetSecretBox.from_key_file(tmp / "key"),
-            self.clock,
-            self.bus,
-            self.settings,
+            Ports(
+                store=store,
+                provider=self.provider,
+                orchestrator=self.orchestrator,
+                secrets=FernetSecretBox.from_key_file(tmp / "key"),
+                clock=self.clock,
+                events=self.bus,
+                settings=self.settings,
+            )
         )
-        self.reaper = Reaper(self.plane, self.reconciler)
+        self.reconciler = self.plane.lifecycle
+        self.reaper = self.plane.watchdog
         self.user = User(id="u-1", name="ann")
         store.put_user(self.user)
 

@@ -22,11 +22,10 @@ from billow_control.core.models import (
     HeartbeatRecord,
     new_id,
 )
-from billow_control.core.ports import Store
-from billow_control.core.reaper import Reaper, ReaperReport
-from billow_control.core.reconcile import Reconciler
+from billow_control.core.ports import Ports, Store
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
+from billow_control.core.watchdog import WatchdogReport
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
 
 
@@ -86,12 +85,17 @@ class Fleet:
         self.settings = ControlSettings(deployment="fleet")
         bus = MemoryBus()
         provider = MemoryProvider(self.clock)
-        reconciler = Reconciler(store, provider, self.clock, bus, self.settings)
         box = FernetSecretBox(Fernet.generate_key())
-        plane = ControlPlane(
-            store, provider, RecordingOrchestrator(), box, self.clock, bus, self.settings
+        ports = Ports(
+            store=store,
+            provider=provider,
+            orchestrator=RecordingOrchestrator(),
+            secrets=box,
+            clock=self.clock,
+            events=bus,
+            settings=self.settings,
         )
-        self.reaper = Reaper(plane, reconciler)
+        self.reaper = ControlPlane(ports).watchdog
 
     def record(self, i: int, status: ClusterStatus) -> ClusterRecord:
         """Cluster number ``i`` with ``status``, created ``i`` seconds after the first."""
@@ -151,7 +155,7 @@ class Fleet:
             for rec in records:
                 self.store.create_cluster(rec, None, "h")
 
-    def reap(self) -> ReaperReport:
+    def reap(self) -> WatchdogReport:
         """One reaper pass, checked to have read the active clusters and decided nothing."""
         report = self.reaper.run_once()
         decided = report.stopped or report.failed or report.warned or report.orphans_terminated

@@ -58,6 +58,9 @@ class MemoryProvider:
     def list_deployment_instances(self) -> list[InstanceInfo]:
         return [i for i in self.instances.values() if i.state != InstanceState.terminated]
 
+    def sweep_cluster_resources(self, is_active: object) -> list[str]:
+        return []  # memory instances hold nothing besides themselves
+
     def live(self, cluster_id: str) -> list[InstanceInfo]:
         return [i for i in self.describe(cluster_id) if i.state != InstanceState.terminated]
 
@@ -76,3 +79,6 @@ class RecordingOrchestrator:
 
     def submit(self, cluster_id: str) -> None:
         self.submitted.append(cluster_id)
+
+    def running_clusters(self) -> set[str]:
+        return set()  # records submits, drives nothing

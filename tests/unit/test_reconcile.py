@@ -17,7 +17,7 @@ from billow_control.core.models import (
     InstanceRole,
     User,
 )
-from billow_control.core.reconcile import Reconciler
+from billow_control.core.ports import Ports
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
@@ -32,16 +32,18 @@ class World:
         self.provider = MemoryProvider(self.clock)
         self.bus = MemoryBus()
         self.settings = ControlSettings(start_timeout=600)
-        self.reconciler = Reconciler(self.store, self.provider, self.clock, self.bus, self.settings)
         self.plane = ControlPlane(
-            self.store,
-            self.provider,
-            RecordingOrchestrator(),
-            FernetSecretBox.from_key_file(tmp / "key"),
-            self.clock,
-            self.bus,
-            self.settings,
+            Ports(
+                store=self.store,
+                provider=self.provider,
+                orchestrator=RecordingOrchestrator(),
+                secrets=FernetSecretBox.from_key_file(tmp / "key"),
+                clock=self.clock,
+                events=self.bus,
+                settings=self.settings,
+            )
         )
+        self.reconciler = self.plane.lifecycle
         self.user = User(id="u-1", name="ann")
         self.store.put_user(self.user)
 

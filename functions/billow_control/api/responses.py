@@ -7,7 +7,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 
 
-
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         status_code=status,

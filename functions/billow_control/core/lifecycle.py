@@ -245,7 +245,9 @@ class Lifecycle:
         for i in range(record.desired_workers - len(rest)):
             self._launch(record, f"worker-{next_index + i}", InstanceRole.worker)
 
-        waiting = ReconcileResult(done=False, wait=settings.reconcile_interval, status=record.status)
+        waiting = ReconcileResult(
+            done=False, wait=settings.reconcile_interval, status=record.status
+        )
         if record.status != ClusterStatus.ready:
             beat = self.ports.store.get_heartbeat(record.id)
             if beat is None or len(beat.heartbeat.workers) < record.desired_workers:
@@ -327,7 +329,9 @@ class Lifecycle:
         record.stopped_at = self.ports.clock.now()
         return self._write(record, record.status.value)
 
-    def _failed(self, cluster_id: str, reason: str, message: str, logs: list[str]) -> ReconcileResult:
+    def _failed(
+        self, cluster_id: str, reason: str, message: str, logs: list[str]
+    ) -> ReconcileResult:
         record = self.fail(cluster_id, reason, message, logs)
         status = record.status if record is not None else ClusterStatus.stopped
         return ReconcileResult(done=False, wait=0.0, status=status)
