@@ -76,7 +76,7 @@ from typing import Any
 
 import httpx
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.auth import hash_token
 from billow_control.core.models import ClusterRequest
@@ -371,11 +371,11 @@ def print_profile(path: Path, top: int = 20) -> None:
 @contextmanager
 def dynamodb(url: str) -> Iterator[DynamoDBStore]:
     store = DynamoDBStore(f"bench-{uuid.uuid4().hex[:8]}-", host=url)
-    store.create_tables()
+    create_tables(store)
     try:
         yield store
     finally:
-        store.delete_tables()
+        delete_tables(store)
 
 
 class Measured:

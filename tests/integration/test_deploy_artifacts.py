@@ -343,10 +343,10 @@ def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any])
 
 def _store_models() -> dict[str, Any]:
     """The store's own table definitions (pynamodb models), by table name."""
-    from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+    from billow_control.adapters.aws.dynamodb import DynamoDBStore, table_names
 
     store = DynamoDBStore(f"billow-{STAGE}-", host="http://127.0.0.1:9")  # makes no call
-    return {m.Meta.table_name: m for m in store.models.all()}
+    return dict(zip(table_names(store), store.models.all(), strict=True))
 
 
 def _key_set(schema: list[dict[str, str]]) -> set[tuple[str, str]]:
@@ -507,8 +507,11 @@ layer, root = sys.argv[1], sys.argv[2]
 sys.path[:0] = [layer, root]
 import functions.aws
 import billow_control.runtimes.aws
-import billow_control.adapters.aws.dynamodb_store
+import billow_control.adapters.aws.dynamodb
 import billow_control.adapters.aws.ec2
+import billow_control.adapters.aws.idempotency
+import billow_control.adapters.aws.kms_box
+import billow_control.adapters.aws.eventbridge_bus
 import billow_control.adapters.aws.sfn_orchestrator
 import boto3
 from billow_control.api.app import build_app

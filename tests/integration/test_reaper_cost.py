@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from tests.support.fleet import Fleet, ItemsRead
 from tests.support.stores import dynamodb_store

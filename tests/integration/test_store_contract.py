@@ -13,6 +13,7 @@ one request at a time is the faithful stand-in for that.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import (
     ClusterRecord,
@@ -36,7 +37,13 @@ from billow_control.core.models import (
     User,
     new_id,
 )
-from billow_control.core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError, Store
+from billow_control.core.ports import (
+    FinishedClusterError,
+    IdempotencyMismatch,
+    NameTakenError,
+    StaleRecordError,
+    Store,
+)
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration
@@ -198,6 +205,37 @@ def test_stale_update_conflicts_and_writes_nothing(store: Store) -> None:
         store.update_cluster(record())  # never created
 
 
+def test_a_finished_cluster_cannot_become_active_again(store: Store) -> None:
+    created, _ = store.create_cluster(record(), None, "h")
+    done = finish(store, created, ClusterStatus.stopped)
+    with pytest.raises(FinishedClusterError, match="cannot become active again"):
+        store.update_cluster(done.model_copy(update={"status": ClusterStatus.pending}))
+    assert issubclass(FinishedClusterError, ValueError)
+    assert store.get_cluster(done.id) == done
+    # A stale reactivation is stale first: the caller must re-read.
+    with pytest.raises(StaleRecordError):
+        store.update_cluster(created.model_copy(update={"desired_workers": 3}))
+    assert store.get_cluster(done.id) == done
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_expired_idempotency_key_counts_as_unused_before_ttl_deletes_it(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    now = [1_750_000_000.0]
+    with store_of_kind(
+        kind, tmp_path, request, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0]
+    ) as store:
+        first, _ = store.create_cluster(record(name="a"), "key-1", "hash-1")
+        now[0] += 3599
+        assert store.create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
+        now[0] += 2
+        later, created = store.create_cluster(record(name="b"), "key-1", "hash-2")
+        assert created is True
+        assert later.id != first.id
+        assert store.create_cluster(record(name="c"), "key-1", "hash-2") == (later, False)
+
+
 def test_concurrent_creates_with_one_key_make_one_cluster(atomic_store: Store) -> None:
     results = concurrently(
         lambda i: atomic_store.create_cluster(record(at=i), "same-key", "same-hash")
@@ -343,6 +381,33 @@ def test_concurrent_consumers_of_one_credential_have_one_winner(atomic_store: St
     assert len([c for c in got if c is not None]) == 1
 
 
+# -- SQLite only -------------------------------------------------------------------------
+
+
+def test_sqlite_file_of_an_older_version_keeps_its_idempotency_keys(tmp_path: Path) -> None:
+    """A file whose ``idempotency`` table predates key expiry is migrated when opened;
+    its keys count as created at the migration."""
+    path = tmp_path / "billow.db"
+    first, _ = SqliteStore(path).create_cluster(record(name="a"), "key-1", "hash-1")
+    with sqlite3.connect(path) as old:  # the table as older versions wrote it
+        old.execute("ALTER TABLE idempotency DROP COLUMN expires_at_epoch")
+    now = [1_750_000_000.0]
+
+    def reopen() -> SqliteStore:
+        return SqliteStore(path, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0])
+
+    assert reopen().create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
+    store = reopen()  # a migrated file opens as it is
+    now[0] += 3599
+    assert store.create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
+    with pytest.raises(IdempotencyMismatch):
+        store.create_cluster(record(name="b"), "key-1", "hash-2")
+    now[0] += 2
+    later, created = store.create_cluster(record(name="b"), "key-1", "hash-2")
+    assert created is True
+    assert store.create_cluster(record(name="c"), "key-1", "hash-2") == (later, False)
+
+
 # -- DynamoDB only -----------------------------------------------------------------------
 
 
@@ -405,28 +470,6 @@ def test_stores_with_other_prefixes_do_not_share_tables(
         assert other.list_clusters(None, active_only=False) == []
         assert other.create_cluster(record(), "key-1", "hash-2")[1] is True
     assert dynamo.get_cluster(rec.id) == rec
-
-
-def test_a_finished_cluster_cannot_become_active_again(dynamo: DynamoDBStore) -> None:
-    done = finish(dynamo, dynamo.create_cluster(record(), None, "h")[0], ClusterStatus.stopped)
-    with pytest.raises(ValueError, match="cannot become active again"):
-        dynamo.update_cluster(done.model_copy(update={"status": ClusterStatus.pending}))
-    assert dynamo.get_cluster(done.id) == done
-
-
-def test_expired_idempotency_key_counts_as_unused_before_ttl_deletes_it(moto_url: str) -> None:
-    now = [1_750_000_000.0]
-    with dynamodb_store(
-        moto_url, idempotency_ttl=timedelta(hours=1), clock=lambda: now[0]
-    ) as store:
-        first, _ = store.create_cluster(record(name="a"), "key-1", "hash-1")
-        now[0] += 3599
-        assert store.create_cluster(record(name="b"), "key-1", "hash-1") == (first, False)
-        now[0] += 2
-        later, created = store.create_cluster(record(name="b"), "key-1", "hash-2")
-        assert created is True
-        assert later.id != first.id
-        assert store.create_cluster(record(name="c"), "key-1", "hash-2") == (later, False)
 
 
 def test_ttl_attribute_marks_finished_clusters_and_credentials(moto_url: str) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 import boto3
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
 from tests.support.processes import ROOT, pid_alive
@@ -111,7 +111,7 @@ class Deployment:
         name = f"t{uuid.uuid4().hex[:8]}"
         prefix = f"{name}-"
         store = DynamoDBStore(prefix, host=url)
-        store.create_tables()
+        create_tables(store)
         client(url, "dynamodb").create_table(
             TableName=f"{prefix}idempotency",
             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
@@ -157,7 +157,7 @@ class Deployment:
 
     def delete(self) -> None:
         with contextlib.suppress(Exception):
-            self.store.delete_tables()
+            delete_tables(self.store)
             client(self.url, "dynamodb").delete_table(TableName=f"{self.name}-idempotency")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.core.models import (

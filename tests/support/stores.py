@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from billow_control.adapters.aws.dynamodb_store import DynamoDBStore
+from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.ports import Store
 
@@ -21,20 +21,25 @@ STORE_KINDS = ["sqlite", "dynamodb"]
 def dynamodb_store(url: str, **options: Any) -> Iterator[DynamoDBStore]:
     """Fresh DynamoDB tables under a new prefix on the moto server at ``url``, deleted after."""
     store = DynamoDBStore(f"t-{uuid.uuid4().hex[:10]}-", host=url, **options)
-    store.create_tables()
+    create_tables(store)
     try:
         yield store
     finally:
-        store.delete_tables()
+        delete_tables(store)
 
 
 @contextmanager
-def store_of_kind(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
-    """A fresh store: a SQLite file, or DynamoDB tables on the session's moto server."""
+def store_of_kind(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any
+) -> Iterator[Store]:
+    """A fresh store: a SQLite file, or DynamoDB tables on the session's moto server.
+
+    ``options`` (e.g. ``idempotency_ttl``, ``clock``) go to the store's constructor.
+    """
     if kind == "sqlite":
-        yield SqliteStore(tmp_path / "billow.db")
+        yield SqliteStore(tmp_path / "billow.db", **options)
     elif kind == "dynamodb":
-        with dynamodb_store(request.getfixturevalue("moto_url")) as store:
+        with dynamodb_store(request.getfixturevalue("moto_url"), **options) as store:
             yield store
     else:
         raise ValueError(f"unknown store kind {kind!r}")

@@ -2,20 +2,33 @@
 
 Cluster updates are conditional on the ``version`` column, so two writers never lose an
 update; creates and idempotency keys are written in one ``BEGIN IMMEDIATE`` transaction.
+A partial unique index keeps active names unique per owner.
+
+Behaves as ``DynamoDBStore`` where the ``Store`` contract leaves room: an Idempotency-Key
+expires ``idempotency_ttl`` after its create (``idempotency.expires_at_epoch``, Unix
+seconds; an expired key is unused and is replaced by the next create with it), and a
+finished cluster never becomes active again. Expired keys are not deleted otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ...core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError
+from ...core.ports import (
+    FinishedClusterError,
+    IdempotencyMismatch,
+    NameTakenError,
+    StaleRecordError,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -31,6 +44,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS clusters_active_name ON clusters(owner, name) 
 CREATE INDEX IF NOT EXISTS clusters_active ON clusters(active) WHERE active = 1;
 CREATE TABLE IF NOT EXISTS idempotency (
     owner TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, cluster_id TEXT NOT NULL,
+    expires_at_epoch INTEGER,
     PRIMARY KEY (owner, key)
 );
 CREATE TABLE IF NOT EXISTS heartbeats (cluster_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -46,12 +60,61 @@ CREATE TABLE IF NOT EXISTS instance_credentials (token_hash TEXT PRIMARY KEY, do
 
 
 class SqliteStore:
-    """Implements ``billow_control.core.ports.Store`` on one SQLite file."""
+    """Implements ``billow_control.core.ports.Store`` on one SQLite file.
 
-    def __init__(self, path: Path | str) -> None:
+    Parameters
+    ----------
+    path
+        The database file, created with its tables if missing. A file written by an
+        older version is migrated in place (see ``_migrate``).
+    idempotency_ttl
+        How long an Idempotency-Key is remembered after the create that used it.
+    clock
+        Unix time in seconds, for Idempotency-Key expiry.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        idempotency_ttl: timedelta = timedelta(days=1),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = str(path)
+        self.idempotency_ttl = idempotency_ttl
+        self.clock = clock
         self._local = threading.local()
         self._conn().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add ``idempotency.expires_at_epoch`` to a file that lacks it.
+
+        Keys stored before the column existed get a full lifetime from now: as if created
+        now, so none expires earlier than it would have, and the table stays bounded by the
+        same rule as new keys. One ``BEGIN IMMEDIATE`` transaction, re-checked inside, so
+        processes opening the same old file at once migrate it once; a current file costs
+        one read and takes no write lock.
+        """
+
+        def migrated(db: sqlite3.Connection) -> bool:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
+            return "expires_at_epoch" in columns
+
+        if migrated(self._conn()):
+            return
+        with self._tx() as db:
+            if migrated(db):
+                return
+            db.execute("ALTER TABLE idempotency ADD COLUMN expires_at_epoch INTEGER")
+            db.execute(
+                "UPDATE idempotency SET expires_at_epoch=? WHERE expires_at_epoch IS NULL",
+                (self._key_expiry(self.clock()),),
+            )
+
+    def _key_expiry(self, now: float) -> int:
+        """``expires_at_epoch`` of a key created at ``now``, rounded up as DynamoDB's."""
+        return math.ceil(now + self.idempotency_ttl.total_seconds())
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -82,13 +145,24 @@ class SqliteStore:
     def create_cluster(
         self, record: ClusterRecord, idempotency_key: str | None, request_hash: str
     ) -> tuple[ClusterRecord, bool]:
+        """Insert the record and its idempotency key in one transaction.
+
+        Returns ``(record, True)``, or ``(existing, False)`` for a repeated unexpired key
+        with the same ``request_hash``; an expired key is replaced. Raises
+        ``IdempotencyMismatch`` for a repeated unexpired key with another hash and
+        ``NameTakenError`` when an active cluster of the owner has the name; on any error
+        nothing is written.
+        """
         with self._tx() as db:
+            now = self.clock()
             if idempotency_key is not None:
                 row = db.execute(
-                    "SELECT request_hash, cluster_id FROM idempotency WHERE owner=? AND key=?",
+                    "SELECT request_hash, cluster_id, expires_at_epoch FROM idempotency "
+                    "WHERE owner=? AND key=?",
                     (record.owner, idempotency_key),
                 ).fetchone()
-                if row is not None:
+                # NULL (written by an older version after the migration): never expires.
+                if row is not None and (row[2] is None or row[2] >= int(now)):
                     if row[0] != request_hash:
                         raise IdempotencyMismatch(idempotency_key)
                     existing = db.execute(
@@ -113,9 +187,10 @@ class SqliteStore:
                 raise NameTakenError(record.name) from e
             if idempotency_key is not None:
                 db.execute(
-                    "INSERT INTO idempotency (owner, key, request_hash, cluster_id) "
-                    "VALUES (?, ?, ?, ?)",
-                    (record.owner, idempotency_key, request_hash, record.id),
+                    "INSERT OR REPLACE INTO idempotency "
+                    "(owner, key, request_hash, cluster_id, expires_at_epoch) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (record.owner, idempotency_key, request_hash, record.id, self._key_expiry(now)),
                 )
         return record, True
 
@@ -141,8 +216,26 @@ class SqliteStore:
         return [ClusterRecord.model_validate_json(r[0]) for r in rows]
 
     def update_cluster(self, record: ClusterRecord) -> ClusterRecord:
+        """Write ``record`` if the stored version equals ``record.version``.
+
+        Returns the record with ``version + 1``. Raises ``StaleRecordError`` when the version
+        differs or the cluster does not exist, and ``FinishedClusterError`` when ``record``
+        is active but the stored cluster is terminal; in both cases nothing is written.
+        """
         new = record.model_copy(update={"version": record.version + 1})
         with self._tx() as db:
+            stored = db.execute(
+                "SELECT version, active FROM clusters WHERE id=?", (record.id,)
+            ).fetchone()
+            if stored is None or stored[0] != record.version:
+                raise StaleRecordError(record.id)
+            if new.active and not stored[1]:
+                doc = db.execute("SELECT doc FROM clusters WHERE id=?", (record.id,)).fetchone()
+                status = ClusterRecord.model_validate_json(doc[0]).status.value
+                raise FinishedClusterError(
+                    f"cluster {record.id} is {status}; "
+                    "a finished cluster cannot become active again"
+                )
             cur = db.execute(
                 "UPDATE clusters SET active=?, version=?, doc=? WHERE id=? AND version=?",
                 (int(new.active), new.version, new.model_dump_json(), record.id, record.version),

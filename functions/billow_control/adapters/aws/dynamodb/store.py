@@ -1,50 +1,18 @@
-"""DynamoDB store for the AWS runtime, written with pynamodb.
-
-Implements ``billow_control.core.ports.Store``. Every table is named ``table_prefix`` +
-suffix (pass a prefix such as ``"billow-prod-"``); all use on-demand billing.
-
-==========================  ==============================  ===================================
-table (suffix)              key                             holds
-==========================  ==============================  ===================================
-``clusters``                ``id``                          one item per cluster (see below)
-``cluster-keys``            ``owner`` + ``key``             ``name#<name>``: the lock that keeps
-                                                            active names unique per owner;
-                                                            ``idem#<key>``: an Idempotency-Key
-``heartbeats``              ``cluster_id``                  the latest heartbeat (overwritten)
-``secrets``                 ``cluster_id`` + ``name``       encrypted blobs (binary)
-``users``                   ``id``                          users
-``api-tokens``              ``token_hash``                  ``user_id`` of an API token
-``cluster-tokens``          ``cluster_id``                  the cluster's heartbeat token hash
-``instance-credentials``    ``token_hash``                  one-time bootstrap tokens
-==========================  ==============================  ===================================
-
-A cluster item keeps the whole ``ClusterRecord`` as JSON in ``doc``, plus the attributes
-that conditions and indexes need:
-
-* ``version``: a pynamodb ``VersionAttribute`` holding ``ClusterRecord.version + 1``
-  (pynamodb writes 1 on the first save). Every write is conditional on it.
-* ``owner`` + ``created_us`` (creation time in microseconds since the epoch): the GSI
-  ``by-owner``, for all clusters of one owner, newest first.
-* ``active_owner``: present only while the cluster is active (not stopped or failed),
-  removed in the write that makes it terminal. The GSI ``active-by-owner``
-  (``active_owner`` + ``created_us``) is therefore sparse: it holds active clusters only,
-  so listing active clusters, of one owner (Query) or of everyone (Scan of the index),
-  never reads a finished one.
+"""``DynamoDBStore``: the ``Store`` port on the tables of ``items``, written with pynamodb.
 
 Creating a cluster is one ``TransactWriteItems``: the cluster item, the name lock and the
-idempotency item, each conditional on not existing yet. The update that makes a cluster
-terminal deletes its name lock in the same transaction.
+idempotency item, each conditional on not existing yet (an expired idempotency item
+counts as not existing). The update that makes a cluster terminal deletes its name lock in
+the same transaction; an update that would make a terminal cluster active again is refused.
 
-Time to live: finished cluster items, idempotency items and instance credentials carry
-``expires_at_epoch`` (Number, Unix seconds). This module only writes the attribute;
-enabling TTL on it for the ``clusters``, ``cluster-keys`` and ``instance-credentials``
-tables belongs to ``serverless.yml``. Finished clusters expire ``finished_retention``
-after their last write; Idempotency-Keys ``idempotency_ttl`` after the
-create (an expired key is treated as unused even before TTL deletes it); credentials at
-their own ``expires_at``. Heartbeats, secrets and tokens of finished clusters do not expire.
+Expiry: finished clusters expire ``finished_retention`` after their last write;
+Idempotency-Keys ``idempotency_ttl`` after the create, and an expired key is treated as
+unused even before TTL deletes it; credentials at their own ``expires_at``.
 
 Consistency: single-item reads are strongly consistent; ``list_clusters`` reads a GSI (or
 scans) and is eventually consistent: a cluster written a moment ago may be missing or stale.
+
+Table administration (create, delete, names) is in ``tables``.
 """
 
 from __future__ import annotations
@@ -53,174 +21,27 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from pynamodb.attributes import (
-    BinaryAttribute,
-    BooleanAttribute,
-    NumberAttribute,
-    UnicodeAttribute,
-    VersionAttribute,
-)
-from pynamodb.connection import Connection
-from pynamodb.exceptions import (
-    DoesNotExist,
-    PutError,
-    TransactWriteError,
-    UpdateError,
-)
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
-from pynamodb.models import Model
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
-from ...core.ports import IdempotencyMismatch, NameTakenError, StaleRecordError
+from ....core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ....core.ports import (
+    FinishedClusterError,
+    IdempotencyMismatch,
+    NameTakenError,
+    StaleRecordError,
+)
+from .items import ClusterItem, CredentialItem, M, bind_models, share_connection
 
-PAY_PER_REQUEST = "PAY_PER_REQUEST"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _TX_CANCELLED = "TransactionCanceledException"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAME_LOCK = "name#"
 _IDEMPOTENCY = "idem#"
 _CREATE_ATTEMPTS = 8
-
-# -- item shapes (abstract: ``_build_models`` binds them to tables) -----------------------
-
-
-class _ActiveByOwner(GlobalSecondaryIndex["_ClusterItem"]):
-    class Meta:
-        index_name = "active-by-owner"
-        projection = AllProjection()
-
-    active_owner = UnicodeAttribute(hash_key=True)
-    created_us = NumberAttribute(range_key=True)
-
-
-class _ByOwner(GlobalSecondaryIndex["_ClusterItem"]):
-    class Meta:
-        index_name = "by-owner"
-        projection = AllProjection()
-
-    owner = UnicodeAttribute(hash_key=True)
-    created_us = NumberAttribute(range_key=True)
-
-
-class _ClusterItem(Model):
-    id = UnicodeAttribute(hash_key=True)
-    version = VersionAttribute()
-    owner = UnicodeAttribute()
-    name = UnicodeAttribute()
-    created_us = NumberAttribute()
-    active_owner = UnicodeAttribute(null=True)
-    expires_at_epoch = NumberAttribute(null=True)
-    doc = UnicodeAttribute()
-    by_owner = _ByOwner()
-    active_by_owner = _ActiveByOwner()
-
-
-class _KeyItem(Model):
-    owner = UnicodeAttribute(hash_key=True)
-    key = UnicodeAttribute(range_key=True)
-    cluster_id = UnicodeAttribute()
-    request_hash = UnicodeAttribute(null=True)
-    expires_at_epoch = NumberAttribute(null=True)
-
-
-class _HeartbeatItem(Model):
-    cluster_id = UnicodeAttribute(hash_key=True)
-    doc = UnicodeAttribute()
-
-
-class _SecretItem(Model):
-    cluster_id = UnicodeAttribute(hash_key=True)
-    name = UnicodeAttribute(range_key=True)
-    value = BinaryAttribute(legacy_encoding=False)
-
-
-class _UserItem(Model):
-    id = UnicodeAttribute(hash_key=True)
-    doc = UnicodeAttribute()
-
-
-class _ApiTokenItem(Model):
-    token_hash = UnicodeAttribute(hash_key=True)
-    user_id = UnicodeAttribute()
-
-
-class _ClusterTokenItem(Model):
-    cluster_id = UnicodeAttribute(hash_key=True)
-    token_hash = UnicodeAttribute()
-
-
-class _CredentialItem(Model):
-    token_hash = UnicodeAttribute(hash_key=True)
-    used = BooleanAttribute()
-    expires_us = NumberAttribute()
-    expires_at_epoch = NumberAttribute()
-    doc = UnicodeAttribute()
-
-
-_M = TypeVar("_M", bound=Model)
-
-
-@dataclass(frozen=True)
-class Models:
-    """The model classes of one store, bound to its tables, region and endpoint."""
-
-    cluster: type[_ClusterItem]
-    key: type[_KeyItem]
-    heartbeat: type[_HeartbeatItem]
-    secret: type[_SecretItem]
-    user: type[_UserItem]
-    api_token: type[_ApiTokenItem]
-    cluster_token: type[_ClusterTokenItem]
-    credential: type[_CredentialItem]
-
-    def all(self) -> list[type[Model]]:
-        return [
-            self.cluster,
-            self.key,
-            self.heartbeat,
-            self.secret,
-            self.user,
-            self.api_token,
-            self.cluster_token,
-            self.credential,
-        ]
-
-
-def _bind(base: type[_M], table: str, region: str, host: str | None) -> type[_M]:
-    """A subclass of ``base`` with its own ``Meta``, so its own table and index bindings."""
-    meta = type(
-        "Meta",
-        (),
-        {
-            "table_name": table,
-            "region": region,
-            "host": host,
-            "billing_mode": PAY_PER_REQUEST,
-        },
-    )
-    name = base.__name__.lstrip("_")
-    return type(name, (base,), {"Meta": meta, "__module__": __name__})
-
-
-def _build_models(prefix: str, region: str, host: str | None) -> Models:
-    def bind(base: type[_M], suffix: str) -> type[_M]:
-        return _bind(base, prefix + suffix, region, host)
-
-    return Models(
-        cluster=bind(_ClusterItem, "clusters"),
-        key=bind(_KeyItem, "cluster-keys"),
-        heartbeat=bind(_HeartbeatItem, "heartbeats"),
-        secret=bind(_SecretItem, "secrets"),
-        user=bind(_UserItem, "users"),
-        api_token=bind(_ApiTokenItem, "api-tokens"),
-        cluster_token=bind(_ClusterTokenItem, "cluster-tokens"),
-        credential=bind(_CredentialItem, "instance-credentials"),
-    )
 
 
 def _epoch_us(dt: datetime) -> int:
@@ -237,6 +58,9 @@ def _failed(e: PutError | UpdateError) -> bool:
 class DynamoDBStore:
     """Implements ``billow_control.core.ports.Store`` on DynamoDB tables.
 
+    Constructing one makes no AWS call; the tables must exist (``tables.create_tables``
+    in tests, ``infra/aws/tables.yml`` in a deployment).
+
     Parameters
     ----------
     table_prefix
@@ -248,7 +72,8 @@ class DynamoDBStore:
     finished_retention
         How long a stopped or failed cluster stays before its TTL expires.
     idempotency_ttl
-        How long an Idempotency-Key is remembered; at most ``finished_retention``.
+        How long an Idempotency-Key is remembered; at most ``finished_retention``
+        (``ValueError`` otherwise), so a live key never names a deleted cluster.
     max_pool_connections
         HTTP connections of the one botocore client (threads sharing the store).
     clock
@@ -269,42 +94,15 @@ class DynamoDBStore:
         if idempotency_ttl > finished_retention:
             raise ValueError("idempotency_ttl must not exceed finished_retention")
         self.table_prefix = table_prefix
-        self.models = _build_models(table_prefix, region, host)
+        self.models = bind_models(table_prefix, region, host)
+        self.connection = share_connection(self.models, region, host, max_pool_connections)
         self.finished_retention = finished_retention
         self.idempotency_ttl = idempotency_ttl
         self.clock = clock
-        self.connection = Connection(
-            region=region, host=host, max_pool_connections=max_pool_connections
-        )
-        # One botocore client for all tables: pynamodb gives each model its own, and each
-        # costs ~0.15 s of model loading, paid again on every Lambda cold start.
-        for model in self.models.all():
-            table = model._get_connection()
-            self.connection.add_meta_table(table.get_meta_table())
-            table.connection = self.connection
-
-    # -- tables --------------------------------------------------------------------------
-
-    def table_names(self) -> list[str]:
-        return [m.Meta.table_name for m in self.models.all()]
-
-    def create_tables(self, wait: bool = True) -> None:
-        """Create the missing tables (on-demand billing); existing ones are left as they are.
-
-        Does not enable TTL: ``serverless.yml`` configures it on ``expires_at_epoch``.
-        """
-        for model in self.models.all():
-            model.create_table(wait=wait, billing_mode=PAY_PER_REQUEST)
-
-    def delete_tables(self) -> None:
-        """Delete every table of this prefix that exists (tests and teardown)."""
-        for model in self.models.all():
-            if model.exists():
-                model.delete_table()
 
     # -- clusters ------------------------------------------------------------------------
 
-    def _cluster_item(self, record: ClusterRecord, stored_version: int | None) -> _ClusterItem:
+    def _cluster_item(self, record: ClusterRecord, stored_version: int | None) -> ClusterItem:
         item = self.models.cluster(
             record.id,
             owner=record.owner,
@@ -323,7 +121,7 @@ class DynamoDBStore:
         return item
 
     @staticmethod
-    def _record(item: _ClusterItem) -> ClusterRecord:
+    def _record(item: ClusterItem) -> ClusterRecord:
         record = ClusterRecord.model_validate_json(item.doc)
         assert item.version is not None
         record.version = int(item.version) - 1
@@ -334,11 +132,12 @@ class DynamoDBStore:
     ) -> tuple[ClusterRecord, bool]:
         """Insert the record, its name lock and its idempotency key in one transaction.
 
-        Returns ``(record, True)``, or ``(existing, False)`` for a repeated key with the same
-        ``request_hash``. Raises ``IdempotencyMismatch`` for a repeated key with another
-        hash, ``NameTakenError`` when an active cluster of the owner has the name,
-        ``ValueError`` unless ``record.version == 0``, and ``StaleRecordError`` when DynamoDB
-        kept cancelling the transaction for concurrent writes to the same keys.
+        Returns ``(record, True)``, or ``(existing, False)`` for a repeated unexpired key
+        with the same ``request_hash``. Raises ``IdempotencyMismatch`` for a repeated key
+        with another hash, ``NameTakenError`` when an active cluster of the owner has the
+        name, ``ValueError`` unless ``record.version == 0``, and ``StaleRecordError`` when
+        DynamoDB kept cancelling the transaction for concurrent writes to the same keys.
+        On any error nothing is written.
         """
         if record.version != 0:
             raise ValueError("a new cluster record must have version 0")
@@ -409,7 +208,7 @@ class DynamoDBStore:
         return None
 
     @staticmethod
-    def _get(model: type[_M], hash_key: str, range_key: str | None = None) -> _M | None:
+    def _get(model: type[M], hash_key: str, range_key: str | None = None) -> M | None:
         try:
             return model.get(hash_key, range_key, consistent_read=True)
         except DoesNotExist:
@@ -446,9 +245,10 @@ class DynamoDBStore:
         """Write ``record`` if the stored version equals ``record.version``.
 
         Returns the record with ``version + 1``. Raises ``StaleRecordError`` when the version
-        differs or the cluster does not exist, and nothing is written. The write that makes
-        a cluster terminal also frees its name, in one transaction. Raises ``ValueError``
-        when asked to make a terminal cluster active again (its name may be taken).
+        differs or the cluster does not exist, and ``FinishedClusterError`` when ``record``
+        is active but the stored cluster is terminal (its name may be taken); in both cases
+        nothing is written. The write that makes a cluster terminal also frees its name, in
+        one transaction.
         """
         new = record.model_copy(update={"version": record.version + 1})
         item = self._cluster_item(new, stored_version=record.version + 1)
@@ -461,7 +261,7 @@ class DynamoDBStore:
                     raise
                 stored = self.get_cluster(record.id)
                 if stored is not None and stored.version == record.version:
-                    raise ValueError(
+                    raise FinishedClusterError(
                         f"cluster {record.id} is {stored.status.value}; "
                         "a finished cluster cannot become active again"
                     ) from None
@@ -549,7 +349,7 @@ class DynamoDBStore:
         ).save()
 
     @staticmethod
-    def _credential(item: _CredentialItem) -> InstanceCredential:
+    def _credential(item: CredentialItem) -> InstanceCredential:
         cred = InstanceCredential.model_validate_json(item.doc)
         cred.used = bool(item.used)
         return cred

@@ -1,0 +1,215 @@
+"""The store's DynamoDB tables: pynamodb item classes, and their binding to one deployment.
+
+Every table is named ``table_prefix`` + suffix (a prefix such as ``"billow-prod-"``); all
+use on-demand billing. ``infra/aws/tables.yml`` must define the same tables, keys and
+indexes (``tests/integration/test_deploy_artifacts.py`` compares them).
+
+==========================  ==============================  ===================================
+table (suffix)              key                             holds
+==========================  ==============================  ===================================
+``clusters``                ``id``                          one item per cluster (see below)
+``cluster-keys``            ``owner`` + ``key``             ``name#<name>``: the lock that keeps
+                                                            active names unique per owner;
+                                                            ``idem#<key>``: an Idempotency-Key
+``heartbeats``              ``cluster_id``                  the latest heartbeat (overwritten)
+``secrets``                 ``cluster_id`` + ``name``       encrypted blobs (binary)
+``users``                   ``id``                          users
+``api-tokens``              ``token_hash``                  ``user_id`` of an API token
+``cluster-tokens``          ``cluster_id``                  the cluster's heartbeat token hash
+``instance-credentials``    ``token_hash``                  one-time bootstrap tokens
+==========================  ==============================  ===================================
+
+A cluster item keeps the whole ``ClusterRecord`` as JSON in ``doc``, plus the attributes
+that conditions and indexes need:
+
+* ``version``: a pynamodb ``VersionAttribute`` holding ``ClusterRecord.version + 1``
+  (pynamodb writes 1 on the first save). Every write is conditional on it.
+* ``owner`` + ``created_us`` (creation time in microseconds since the epoch): the GSI
+  ``by-owner``, for all clusters of one owner, newest first.
+* ``active_owner``: present only while the cluster is active (not stopped or failed),
+  removed in the write that makes it terminal. The GSI ``active-by-owner``
+  (``active_owner`` + ``created_us``) is therefore sparse: it holds active clusters only,
+  so listing active clusters, of one owner (Query) or of everyone (Scan of the index),
+  never reads a finished one.
+
+Time to live: finished cluster items, idempotency items and instance credentials carry
+``expires_at_epoch`` (Number, Unix seconds). The store only writes the attribute; TTL on
+it for the ``clusters``, ``cluster-keys`` and ``instance-credentials`` tables is enabled
+by ``infra/aws/tables.yml``. Heartbeats, secrets and tokens of finished clusters do not
+expire.
+
+The item classes here are abstract (no table): ``bind_models`` subclasses each with its
+own ``Meta``, so several stores (prefixes, endpoints) can live in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pynamodb.attributes import (
+    BinaryAttribute,
+    BooleanAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    VersionAttribute,
+)
+from pynamodb.connection import Connection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+PAY_PER_REQUEST = "PAY_PER_REQUEST"
+
+# -- item shapes (abstract: ``bind_models`` binds them to tables) ------------------------
+
+
+class _ActiveByOwner(GlobalSecondaryIndex["ClusterItem"]):
+    class Meta:
+        index_name = "active-by-owner"
+        projection = AllProjection()
+
+    active_owner = UnicodeAttribute(hash_key=True)
+    created_us = NumberAttribute(range_key=True)
+
+
+class _ByOwner(GlobalSecondaryIndex["ClusterItem"]):
+    class Meta:
+        index_name = "by-owner"
+        projection = AllProjection()
+
+    owner = UnicodeAttribute(hash_key=True)
+    created_us = NumberAttribute(range_key=True)
+
+
+class ClusterItem(Model):
+    id = UnicodeAttribute(hash_key=True)
+    version = VersionAttribute()
+    owner = UnicodeAttribute()
+    name = UnicodeAttribute()
+    created_us = NumberAttribute()
+    active_owner = UnicodeAttribute(null=True)
+    expires_at_epoch = NumberAttribute(null=True)
+    doc = UnicodeAttribute()
+    by_owner = _ByOwner()
+    active_by_owner = _ActiveByOwner()
+
+
+class KeyItem(Model):
+    owner = UnicodeAttribute(hash_key=True)
+    key = UnicodeAttribute(range_key=True)
+    cluster_id = UnicodeAttribute()
+    request_hash = UnicodeAttribute(null=True)
+    expires_at_epoch = NumberAttribute(null=True)
+
+
+class HeartbeatItem(Model):
+    cluster_id = UnicodeAttribute(hash_key=True)
+    doc = UnicodeAttribute()
+
+
+class SecretItem(Model):
+    cluster_id = UnicodeAttribute(hash_key=True)
+    name = UnicodeAttribute(range_key=True)
+    value = BinaryAttribute(legacy_encoding=False)
+
+
+class UserItem(Model):
+    id = UnicodeAttribute(hash_key=True)
+    doc = UnicodeAttribute()
+
+
+class ApiTokenItem(Model):
+    token_hash = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+
+
+class ClusterTokenItem(Model):
+    cluster_id = UnicodeAttribute(hash_key=True)
+    token_hash = UnicodeAttribute()
+
+
+class CredentialItem(Model):
+    token_hash = UnicodeAttribute(hash_key=True)
+    used = BooleanAttribute()
+    expires_us = NumberAttribute()
+    expires_at_epoch = NumberAttribute()
+    doc = UnicodeAttribute()
+
+
+M = TypeVar("M", bound=Model)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The item classes of one store, bound to its tables, region and endpoint."""
+
+    cluster: type[ClusterItem]
+    key: type[KeyItem]
+    heartbeat: type[HeartbeatItem]
+    secret: type[SecretItem]
+    user: type[UserItem]
+    api_token: type[ApiTokenItem]
+    cluster_token: type[ClusterTokenItem]
+    credential: type[CredentialItem]
+
+    def all(self) -> list[type[Model]]:
+        """Every bound class, one per table."""
+        return [
+            self.cluster,
+            self.key,
+            self.heartbeat,
+            self.secret,
+            self.user,
+            self.api_token,
+            self.cluster_token,
+            self.credential,
+        ]
+
+
+def _bind(base: type[M], table: str, region: str, host: str | None) -> type[M]:
+    """A subclass of ``base`` with its own ``Meta``, so its own table and index bindings."""
+    meta = type(
+        "Meta",
+        (),
+        {
+            "table_name": table,
+            "region": region,
+            "host": host,
+            "billing_mode": PAY_PER_REQUEST,
+        },
+    )
+    return type(base.__name__, (base,), {"Meta": meta, "__module__": __name__})
+
+
+def bind_models(prefix: str, region: str, host: str | None) -> Models:
+    """The item classes bound to the tables ``prefix`` + suffix; makes no AWS call."""
+
+    def bind(base: type[M], suffix: str) -> type[M]:
+        return _bind(base, prefix + suffix, region, host)
+
+    return Models(
+        cluster=bind(ClusterItem, "clusters"),
+        key=bind(KeyItem, "cluster-keys"),
+        heartbeat=bind(HeartbeatItem, "heartbeats"),
+        secret=bind(SecretItem, "secrets"),
+        user=bind(UserItem, "users"),
+        api_token=bind(ApiTokenItem, "api-tokens"),
+        cluster_token=bind(ClusterTokenItem, "cluster-tokens"),
+        credential=bind(CredentialItem, "instance-credentials"),
+    )
+
+
+def share_connection(
+    models: Models, region: str, host: str | None, max_pool_connections: int
+) -> Connection:
+    """One pynamodb ``Connection`` (so one botocore client) for every table of ``models``.
+
+    pynamodb gives each model its own client, and each costs ~0.15 s of botocore model
+    loading, paid again on every Lambda cold start. Makes no AWS call.
+    """
+    connection = Connection(region=region, host=host, max_pool_connections=max_pool_connections)
+    for model in models.all():
+        table = model._get_connection()
+        connection.add_meta_table(table.get_meta_table())
+        table.connection = connection
+    return connection
