@@ -142,13 +142,13 @@ def prepare_clusters(root: Path, port: int, n: int) -> list[str]:
     token = runtime.plane.bootstrap_admin()
     assert token is not None, "fresh data dir expected"
     write_login(root / "login.yaml", url, token)
-    admin = runtime.store.user_for_token(hash_token(token))
+    admin = runtime.ports.store.user_for_token(hash_token(token))
     assert admin is not None
     ids = []
     for i in range(n):
         request = ClusterRequest(name=f"hb-{i}", n_workers=0, analytics="minimal")
         cluster, _ = runtime.plane.create_cluster(admin, request, None)
-        runtime.reconciler.reconcile(cluster["id"])  # launches the (stub) scheduler
+        runtime.plane.lifecycle.reconcile(cluster["id"])  # launches the (stub) scheduler
         ids.append(cluster["id"])
     return ids
 

@@ -257,7 +257,9 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_cluster(live: Live
     created = [line for out in outputs for line in out.splitlines() if '"ClustersCreated"' in line]
     assert len(created) == 1, created  # the metric is emitted once, where the cluster is made
 
-    clusters = live.runtime.store.list_clusters(None, active_only=False, name="twenty-at-once")
+    clusters = live.runtime.ports.store.list_clusters(
+        None, active_only=False, name="twenty-at-once"
+    )
     assert [c.id for c in clusters] == [cluster_id]
 
     def instances() -> list[dict[str, Any]]:
@@ -281,7 +283,7 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_cluster(live: Live
     assert status == 200
 
     def stopped() -> bool:
-        record = live.runtime.store.get_cluster(cluster_id)
+        record = live.runtime.ports.store.get_cluster(cluster_id)
         return record is not None and record.status.value == "stopped"
 
     wait_until(stopped, 60, "cluster stopped")
@@ -296,7 +298,7 @@ def test_a_step_that_keeps_failing_is_retried_caught_and_torn_down(
     live: Live, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The state machine's Retry, Catch -> MarkFailed -> teardown loop -> Fail, for real."""
-    ec2 = live.runtime.clients["ec2"]
+    ec2 = live.runtime.clients.ec2
 
     def refuse(**_: Any) -> None:
         raise InjectedCrash("EC2 refuses every fleet")
@@ -308,13 +310,13 @@ def test_a_step_that_keeps_failing_is_retried_caught_and_torn_down(
         cluster_id = cluster["id"]
 
         def failed() -> bool:
-            record = live.runtime.store.get_cluster(cluster_id)
+            record = live.runtime.ports.store.get_cluster(cluster_id)
             return record is not None and record.status.value == "failed"
 
         wait_until(failed, 60, "cluster failed")
     finally:
         ec2.meta.events.unregister("before-call.ec2.CreateFleet", refuse)
-    record = live.runtime.store.get_cluster(cluster_id)
+    record = live.runtime.ports.store.get_cluster(cluster_id)
     assert record is not None and record.stop_reason == "orchestration-error"
     # moto 5.2's SendTaskFailure drops the cause, so only the error name arrives here; the
     # Lambda-shaped cause (errorType, errorMessage) is read in tests/unit/test_aws_handlers.py.
@@ -417,7 +419,7 @@ def drive(
 ) -> list[InjectedCrash]:
     """Call reconcile_handler as the state machine would, until ``until(output)``."""
     crashes = []
-    step = {"cluster_id": cluster_id, "action": "reconcile", "generation": 1}
+    step = {"cluster_id": cluster_id, "action": "reconcile"}
     for _ in range(40):
         try:
             output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
@@ -458,7 +460,7 @@ def test_crash_points_are_every_changing_ec2_call(
     crash_env: tuple[aws_runtime.AwsRuntime, str],
 ) -> None:
     rt, token = crash_env
-    ec2 = rt.clients["ec2"]
+    ec2 = rt.clients.ec2
     calls: list[str] = []
     ec2.meta.events.register("after-call.ec2", lambda event_name, **_: calls.append(event_name))
     cluster_id, crashes = create_and_stop(token, ec2)
@@ -472,12 +474,12 @@ def test_crash_right_after_a_provider_call_converges_without_leaks(
     crash_env: tuple[aws_runtime.AwsRuntime, str], operation: str
 ) -> None:
     rt, token = crash_env
-    ec2 = rt.clients["ec2"]
+    ec2 = rt.clients.ec2
     fired = crash_once_after(ec2, operation)
     cluster_id, crashes = create_and_stop(token, ec2)
 
     assert fired == [operation] and len(crashes) == 1, "the crash did not happen once"
-    record = rt.store.get_cluster(cluster_id)
+    record = rt.ports.store.get_cluster(cluster_id)
     assert record is not None and record.status.value == "stopped"
     instances = tagged_instances(ec2, **{TAG_CLUSTER: cluster_id})
     names = sorted(

@@ -1,5 +1,5 @@
 """The Lambda handlers of ``functions/aws.py`` against a real moto_server: commands from
-the bus, the state machine's "fail" action, stale generations, the reaper's resync.
+the bus, the state machine's "fail" action, the reaper's resync.
 
 The deployment's state machine succeeds at once (no reconcile behind the tests' backs):
 these tests call the handlers the way the state machine and EventBridge would.
@@ -71,7 +71,7 @@ def test_commands_act_with_the_named_users_rights(rt: AwsRuntime) -> None:
         rt, action="stop", cluster_id=cluster["id"], user_id=admin.id, reason="nightly"
     )
     assert stopped["ok"] and stopped["cluster"]["target"] == "stopped"
-    stored = rt.store.get_cluster(cluster["id"])
+    stored = rt.ports.store.get_cluster(cluster["id"])
     assert stored is not None and stored.stop_reason == "nightly"
 
 
@@ -86,22 +86,12 @@ def test_fail_action_records_the_caught_error_and_starts_teardown(rt: AwsRuntime
     }
     output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
     assert output == {"done": True, "wait": 0, "status": "failed"}  # nothing was running
-    stored = rt.store.get_cluster(cluster["id"])
+    stored = rt.ports.store.get_cluster(cluster["id"])
     assert stored is not None
     assert stored.error == "the lifecycle workflow failed: ClientError: RequestLimitExceeded"
     assert stored.stop_reason == "orchestration-error"
     again = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
     assert again["done"] is True  # a retried MarkFailed changes nothing
-
-
-def test_an_execution_of_an_older_generation_is_told_it_is_done(rt: AwsRuntime) -> None:
-    user, _ = rt.plane.create_user("generations")
-    cluster, _ = rt.plane.create_cluster(user, ClusterRequest(n_workers=1), None)
-    step = {"cluster_id": cluster["id"], "action": "reconcile", "generation": 0}
-    output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
-    assert output == {"done": True, "wait": 0, "status": "pending"}
-    stored = rt.store.get_cluster(cluster["id"])
-    assert stored is not None and stored.status == ClusterStatus.pending  # untouched
 
 
 def test_the_reaper_resubmits_clusters_that_are_not_converging(

@@ -97,7 +97,8 @@ def carry_out(
     try:
         command = Command.model_validate(envelope.detail)
     except ValidationError as e:
-        return refused(envelope, "invalid", describe_validation_errors(list(e.errors()))[0])
+        message, _ = describe_validation_errors([dict(error) for error in e.errors()])
+        return refused(envelope, "invalid", message)
     log.info(
         "command",
         extra={
@@ -117,7 +118,7 @@ def carry_out(
         if command.action == "stop":
             cluster = control.stop_cluster(user, command.cluster_id, reason=command.reason)
         else:
-            scale = ScaleRequest(n_workers=command.n_workers)
+            scale = ScaleRequest(n_workers=command.n_workers or 0)  # validated: not None
             cluster = control.scale_cluster(user, command.cluster_id, scale)
     except ApiError as e:
         return refused(envelope, e.code, e.message)

@@ -19,7 +19,7 @@ from . import tags
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
-_DURATION_UNITS = {
+_DURATION_UNITS: dict[str | None, float] = {
     None: 1.0,
     **dict.fromkeys(("ms", "millisecond", "milliseconds"), 0.001),
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),

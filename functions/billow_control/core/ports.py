@@ -237,7 +237,7 @@ class _Port(Generic[T]):
                 value = obj.__dict__[self.name]
                 if isinstance(value, _Lazy):
                     value = obj.__dict__[self.name] = value.build()
-        return value  # type: ignore[no-any-return]
+        return value
 
     def __set__(self, obj: Ports, value: T) -> None:
         obj.__dict__[self.name] = value

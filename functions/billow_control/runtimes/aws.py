@@ -139,6 +139,7 @@ class AwsClients:
         self.region = region
         self.endpoint = endpoint
         self._clients: dict[str, Any] = {}
+        self._session: Any = None
         self._lock = threading.Lock()
 
     def __getattr__(self, service: str) -> Any:
@@ -150,20 +151,17 @@ class AwsClients:
         """The client of ``service`` (``"ec2"``, ``"stepfunctions"``...)."""
         with self._lock:
             if service not in self._clients:
-                self._clients[service] = self._session().client(
+                if self._session is None:
+                    import boto3
+
+                    self._session = boto3.session.Session(region_name=self.region)
+                self._clients[service] = self._session.client(
                     service, endpoint_url=self.endpoint, config=self._config()
                 )
             return self._clients[service]
 
     def built(self) -> list[str]:
         return sorted(self._clients)
-
-    def _session(self) -> Any:
-        if "_session" not in self.__dict__:
-            import boto3
-
-            self.__dict__["_session"] = boto3.session.Session(region_name=self.region)
-        return self.__dict__["_session"]
 
     @staticmethod
     def _config() -> Any:
