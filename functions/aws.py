@@ -11,22 +11,19 @@ handler                invoked by
 =====================  ========================================================================
 
 Each handler parses its event, makes one call into the core through the runtime that
-``billow_control.runtimes.aws`` builds once per container, and returns. Importing this
-module loads only the powertools logger and metrics; the runtime is wired on the first
-invocation and each adapter and boto3 client only when a request needs it. dask is never
-imported (the Lambda package carries no dask).
+``billow_control.runtimes.aws`` wires once per container, and returns. Importing this
+module loads only the powertools logger and metrics; each adapter and boto3 client is
+built when a request first needs it; dask is never imported.
 
-Observability: JSON logs (powertools ``Logger``, correlation id = API request id or cluster
-id), EMF metrics in namespace ``$POWERTOOLS_METRICS_NAMESPACE`` emitted where the events
-happen (``ClustersCreated``, ``StartLatency`` in seconds, ``Failures``), and X-Ray through
-the powertools ``Tracer`` in Lambda unless ``POWERTOOLS_TRACE_DISABLED`` is true (created
-on first invocation: aws-xray-sdk alone costs more than the rest of the cold import).
+Observability: JSON logs (correlation id = API request id or cluster id), EMF metrics
+(``ClustersCreated``, ``StartLatency``, ``Failures``) in ``$POWERTOOLS_METRICS_NAMESPACE``,
+and X-Ray in Lambda unless ``POWERTOOLS_TRACE_DISABLED`` (the tracer is created on first
+invocation: aws-xray-sdk alone costs more than the rest of the cold import).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -42,10 +39,8 @@ for _path in (_FUNCTIONS, os.path.join(os.path.dirname(_FUNCTIONS), "sdk")):
 
 from aws_lambda_powertools import Logger, Metrics  # noqa: E402
 from aws_lambda_powertools.logging import correlation_paths  # noqa: E402
-from aws_lambda_powertools.metrics import MetricUnit  # noqa: E402
 
 if TYPE_CHECKING:
-    from billow_control.core.models import ClusterRecord
     from billow_control.runtimes.aws import AwsRuntime
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "billow"
@@ -58,17 +53,6 @@ warnings.filterwarnings("ignore", "No application metrics to publish", UserWarni
 Handler = Callable[[dict, Any], Any]
 
 
-def observe(kind: str, cluster: ClusterRecord, detail: dict | None) -> None:
-    """Turn lifecycle events into metrics, at the moment the core publishes them."""
-    if kind == "requested":
-        metrics.add_metric(name="ClustersCreated", unit=MetricUnit.Count, value=1)
-    elif kind == "ready" and cluster.ready_at is not None:
-        seconds = (cluster.ready_at - cluster.created_at).total_seconds()
-        metrics.add_metric(name="StartLatency", unit=MetricUnit.Seconds, value=seconds)
-    elif kind == "failing":
-        metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
-
-
 def runtime() -> AwsRuntime:
     """The container's runtime, wired on first use (its library loggers log as ours)."""
     from billow_control.runtimes import aws
@@ -78,7 +62,7 @@ def runtime() -> AwsRuntime:
 
         logging.getLogger("billow_control")  # register the parent of the library's loggers
         copy_config_to_registered_loggers(source_logger=logger, include={"billow_control"})
-    return aws.get_runtime(observer=observe)
+    return aws.get_runtime()
 
 
 @functools.cache
@@ -111,21 +95,6 @@ def traced(handler: Handler) -> Handler:
     return wrapper
 
 
-def describe_error(error: Any) -> str:
-    """A readable message from a Catch's ``$.error`` (``{"Error", "Cause"}``; a Lambda
-    error's Cause is JSON with ``errorType`` and ``errorMessage``)."""
-    if not isinstance(error, dict):
-        return str(error or "unknown error")[:2000]
-    name, cause = str(error.get("Error") or "Error"), error.get("Cause")
-    try:
-        parsed = json.loads(cause) if isinstance(cause, str) else cause
-    except ValueError:
-        parsed = cause
-    if isinstance(parsed, dict) and "errorMessage" in parsed:
-        name, cause = str(parsed.get("errorType") or name), parsed["errorMessage"]
-    return f"{name}: {cause}"[:2000] if cause else name
-
-
 @traced
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
@@ -140,7 +109,7 @@ def reconcile_handler(event: dict, context: Any) -> dict[str, Any]:
     """One step of the state machine: ``reconcile`` moves the cluster toward its target;
     ``fail`` records the caught error and starts the teardown. Infrastructure errors
     raise: the state machine retries, then catches."""
-    from billow_control.runtimes.aws import step_output
+    from billow_control.runtimes.aws import describe_error, step_output
 
     cluster_id, action = str(event["cluster_id"]), event.get("action", "reconcile")
     logger.append_keys(cluster_id=cluster_id, action=action)

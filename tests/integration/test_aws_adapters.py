@@ -169,21 +169,21 @@ def test_one_execution_per_cluster_and_one_per_change(
     for t in threads:
         t.join()
     orchestrator.submit(stored.id)
-    assert executions() == [(f"{stored.id}-g1-v0", "RUNNING")]
+    assert executions() == [(f"{stored.id}-v0", "RUNNING")]
     assert orchestrator.running_clusters() == {stored.id}
 
     release_all(url, queue, 1)
     wait_until(lambda: not executions("RUNNING"), 10, "execution done")
     orchestrator.submit(stored.id)  # no change since, but asked again: a follow-up runs
     (follow_up,) = [n for n, s in executions() if s == "RUNNING"]
-    assert follow_up.startswith(f"{stored.id}-g1-v0-r")
+    assert follow_up.startswith(f"{stored.id}-v0-r")
 
     release_all(url, queue, 1)
     wait_until(lambda: not executions("RUNNING"), 10, "follow-up done")
     stored.desired_workers = 2
     store.update_cluster(stored)
     orchestrator.submit(stored.id)
-    assert (f"{stored.id}-g1-v1", "RUNNING") in executions()
+    assert (f"{stored.id}-v1", "RUNNING") in executions()
     release_all(url, queue, 1)
 
     orchestrator.submit("c-0000000000000000")  # unknown: nothing to drive

@@ -16,9 +16,9 @@ import functions.aws as aws
 import httpx
 import pytest
 
-from billow_control.core.models import ClusterRequest, ClusterStatus
+from billow_control.core.models import ClusterRequest
 from billow_control.runtimes.aws import AwsRuntime
-from tests.support.aws import Deployment, FakeLambdaContext, client, functions_env
+from tests.support.aws import Deployment, FakeLambdaContext, call_api, client, functions_env
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -110,3 +110,20 @@ def test_the_reaper_resubmits_clusters_that_are_not_converging(
     # The no-op machine ended without reconciling, as a lost wake-up would leave it.
     assert cluster["id"] in summary["resubmitted"]
     assert len(executions()) == 2
+
+
+def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> None:
+    """A Lambda container pays only for what its requests use: reading clusters builds
+    the store alone; a create adds the secret box, orchestrator, bus and idempotency
+    cache, and still no EC2 client (only reconcile launches instances)."""
+    assert rt.ports.built() == [] and rt.clients.built() == []
+    status, _ = call_api("GET", "/v1/health")
+    assert status == 200 and rt.ports.built() == []
+    _, token = rt.plane.create_user("lazy")
+    status, listed = call_api("GET", "/v1/clusters", token)
+    assert status == 200 and listed == {"clusters": []}
+    assert rt.ports.built() == ["store"] and rt.clients.built() == []
+    status, created = call_api("POST", "/v1/clusters", token, {"n_workers": 1})
+    assert status == 201, created
+    assert "provider" not in rt.ports.built()
+    assert rt.clients.built() == ["dynamodb", "events", "kms", "stepfunctions"]

@@ -39,7 +39,7 @@ def test_handlers_put_the_package_layout_on_sys_path() -> None:
 
 
 def test_describe_error_reads_a_lambda_error() -> None:
-    from functions.aws import describe_error
+    from billow_control.runtimes.aws import describe_error
 
     cause = {"errorType": "ClientError", "errorMessage": "UnauthorizedOperation", "trace": []}
     error = {"Error": "ClientError", "Cause": json.dumps(cause)}

@@ -33,7 +33,6 @@ from .models import (
     new_id,
 )
 from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
-from .tls import make_cluster_pki
 from .watchdog import Watchdog
 
 SECRET_NAMES = (
@@ -121,6 +120,8 @@ class ControlPlane:
     def _create(
         self, user: User, request: ClusterRequest, key: str | None, request_hash: str
     ) -> tuple[dict[str, Any], bool]:
+        from .tls import make_cluster_pki  # cryptography: only creates pay for it
+
         ports = self.ports
         name = request.name or f"{user.name}-{secrets.token_hex(3)}"
         cluster_id = new_id("c")

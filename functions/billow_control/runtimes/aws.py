@@ -41,6 +41,7 @@ client only, never EC2, Step Functions or KMS ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -59,8 +60,6 @@ from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
 
 log = logging.getLogger(__name__)
-
-Observer = Callable[[str, ClusterRecord, dict | None], None]
 
 # Step Functions bills every state transition: a bring-up of several minutes polled
 # every 5 s costs a few hundred transitions. Tests set BILLOW_RECONCILE_INTERVAL=1.
@@ -175,20 +174,32 @@ class AwsClients:
         )
 
 
-class ObservedEventBus:
-    """An ``EventBus`` that also hands every event to ``observer`` (metrics), after the
-    inner bus; an observer failure is logged, never raised."""
+class MetricsEventBus:
+    """An ``EventBus`` that also turns lifecycle events into EMF metrics at the moment the
+    core publishes them (``ClustersCreated``, ``StartLatency`` in seconds, ``Failures``),
+    after the inner bus. Powertools ``Metrics`` instances share one buffer, flushed by
+    the handlers' ``log_metrics``. A metrics failure is logged, never raised."""
 
-    def __init__(self, inner: EventBus, observer: Observer) -> None:
+    def __init__(self, inner: EventBus) -> None:
+        from aws_lambda_powertools import Metrics
+
         self.inner = inner
-        self.observer = observer
+        self.metrics = Metrics()
 
     def publish(self, kind: str, cluster: ClusterRecord, detail: dict | None = None) -> None:
+        from aws_lambda_powertools.metrics import MetricUnit
+
         self.inner.publish(kind, cluster, detail)
         try:
-            self.observer(kind, cluster, detail)
+            if kind == "requested":
+                self.metrics.add_metric(name="ClustersCreated", unit=MetricUnit.Count, value=1)
+            elif kind == "ready" and cluster.ready_at is not None:
+                seconds = (cluster.ready_at - cluster.created_at).total_seconds()
+                self.metrics.add_metric(name="StartLatency", unit=MetricUnit.Seconds, value=seconds)
+            elif kind == "failing":
+                self.metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
         except Exception:
-            log.exception("event observer failed on %s", kind)
+            log.exception("metrics of event %s failed", kind)
 
 
 @dataclass
@@ -202,9 +213,7 @@ class AwsRuntime:
     plane: ControlPlane
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, observer: Observer | None = None
-    ) -> AwsRuntime:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AwsRuntime:
         """Validate the configuration in ``env`` (default ``os.environ``) and wire lazy
         ports. Raises ``ConfigError`` naming a missing or invalid variable. Makes no AWS
         call and builds no client."""
@@ -240,8 +249,7 @@ class AwsRuntime:
         def events() -> EventBus:
             from ..adapters.aws.eventbridge_bus import EventBridgeBus
 
-            bus = EventBridgeBus(clients.events, bus_name, settings.deployment)
-            return bus if observer is None else ObservedEventBus(bus, observer)
+            return MetricsEventBus(EventBridgeBus(clients.events, bus_name, settings.deployment))
 
         def secrets() -> Any:
             from ..adapters.aws.kms_box import KmsSecretBox
@@ -266,6 +274,21 @@ class AwsRuntime:
         return cls(env, settings, clients, ports, ControlPlane(ports))
 
 
+def describe_error(error: Any) -> str:
+    """A readable message from a Catch's ``$.error`` (``{"Error", "Cause"}``; a Lambda
+    error's Cause is JSON with ``errorType`` and ``errorMessage``)."""
+    if not isinstance(error, dict):
+        return str(error or "unknown error")[:2000]
+    name, cause = str(error.get("Error") or "Error"), error.get("Cause")
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) else cause
+    except ValueError:
+        parsed = cause
+    if isinstance(parsed, dict) and "errorMessage" in parsed:
+        name, cause = str(parsed.get("errorType") or name), parsed["errorMessage"]
+    return f"{name}: {cause}"[:2000] if cause else name
+
+
 def step_output(result: ReconcileResult) -> dict[str, Any]:
     """What the state machine reads after a reconcile step. Its Wait takes whole
     seconds: round up, so a wait is never skipped."""
@@ -280,14 +303,13 @@ _runtime: AwsRuntime | None = None
 _lock = threading.Lock()
 
 
-def get_runtime(observer: Observer | None = None) -> AwsRuntime:
-    """The process's runtime, built from ``os.environ`` on first call (``observer`` is
-    used only by the call that builds it)."""
+def get_runtime() -> AwsRuntime:
+    """The process's runtime, built from ``os.environ`` on first call."""
     global _runtime
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                _runtime = AwsRuntime.from_env(observer=observer)
+                _runtime = AwsRuntime.from_env()
     return _runtime
 
 

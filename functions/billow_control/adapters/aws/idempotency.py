@@ -16,9 +16,10 @@ never exists). The powertools idempotency utility, with its own DynamoDB table, 
 * A repeat that arrives while the first is still running (powertools says "in
   progress"), and any failure of the idempotency table, run ``create``: the store
   decides atomically. A duplicate therefore never sees a 409 "in progress" it would have
-  to retry, and the idempotency table is never a single point of failure. (An invocation
-  that dies mid-create leaves an "in progress" record; repeats then take the store path
-  until it expires.)
+  to retry, and the idempotency table is never a single point of failure.
+* An invocation that dies mid-create leaves an "in progress" record, which powertools
+  lets expire after the invocation's time budget: ``API_TIMEOUT``, the API function's
+  timeout in ``serverless.yml`` (no create outlives it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ from ...core.ports import IdempotencyMismatch
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "billow.create_cluster"
+API_TIMEOUT = timedelta(seconds=29)  # serverless.yml: functions.api.timeout
+
+
+class _TimeBudget:
+    """What powertools reads of a Lambda context to expire an "in progress" record."""
+
+    def __init__(self, budget: timedelta) -> None:
+        self.milliseconds = int(budget.total_seconds() * 1000)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.milliseconds
 
 
 class PowertoolsIdempotencyCache:
@@ -69,6 +81,7 @@ class PowertoolsIdempotencyCache:
             raise_on_no_idempotency_key=True,
             expires_after_seconds=int(expires_after.total_seconds()),
         )
+        self.config.register_lambda_context(_TimeBudget(API_TIMEOUT))  # type: ignore[arg-type]
 
     def run_once(self, owner: str, key: str, request_hash: str, create: Callable[[], str]) -> str:
         """See the protocol; replays log the cluster id they answer with."""
