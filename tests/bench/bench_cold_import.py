@@ -10,9 +10,11 @@ prints, as medians of ROUNDS fresh interpreters measured in the same run:
 * ``import functions.aws`` alone, and ``-X importtime``'s total for it;
 * import plus the first ``GET /v1/health``, minus the baseline: the cold start
   (goal: at most 250 ms);
-* which ports and boto3 clients that request built (none: health needs no adapter), and
-  the ports a first ``GET /v1/clusters`` without a token builds (none: it is refused
-  before the store is read);
+* import plus a first ``POST /v1/clusters`` that validation refuses (422): what the first
+  request that validates a body pays, without a store;
+* which ports and boto3 clients that request built (none: health needs no adapter, and
+  the runtime is not even wired), and those a first ``GET /v1/clusters`` without a token
+  builds (none: it is refused before the store is read);
 * whether dask was imported (it must not be: the Lambda package has no dask).
 """
 
@@ -41,22 +43,26 @@ FIRST_REQUEST_ENV = {  # enough for aws_runtime to build (it makes no AWS call)
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
 }
+INVALID_CREATE = '{"n_workers": -1}'  # refused by validation, before any store read
 DASK_LOADED = "print(any(m.split('.')[0] == 'dask' for m in __import__('sys').modules))"
 FIRST_REQUEST = """
 import functions.aws as aws, sys
-def event(path):
+def event(method, path, body):
     return {"version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-            "headers": {}, "isBase64Encoded": False, "requestContext": {"requestId": "r-1",
-            "stage": "$default", "http": {"method": "GET", "path": path,
+            "headers": {"content-type": "application/json"}, "body": body or None,
+            "isBase64Encoded": False, "requestContext": {"requestId": "r-1",
+            "stage": "$default", "http": {"method": method, "path": path,
             "sourceIp": "127.0.0.1"}}}
 class Context:
     function_name, memory_limit_in_mb, aws_request_id, function_version = "api", 512, "r-1", "1"
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:api"
-answer = aws.api_handler(event(sys.argv[1]), Context())
-assert answer["statusCode"] == int(sys.argv[2]), answer
-rt = aws.runtime()
-print(" ".join(rt.ports.built()) or "-", " ".join(rt.clients.built()) or "-",
-      any(m.split(".")[0] == "dask" for m in sys.modules))
+method, path, status, body = sys.argv[1:5]
+answer = aws.api_handler(event(method, path, body), Context())
+assert answer["statusCode"] == int(status), answer
+wired = getattr(sys.modules.get("billow_control.runtimes.aws"), "_runtime", None)
+ports = " ".join(wired.ports.built()) if wired is not None else ""
+clients = " ".join(wired.clients.built()) if wired is not None else ""
+print(ports or "-", clients or "-", any(m.split(".")[0] == "dask" for m in sys.modules))
 """
 
 
@@ -103,17 +109,18 @@ def importtime_ms(module: str) -> float:
 
 
 def main() -> int:
-    baseline, handlers, health, importtime = [], [], [], []
+    baseline, handlers, health, importtime, invalid = [], [], [], [], []
     dask_on_import = "False"
     built = listed = ""
     for _ in range(ROUNDS):
         baseline.append(wall_ms("pass")[0])
         ms, dask_on_import = wall_ms(f"import functions.aws; {DASK_LOADED}")
         handlers.append(ms)
-        ms, built = wall_ms(FIRST_REQUEST, "/v1/health", "200")
+        ms, built = wall_ms(FIRST_REQUEST, "GET", "/v1/health", "200", "")
         health.append(ms)
         importtime.append(importtime_ms("functions.aws"))
-    listed = wall_ms(FIRST_REQUEST, "/v1/clusters", "401")[1]
+        invalid.append(wall_ms(FIRST_REQUEST, "POST", "/v1/clusters", "422", INVALID_CREATE)[0])
+    listed = wall_ms(FIRST_REQUEST, "GET", "/v1/clusters", "401", "")[1]
     base, imp, first = (statistics.median(x) for x in (baseline, handlers, health))
     cold = first - base
     ports, clients, dask_on_first = built.split()
@@ -124,6 +131,11 @@ def main() -> int:
     print(
         f"  import + first GET /v1/health         {first:7.0f} ms  "
         f"(+{cold:.0f} ms over the baseline, {first / base:.1f}x; goal <= {GOAL_MS:.0f} ms)"
+    )
+    rejected = statistics.median(invalid) - base
+    print(
+        f"  import + first POST /v1/clusters, refused 422 by validation (no store)"
+        f"  +{rejected:.0f} ms over the baseline"
     )
     print(f"  built by GET /v1/health: ports {ports}, boto3 clients {clients}")
     l_ports, l_clients, _ = listed.split()
