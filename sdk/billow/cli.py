@@ -37,28 +37,20 @@ def server(
     login_file: Path = typer.Option(None, help="Where to save the admin login on first start."),
 ) -> None:
     """Run the embedded control plane (SQLite store, local-process instances)."""
-    from dask.utils import parse_timedelta
+    import dask.config
+    from pydantic import ValidationError
 
     from billow_control.core.settings import ControlSettings
     from billow_control.runtimes.embedded_server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    def seconds(key: str) -> float:
-        return float(parse_timedelta(config.get(key)))
-
-    settings = ControlSettings(
-        deployment=config.get("deployment"),
-        start_timeout=seconds("start-timeout"),
-        idle_timeout=seconds("idle-timeout"),
-        no_client_timeout=seconds("no-client-timeout"),
-        heartbeat_loss_timeout=seconds("heartbeat-loss-timeout"),
-        heartbeat_interval=seconds("heartbeat-interval"),
-        reaper_interval=seconds("reaper-interval"),
-        orphan_grace=seconds("orphan-grace"),
-        gpu_idle_warning=seconds("gpu-idle-warning"),
-        gpu_utilization_threshold=float(config.get("gpu-utilization-threshold")),
-    )
+    try:
+        settings = ControlSettings.from_values(dask.config.get("billow"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]).replace("_", "-") if first["loc"] else "?"
+        console.print(f"[red]error:[/red] billow.{key}: {first['msg']}")
+        raise typer.Exit(2) from None
     serve(data_dir or config.data_dir(), host, port, login_file or config.login_file(), settings)
 
 

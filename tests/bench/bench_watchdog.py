@@ -8,7 +8,7 @@ Heartbeat ingestion
     cluster token, which only the scheduler's bootstrap hands out. To get real tokens
     without running Dask, the clusters are created before the server starts, by the same
     composition the server uses (``EmbeddedRuntime``: SQLite store, ``ControlPlane``,
-    ``Reconciler``, local-process provider) on the same data dir. The only substitution is
+    ``Lifecycle``, local-process provider) on the same data dir. The only substitution is
     the instance program: the provider's ``python`` is a shell stub (the trick of
     tests/integration/test_reaper.py) that saves the ``BILLOW_INSTANCE_TOKEN`` its
     environment received and sleeps, instead of ``python -m billow.agent``. Then the
@@ -44,7 +44,7 @@ Heartbeat ingestion
     executable during one more heartbeat run, and prints where its time goes.
 
 Reaper pass
-    ``Reaper.run_once()`` with 50 active clusters (ready, fresh heartbeat, so the pass only
+    ``Watchdog.run_once()`` with 50 active clusters (ready, fresh heartbeat, so the pass only
     reads) and 5,000 stopped ones, on a SQLite file and on DynamoDB (a ``moto_server``
     this benchmark starts and stops by PID). Baseline: the same 50 active and no stopped
     clusters. Prints the median pass time and the DynamoDB items read per pass (counted

@@ -67,3 +67,21 @@ def test_login_list_status_logs_and_stop(
     wait_until(lambda: api.get(url).json()["status"] == "stopped", 60, "cli-made stopped")
     missing = billow_cli("cluster", "status", "never-existed", login_file=login_file)
     assert missing.returncode == 1 and "no cluster named 'never-existed'" in missing.stdout
+
+
+def test_server_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    """The embedded server reads its settings through the same builder as Lambda: a bad
+    duration names the dask config key and stops it before anything starts."""
+    env = {**os.environ, "BILLOW_IDLE_TIMEOUT": "soon", "COLUMNS": "200"}
+    data_dir = tmp_path / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "billow.cli", "server", "--port", "0", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc
+    assert "billow.idle-timeout" in proc.stdout and "'soon' is not a duration" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not data_dir.exists()  # nothing was created

@@ -1,6 +1,6 @@
 """The reaper's reads grow with active clusters, not with history.
 
-With 5,000 stopped and 50 active clusters, one ``Reaper.run_once()`` on DynamoDB reads at
+With 5,000 stopped and 50 active clusters, one ``Watchdog.run_once()`` on DynamoDB reads at
 most 100 items (the active clusters from the sparse index, and one heartbeat each),
 counted from DynamoDB's own responses, and never Scans the clusters table. SQLite does
 not report rows read, so there the query the reaper issues is checked to be answered
