@@ -3,18 +3,29 @@
 Reads ``BILLOW_CONTROL_URL``, ``BILLOW_INSTANCE_TOKEN`` and ``BILLOW_ROLE`` from the
 environment, exchanges the one-time token for the instance's certificates and config,
 then runs a TLS-only Dask scheduler (with the Billow plugin) or worker until it closes.
-Exits non-zero with a message on stderr when bootstrap is refused.
+
+When the cluster has software of its own (package sync, a named environment), the agent
+first builds or reuses that environment (``billow.software.environment``, keyed by the
+spec's hash under ``BILLOW_ENV_CACHE``), then execs ``python -m billow.agent --config
+FILE`` from it: the second stage reads the config from a 0600 file it deletes at once, so
+certificates never appear on a command line or in the environment. Exits non-zero with
+a message on stderr when bootstrap is refused or the environment cannot be built (the
+message, with the resolver's own words, becomes the cluster's failure logs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,21 +130,70 @@ def _record_exit_code(code: int) -> None:
             pass
 
 
-def main() -> int:
+# Variables that would make the cluster's environment import another one's packages.
+FOREIGN_PYTHON_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The config a first stage handed over, deleting its file before anything else."""
+    try:
+        with open(path) as f:
+            return dict(json.load(f))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def exec_in_environment(config: dict[str, Any]) -> None:
+    """Build or reuse the cluster's environment, then replace this process with the agent
+    running from it. Returns only by raising ``EnvironmentBuildError``."""
+    from billow_control.core.software import SoftwareSpec
+
+    from .software.environment import ensure_environment
+
+    spec = SoftwareSpec.model_validate(config["software"])
+    cache = Path(os.environ.get("BILLOW_ENV_CACHE") or Path.home() / ".cache" / "billow" / "envs")
+    python = ensure_environment(spec, config.get("wheel_urls", {}), cache, log=log.info)
+    directory = os.environ.get("BILLOW_INSTANCE_DIR") or tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(dir=directory, prefix=".agent-config-", suffix=".json")
+    with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+        json.dump(config, f)
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PYTHON_ENV}
+    log.info("starting the agent from environment %s", spec.key[:12])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(str(python), [str(python), "-m", "billow.agent", "--config", path], env)
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     exit_code = 1
     atexit.register(lambda: _record_exit_code(exit_code))
-    try:
-        url = os.environ["BILLOW_CONTROL_URL"]
-        token = os.environ["BILLOW_INSTANCE_TOKEN"]
-    except KeyError as e:
-        print(f"billow agent: missing environment variable {e.args[0]}", file=sys.stderr)
-        return 2
-    # Import distributed while waiting for the control plane: it is the slow part.
-    import distributed  # noqa: F401
+    if argv[:1] == ["--config"] and len(argv) == 2:
+        config = read_config(argv[1])  # second stage: already in the cluster's environment
+    else:
+        try:
+            url = os.environ["BILLOW_CONTROL_URL"]
+            token = os.environ["BILLOW_INSTANCE_TOKEN"]
+        except KeyError as e:
+            print(f"billow agent: missing environment variable {e.args[0]}", file=sys.stderr)
+            return 2
+        if not os.environ.get("BILLOW_SOFTWARE_KEY"):
+            # The cluster runs this interpreter's packages: import distributed while
+            # waiting for the control plane, it is the slow part.
+            with contextlib.suppress(ImportError):
+                import distributed  # noqa: F401
+        config = bootstrap(url, token)
+        os.environ.pop("BILLOW_INSTANCE_TOKEN", None)  # one-time: keep it out of user code
+        if config.get("software"):
+            from .errors import EnvironmentBuildError
 
-    config = bootstrap(url, token)
-    os.environ.pop("BILLOW_INSTANCE_TOKEN", None)  # one-time: keep it out of user code
+            try:
+                exec_in_environment(config)
+            except EnvironmentBuildError as e:
+                print(f"billow agent: {e}", file=sys.stderr)
+                return 3
     os.environ.update(config.get("environ", {}))
     import dask.config
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,6 +95,35 @@ class ControlPlaneClient:
 
     async def credentials(self, cluster_id: str) -> dict[str, Any]:
         return await self.request("GET", f"/v1/clusters/{cluster_id}/credentials")
+
+    # -- software ------------------------------------------------------------------------
+
+    async def upload_wheels(self, wheels: list[tuple[Path, str]]) -> tuple[int, int]:
+        """Upload ``(path, sha256)`` wheels the deployment's object store lacks, straight
+        to the pre-signed URLs the control plane issues (their bytes never pass through
+        the API). Returns ``(uploaded, already_present)``."""
+        if not wheels:
+            return 0, 0
+        files = [
+            {"sha256": sha, "size": path.stat().st_size, "filename": path.name}
+            for path, sha in wheels
+        ]
+        answer = await self.request("POST", "/v1/software/uploads", json={"files": files})
+        paths = {sha: path for path, sha in wheels}
+        uploaded = 0
+        async with httpx.AsyncClient(timeout=self._http.timeout) as store:
+            for item in answer["uploads"]:
+                if item["present"]:
+                    continue
+                response = await store.put(item["url"], content=paths[item["sha256"]].read_bytes())
+                if response.status_code >= 400:
+                    raise BillowAPIError(
+                        response.status_code,
+                        "upload-failed",
+                        f"uploading {paths[item['sha256']].name} failed: {response.text.strip()}",
+                    )
+                uploaded += 1
+        return uploaded, len(wheels) - uploaded
 
     async def logs(self, cluster_id: str, lines: int = 200) -> dict[str, Any]:
         return await self.request("GET", f"/v1/clusters/{cluster_id}/logs", params={"lines": lines})

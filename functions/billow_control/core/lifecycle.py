@@ -273,6 +273,7 @@ class Lifecycle:
         )
         request = record.request
         scheduler = role == InstanceRole.scheduler
+        software = {"BILLOW_SOFTWARE_KEY": request.software.key} if request.software else {}
         spec = InstanceSpec(
             cluster_id=record.id,
             name=name,
@@ -286,6 +287,7 @@ class Lifecycle:
                 "BILLOW_INSTANCE_TOKEN": token,
                 "BILLOW_CLUSTER_ID": record.id,
                 "BILLOW_ROLE": role.value,
+                **software,
             },
         )
         self.ports.provider.launch(spec)

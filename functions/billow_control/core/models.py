@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import tags
+from .software import MAX_WHEEL_BYTES, SoftwareSpec
 
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -151,6 +152,12 @@ class ClusterRequest(BaseModel):
     )
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
     environ: dict[str, str] = Field(default_factory=dict, max_length=128)
+    software: SoftwareSpec | None = Field(
+        default=None,
+        description="The environment every instance runs (package sync or a named "
+        "environment): pinned packages, wheels of local code by sha256. Omitted: the "
+        "instance image's own Python environment.",
+    )
     shutdown_on_close: bool = True
 
     @field_validator("n_workers")
@@ -206,6 +213,22 @@ class ScaleRequest(BaseModel):
         default_factory=list,
         description="Names of workers to remove first when scaling down (already retired).",
     )
+
+
+class UploadFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1, le=MAX_WHEEL_BYTES, strict=True)
+    filename: str = Field(max_length=255, pattern=r"^[A-Za-z0-9_.+!-]+\.whl$")
+
+
+class UploadRequest(BaseModel):
+    """Wheels the client wants to upload before it asks for a cluster that uses them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[UploadFile] = Field(min_length=1, max_length=100)
 
 
 class NewUser(BaseModel):

@@ -201,6 +201,25 @@ class EventBus(Protocol):
         ...
 
 
+class ObjectStore(Protocol):
+    """Where wheels of users' local code live, addressed by their sha256. Their bytes go
+    from the client to the store and from the store to instances through pre-signed URLs
+    this port issues: they never pass through the control plane's API."""
+
+    def upload_url(self, sha256: str, size: int) -> str:
+        """A URL that accepts one ``PUT`` of exactly ``size`` bytes whose sha256 is
+        ``sha256``, valid for a limited time; the store refuses other bytes."""
+        ...
+
+    def download_url(self, sha256: str) -> str:
+        """A URL that answers ``GET`` with the object, valid for a limited time."""
+        ...
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the object was uploaded (completely)."""
+        ...
+
+
 class IdempotencyCache(Protocol):
     """Answers a *completed* repeat of a create from one read, before the core pays for
     a fresh PKI and its encrypted secrets. The store's transactional create stays the
@@ -258,7 +277,8 @@ class Ports:
     """Every adapter of one runtime. Build exactly one per runtime (composition root).
 
     Any port may be given as ``lazy(factory)``: the adapter is built on first access and
-    kept. ``idempotency`` is optional (``None``: the store alone answers repeats).
+    kept. ``idempotency`` is optional (``None``: the store alone answers repeats), and so
+    is ``objects`` (``None``: package sync of local code is refused with a clear error).
     """
 
     store: _Port[Store] = _Port()
@@ -267,6 +287,7 @@ class Ports:
     secrets: _Port[SecretBox] = _Port()
     events: _Port[EventBus] = _Port()
     idempotency: _Port[IdempotencyCache | None] = _Port()
+    objects: _Port[ObjectStore | None] = _Port()
 
     def __init__(
         self,
@@ -279,6 +300,7 @@ class Ports:
         events: EventBus,
         settings: ControlSettings,
         idempotency: IdempotencyCache | None = None,
+        objects: ObjectStore | None = None,
     ) -> None:
         self._build_lock = threading.RLock()
         self.store = store
@@ -287,10 +309,11 @@ class Ports:
         self.secrets = secrets
         self.events = events
         self.idempotency = idempotency
+        self.objects = objects
         self.clock = clock
         self.settings = settings
 
     def built(self) -> list[str]:
         """Names of the ports built so far (what a request has paid for)."""
-        names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency")
+        names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency", "objects")
         return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy)]

@@ -29,6 +29,7 @@ from .models import (
     HeartbeatRecord,
     InstanceRole,
     ScaleRequest,
+    UploadFile,
     User,
     new_id,
 )
@@ -101,6 +102,7 @@ class ControlPlane:
         cluster is never missing its certificates.
         """
         key = idempotency.check_key(idempotency_key)
+        self._check_software(request)
         request_hash = idempotency.request_hash(request)
         cache = self.ports.idempotency
         if key is None or cache is None:
@@ -158,6 +160,52 @@ class ControlPlane:
         if stored.active:
             ports.orchestrator.submit(stored.id)
         return self._public(stored), created
+
+    def _check_software(self, request: ClusterRequest) -> None:
+        """Refuse, before anything is written, a spec whose wheels were not uploaded."""
+        software = request.software
+        if software is None:
+            return
+        absent = [name for name in ("billow", "distributed") if software.version_of(name) is None]
+        if absent:
+            raise Invalid(
+                f"the environment lacks {' and '.join(absent)}: every instance runs the "
+                "Billow agent and Dask from it",
+                field="software",
+            )
+        wheels = software.wheels()
+        if not wheels:
+            return
+        objects = self.ports.objects
+        if objects is None:
+            raise Invalid(
+                "this deployment has no object store, so it cannot run local code; "
+                "sync only packages from an index (package_sync_ignore=[...])",
+                field="software",
+            )
+        missing = [f"{w.name} ({w.filename})" for w in wheels if not objects.exists(str(w.sha256))]
+        if missing:
+            raise Invalid(
+                f"wheels not uploaded: {', '.join(missing)}; upload them first "
+                "(POST /v1/software/uploads)",
+                field="software",
+            )
+
+    def software_uploads(self, user: User, files: list[UploadFile]) -> dict[str, Any]:
+        """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL, or
+        ``present`` when the store has it already (wheels are named by their sha256, so
+        an object's content is the same whoever uploaded it). Any user may upload."""
+        objects = self.ports.objects
+        if objects is None:
+            raise Invalid("this deployment has no object store for wheels", field="files")
+        answers = []
+        for f in files:
+            if objects.exists(f.sha256):
+                answers.append({"sha256": f.sha256, "present": True})
+            else:
+                url = objects.upload_url(f.sha256, f.size)
+                answers.append({"sha256": f.sha256, "present": False, "url": url})
+        return {"uploads": answers}
 
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
         return self._public(self._owned(user, cluster_id))
@@ -269,6 +317,14 @@ class ControlPlane:
             "memory_limit": request.worker_memory,
             "heartbeat_interval": self.ports.settings.heartbeat_interval,
         }
+        if request.software is not None:
+            config["software"] = request.software.model_dump(mode="json")
+            objects = self.ports.objects
+            config["wheel_urls"] = {
+                str(w.sha256): objects.download_url(str(w.sha256))
+                for w in request.software.wheels()
+                if objects is not None
+            }
         if cred.role == InstanceRole.scheduler:
             cluster_token = new_token(CLUSTER_TOKEN_PREFIX)
             self.ports.store.put_cluster_token(record.id, hash_token(cluster_token))

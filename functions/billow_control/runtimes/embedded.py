@@ -15,6 +15,7 @@ import yaml
 from ..adapters.clock import SystemClock
 from ..adapters.local.event_log import JsonLinesEventBus
 from ..adapters.local.fernet_box import FernetSecretBox
+from ..adapters.local.object_store import LocalObjectStore
 from ..adapters.local.process_provider import LocalProcessProvider
 from ..adapters.local.sqlite_store import SqliteStore
 from ..adapters.local.thread_orchestrator import LocalOrchestrator
@@ -35,6 +36,7 @@ class EmbeddedRuntime:
     plane: ControlPlane
     orchestrator: LocalOrchestrator
     provider: LocalProcessProvider
+    objects: LocalObjectStore
     _stop: threading.Event = field(default_factory=threading.Event)
     _timer: threading.Thread | None = None
 
@@ -44,20 +46,26 @@ class EmbeddedRuntime:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         clock = SystemClock()
-        provider = LocalProcessProvider(data_dir / "instances", settings.deployment, clock)
+        provider = LocalProcessProvider(
+            data_dir / "instances", settings.deployment, clock, env_cache=data_dir / "envs"
+        )
         orchestrator = LocalOrchestrator()
+        objects = LocalObjectStore(
+            data_dir / "objects", settings.control_url, data_dir / "objects.key"
+        )
         ports = Ports(
             store=SqliteStore(data_dir / "billow.db"),
             provider=provider,
             orchestrator=orchestrator,
             secrets=FernetSecretBox.from_key_file(data_dir / "secret.key"),
             events=JsonLinesEventBus(data_dir / "events.jsonl"),
+            objects=objects,
             clock=clock,
             settings=settings,
         )
         plane = ControlPlane(ports)
         orchestrator.reconcile = plane.lifecycle.reconcile
-        return cls(data_dir, ports, plane, orchestrator, provider)
+        return cls(data_dir, ports, plane, orchestrator, provider, objects)
 
     def start(self) -> None:
         """Start the reconcile threads, resubmit every unfinished cluster that has not

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..adapters.local.object_store import ObjectStoreApp
 from ..api.app import build_app
 from ..core.settings import ControlSettings
 from .embedded import EmbeddedRuntime, write_login
@@ -41,7 +42,7 @@ def serve(
     elif login_file is not None:
         _update_server_url(login_file, url)
     (Path(data_dir) / "server.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    app = ProxyASGIApp(build_app(lambda: runtime.plane))
+    app = ObjectStoreApp(runtime.objects, ProxyASGIApp(build_app(lambda: runtime.plane)))
     runtime.start()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -6,6 +6,9 @@ from ``/proc`` (pid plus start time, so a reused pid is never mistaken for an in
 Terminating sends SIGTERM to the group, and SIGKILL once the grace period has passed on a
 later call; that keeps ``terminate`` idempotent and crash-safe.
 
+Instances that run a cluster's own software build (or reuse) its environment under
+``env_cache``, shared by the instances of this machine and keyed by the spec's hash.
+
 Each instance gets a directory of its own (its working directory, ``instance.log``,
 ``exit_code``) and, inside it, ``scratch/``: Dask's temporary directory, where workers
 spill. ``sweep_cluster_resources`` deletes the scratch directories of finished clusters
@@ -74,6 +77,7 @@ class LocalProcessProvider:
         clock: Clock,
         grace_period: float = 5.0,
         python: str = sys.executable,
+        env_cache: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,7 @@ class LocalProcessProvider:
         self.clock = clock
         self.grace_period = grace_period
         self.python = python
+        self.env_cache = Path(env_cache) if env_cache is not None else self.root / "envs"
         self._children: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -136,6 +141,7 @@ class LocalProcessProvider:
                 "BILLOW_INSTANCE_NAME": spec.name,
                 "BILLOW_DEPLOYMENT": self.deployment,
                 "DASK_TEMPORARY_DIRECTORY": str(directory / SCRATCH),
+                "BILLOW_ENV_CACHE": str(self.env_cache),
                 "PYTHONUNBUFFERED": "1",
             }
             with open(directory / "instance.log", "ab") as logfile:
