@@ -66,3 +66,11 @@ class ClusterStopped(BillowError):
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class EnvironmentBuildError(BillowError):
+    """An instance could not build the cluster's software environment.
+
+    The message is written for the user (it becomes the cluster's failure message): a
+    first line saying what failed, then uv's own error output or the offending package.
+    """
