@@ -118,8 +118,11 @@ class SoftwareSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """A stable hash of the whole spec: the cache key of its built environment."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A stable hash of the spec: the cache key of its built environment. Python
+        counts by major.minor (what the environment is built with), so clients on two
+        patch releases share one environment."""
+        spec = self.model_dump(mode="json") | {"python": self.python_minor}
+        body = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
     def wheels(self) -> list[PackagePin]:
