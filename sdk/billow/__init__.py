@@ -11,6 +11,8 @@ from .errors import (
     ClusterStopped,
     NotLoggedIn,
     ValidationError,
+    VersionMismatchError,
+    WheelBuildError,
 )
 
 __all__ = [
@@ -24,5 +26,7 @@ __all__ = [
     "ClusterStopped",
     "NotLoggedIn",
     "ValidationError",
+    "VersionMismatchError",
+    "WheelBuildError",
 ]
 __version__ = "0.1.0"

@@ -74,3 +74,39 @@ class EnvironmentBuildError(BillowError):
     The message is written for the user (it becomes the cluster's failure message): a
     first line saying what failed, then uv's own error output or the offending package.
     """
+
+
+class VersionMismatchError(BillowError):
+    """The cluster's software does not match the client's where it must.
+
+    ``mismatches`` maps ``"python"`` or a package name to ``(client, cluster)`` versions,
+    ``None`` on a side that lacks the package. The message lists one per line as
+    ``name: client X, cluster Y`` (``absent`` for ``None``).
+    """
+
+    def __init__(self, mismatches: dict[str, tuple[str | None, str | None]]) -> None:
+        self.mismatches = dict(mismatches)
+        lines = [
+            f"  {name}: client {mine or 'absent'}, cluster {theirs or 'absent'}"
+            for name, (mine, theirs) in self.mismatches.items()
+        ]
+        super().__init__(
+            "the cluster's software does not match this client:\n"
+            + "\n".join(lines)
+            + "\nuse the same versions on both sides (rescan the environment, or pin them)"
+        )
+
+
+class WheelBuildError(BillowError):
+    """A wheel of a local project could not be built.
+
+    ``project`` names it; ``output`` holds the last lines of the build tool's output.
+    """
+
+    def __init__(self, project: str, message: str, output: list[str] | None = None) -> None:
+        self.project = project
+        self.output = output or []
+        text = f"could not build a wheel of {project}: {message}"
+        if self.output:
+            text += "\n\nLast lines of the build output:\n" + "\n".join(self.output)
+        super().__init__(text)
