@@ -13,6 +13,7 @@ import contextlib
 import html
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from distributed.core import Status, rpc
@@ -50,6 +51,16 @@ class Cluster(DaskCluster):
         long after the last client left, or after this total lifetime.
     analytics : {"off", "minimal", "full"}
         What the scheduler plugin reports (default ``billow.analytics``).
+    package_sync : bool
+        Run the client's own software on every instance: the installed packages are
+        scanned and pinned, local and editable code is built into wheels and uploaded to
+        the deployment's object store, and each instance builds (or reuses) that
+        environment with uv. Default ``False``: instances run their image's environment.
+    package_sync_ignore, package_sync_only : list of str, optional
+        Leave these distributions out of the sync, or sync only these.
+    package_sync_strict : bool
+        Refuse to start unless every package matches the client exactly (by default only
+        Python and Dask's core packages must).
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -61,6 +72,9 @@ class Cluster(DaskCluster):
     ------
     billow.errors.ValidationError
         The request was rejected; ``.field`` names the offending field.
+    billow.errors.VersionMismatchError
+        Package sync would give the cluster other versions of Python or Dask's core
+        packages than this client's; raised before anything is created.
     billow.errors.ClusterStartError
         The cluster failed to start; ``.logs`` has the failing instance's last log lines.
     """
@@ -80,6 +94,10 @@ class Cluster(DaskCluster):
         analytics: str | None = None,
         tags: dict[str, str] | None = None,
         environ: dict[str, str] | None = None,
+        package_sync: bool = False,
+        package_sync_ignore: list[str] | None = None,
+        package_sync_only: list[str] | None = None,
+        package_sync_strict: bool = False,
         shutdown_on_close: bool = True,
         server: str | None = None,
         token: str | None = None,
@@ -104,6 +122,15 @@ class Cluster(DaskCluster):
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close
+        self._package_sync = (
+            {
+                "ignore": list(package_sync_ignore or ()),
+                "only": None if package_sync_only is None else list(package_sync_only),
+                "strict": package_sync_strict,
+            }
+            if package_sync
+            else None
+        )
         self._requested_name = name
         self.shutdown_on_close = shutdown_on_close
         self._server, self._token = config.credentials(server, token)
@@ -151,6 +178,8 @@ class Cluster(DaskCluster):
                 record = await self._api.find_cluster(self._requested_name)
                 self.reconnected = record is not None
             if record is None:
+                if self._package_sync is not None:
+                    self._spec["software"] = await self._sync_software()
                 record = await self._api.create_cluster(self._spec)
                 created = True
             self._set_record(record)
@@ -178,6 +207,27 @@ class Cluster(DaskCluster):
         bounds = self._spec.get("n_workers")
         if isinstance(bounds, list):
             self.adapt(minimum=bounds[0], maximum=bounds[1])
+
+    async def _sync_software(self) -> dict[str, Any]:
+        """The scanned spec of this client's environment, its local code uploaded."""
+        import tempfile
+
+        from rich.console import Console
+
+        from .software.sync import package_sync
+
+        assert self._api is not None and self._package_sync is not None
+        console = Console(stderr=True)
+
+        def report(line: str) -> None:
+            if self._show_progress:
+                console.print(line, highlight=False)
+
+        with tempfile.TemporaryDirectory(prefix="billow-wheels-") as wheel_dir:
+            spec = await package_sync(
+                self._api, wheel_dir=Path(wheel_dir), report=report, **self._package_sync
+            )
+        return spec.model_dump(mode="json")
 
     async def _wait_until_ready(self) -> dict[str, Any]:
         assert self._api is not None and self.cluster_id is not None

@@ -82,7 +82,8 @@ def uv(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A client virtualenv: billow (editable, this checkout), pandas, and an editable
+    """A client virtualenv: billow (editable, this checkout), dask.dataframe (pandas and
+    pyarrow), and an editable
     package that exists only in a temporary folder."""
     root = tmp_path_factory.mktemp("client")
     package = root / "billowtestpkg"
@@ -92,14 +93,25 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     uv("venv", "--python", sys.executable, str(venv))
     python = venv / "bin" / "python"
-    uv("pip", "install", "--python", str(python), "-e", str(ROOT), "pandas", "-e", str(package))
+    uv(
+        "pip",
+        "install",
+        "--python",
+        str(python),
+        "-e",
+        str(ROOT),
+        "dask[dataframe]",
+        "-e",
+        str(package),
+    )
     return python
 
 
 def run_client(python: Path, server: EmbeddedServer, script: str) -> subprocess.CompletedProcess:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")
-    } | {"BILLOW_SERVER": server.url, "BILLOW_TOKEN": server.token}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {
+        "BILLOW_SERVER": server.url,
+        "BILLOW_TOKEN": server.token,
+    }
     return subprocess.run(
         [str(python), "-c", script],
         capture_output=True,
@@ -126,7 +138,9 @@ def test_workers_run_the_clients_editable_package_and_pandas(
         got = results[round]
         assert got["answer"] == 42
         assert got["groupby"] == {"a": 18, "b": 12, "c": 15}
-        assert len(got["answers"]) == 2 and all("billowtestpkg on envs" in a for a in got["answers"])
+        assert len(got["answers"]) == 2 and all(
+            "billowtestpkg on envs" in a for a in got["answers"]
+        )
         assert len(set(got["pandas"].values())) == 1
     # The second cluster used the cached environment: the same spec, the same directory.
     envs = embedded_server.data_dir / "envs"
