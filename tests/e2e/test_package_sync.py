@@ -5,7 +5,8 @@ server's own environment has neither. ``billow.Cluster(package_sync=True)`` from
 client must give workers the editable package's code and pandas, built by the agent with
 uv from the scanned spec (the wheel of the local package travels through the object
 store). A second cluster with the same spec reuses the cached environment. A sync that
-leaves out ``distributed`` is refused before any record or instance exists.
+leaves out ``distributed`` is refused before any record or instance exists. The client
+has no bokeh: the sync adds it, and the dashboard link serves Dask's dashboard.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLIENT_SCRIPT = """
 import json, sys, time
-import billow, dask.dataframe as dd, pandas as pd
+import billow, dask.dataframe as dd, httpx, pandas as pd
 from dask.distributed import Client
 import billowtestpkg
 
@@ -46,6 +47,7 @@ for round in ("cold", "warm"):
                 "groupby": grouped.compute().sort_index().to_dict(),
                 "pandas": client.run(lambda: __import__("pandas").__version__),
                 "cluster_id": cluster.cluster_id,
+                "dashboard": httpx.get(cluster.dashboard_link, timeout=30).text,
             }
 print("RESULTS " + json.dumps(results))
 """
@@ -142,6 +144,7 @@ def test_workers_run_the_clients_editable_package_and_pandas(
             "billowtestpkg on envs" in a for a in got["answers"]
         )
         assert len(set(got["pandas"].values())) == 1
+        assert "Dask" in got["dashboard"] and "bokeh" in got["dashboard"].lower()
     # The second cluster used the cached environment: the same spec, the same directory.
     envs = embedded_server.data_dir / "envs"
     built = [p for p in envs.iterdir() if (p / ".complete").exists()]

@@ -23,6 +23,51 @@ from .skew import check_versions
 from .wheels import build_wheel
 
 Report = Callable[[str], None]
+DASHBOARD = "bokeh>=3.1.0"  # what distributed's dashboard needs
+UV_PLATFORMS = {"linux-x86_64": "x86_64-manylinux_2_28", "linux-aarch64": "aarch64-manylinux_2_28"}
+
+
+def dashboard_pins(scan: ScanResult, timeout: float = 120.0) -> tuple[list[PackagePin], str]:
+    """Pins that add bokeh, and what it needs, to a spec that lacks it, resolved by
+    ``uv pip compile`` against the spec's own pins so nothing else changes. Returns the
+    new pins and a notice for the user; ``([], reason)`` when it cannot resolve."""
+    import subprocess
+    import tempfile
+
+    from uv import find_uv_bin
+
+    have = {p.name: p.version for p in scan.pins} | {p.name: p.version for p in scan.local_projects}
+    if "bokeh" in have:
+        return [], ""
+    with tempfile.TemporaryDirectory(prefix="billow-dashboard-") as tmp:
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(have.items())))
+        command = [
+            find_uv_bin(), "pip", "compile", "-", "--constraint", str(constraints),
+            "--python-version", ".".join(scan.python.split(".")[:2]),
+            "--no-header", "--no-annotate", "--quiet",
+        ]  # fmt: skip
+        if scan.target_platform in UV_PLATFORMS:
+            command += ["--python-platform", UV_PLATFORMS[scan.target_platform]]
+        if scan.index_url:
+            command += ["--index-url", scan.index_url]
+        for url in scan.extra_index_urls:
+            command += ["--extra-index-url", url]
+        for url in scan.find_links:
+            command += ["--find-links", url]
+        proc = subprocess.run(
+            command, input=DASHBOARD, capture_output=True, text=True, timeout=timeout
+        )
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["uv pip compile failed"])[-1]
+        return [], f"the dashboard needs bokeh, which could not be added: {reason}"
+    pins = []
+    for line in proc.stdout.splitlines():
+        name, _, version = line.strip().partition("==")
+        if version and name and name.lower() not in have:
+            pins.append(PackagePin(name=name, version=version.split(";")[0].strip()))
+    added = ", ".join(f"{p.name} {p.version}" for p in pins)
+    return pins, f"added {added} so the cluster's dashboard works (bokeh was not installed here)"
 
 
 def versions_only(scan: ScanResult) -> SoftwareSpec:
@@ -59,6 +104,10 @@ async def package_sync(
     for notice in scan.notices:
         report(f"  notice: {notice}")
     check_versions(scan.versions, versions_only(scan), scan.python, strict=strict)
+    extra, notice = await loop.run_in_executor(None, dashboard_pins, scan)
+    scan.pins.extend(extra)
+    if notice:
+        report(f"  notice: {notice}")
 
     started = time.monotonic()
     built = []
