@@ -149,11 +149,19 @@ def exec_in_environment(config: dict[str, Any]) -> None:
     running from it. Returns only by raising ``EnvironmentBuildError``."""
     from billow_control.core.software import SoftwareSpec
 
-    from .software.environment import ensure_environment
+    from .software.environment import ensure_environment, environment_python_for
 
     spec = SoftwareSpec.model_validate(config["software"])
     cache = Path(os.environ.get("BILLOW_ENV_CACHE") or Path.home() / ".cache" / "billow" / "envs")
+    started = time.monotonic()
+    cached = environment_python_for(spec, cache) is not None
     python = ensure_environment(spec, config.get("wheel_urls", {}), cache, log=log.info)
+    log.info(
+        "environment %s ready in %.2f s (%s)",
+        spec.key[:12],
+        time.monotonic() - started,
+        "cached" if cached else "built",
+    )
     directory = os.environ.get("BILLOW_INSTANCE_DIR") or tempfile.gettempdir()
     fd, path = tempfile.mkstemp(dir=directory, prefix=".agent-config-", suffix=".json")
     with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600

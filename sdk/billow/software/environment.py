@@ -341,11 +341,22 @@ def _install(
     deadline: float,
 ) -> None:
     """``uv pip install`` every pin, exactly. Not ``--no-deps``: a lock that misses a
-    dependency gets it resolved (and logged) rather than an ImportError on the cluster."""
+    dependency gets it resolved (and logged) rather than an ImportError on the cluster.
+    Bytecode is compiled once here: otherwise every scheduler and worker start compiles
+    Dask from source again wherever ``PYTHONDONTWRITEBYTECODE`` is set or the environment
+    is read-only (seconds per process)."""
     lines = [str(wheels[p.name]) if p.name in wheels else p.requirement() for p in spec.packages]
     requirements = tmp / "requirements.txt"
     requirements.write_text("".join(f"{line}\n" for line in lines))
-    args = ["pip", "install", "--color", "never", "--python", str(_python(tmp))]
+    args = [
+        "pip",
+        "install",
+        "--color",
+        "never",
+        "--compile-bytecode",
+        "--python",
+        str(_python(tmp)),
+    ]
     args += ["--cache-dir", str(cache_dir / "uv-cache"), "-r", str(requirements)]
     if spec.index_url:
         args += ["--index-url", spec.index_url]
