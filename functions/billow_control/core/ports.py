@@ -314,6 +314,7 @@ class Ports:
         self.settings = settings
 
     def built(self) -> list[str]:
-        """Names of the ports built so far (what a request has paid for)."""
+        """Names of the adapters built so far (what requests have paid for); absent
+        optional ports are not listed."""
         names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency", "objects")
-        return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy)]
+        return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy | None)]
