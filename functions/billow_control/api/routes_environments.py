@@ -28,9 +28,9 @@ def environment_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.post("/v1/environments/<name>")
     def create_environment(name: str, request: EnvironmentRequest) -> Response[dict[str, Any]]:
         """A new revision of the environment (201), or its latest revision when that one
-        has the same spec (200)."""
+        has the same spec (200); ``created`` says which."""
         env, created = plane().create_environment(user(), name, request.spec)
-        return json_response(env, 201 if created else 200)
+        return json_response({**env, "created": created}, 201 if created else 200)
 
     @router.get("/v1/environments")
     def list_environments() -> dict[str, Any]:
