@@ -142,11 +142,15 @@ def resolve_requirements(
     if done.returncode != 0:
         known = [*_names(requested), *CORE_PACKAGES, "billow"]
         output = _clean(done.stderr)
-        raise ResolutionError(
-            "could not resolve the environment's requirements (uv pip compile failed)",
-            mentioned_packages(output, known),
-            output,
-        )
+        involved = mentioned_packages(output, known)
+        message = "could not resolve the environment's requirements (uv pip compile failed)"
+        if core := [n for n in involved if n in CORE_PACKAGES or n == "billow"]:
+            message += (
+                f"; {', '.join(core)} must be this client's version(s) (the cluster runs "
+                "the client's Dask core packages and Billow): ask for those, or change "
+                "the client's"
+            )
+        raise ResolutionError(message, involved, output)
     packages = parse_compiled(done.stdout, wheel)
     say(f"resolved {len(packages)} packages ({time.monotonic() - started:.1f} s)")
     try:
