@@ -2,6 +2,12 @@
 
 from . import config  # noqa: F401  (registers billow.* defaults with dask.config)
 from .cluster import BillowWarning, Cluster
+from .environments import (
+    create_software_environment,
+    delete_software_environment,
+    get_software_environment,
+    list_software_environments,
+)
 from .errors import (
     AuthenticationError,
     BillowAPIError,
@@ -10,6 +16,8 @@ from .errors import (
     ClusterStartError,
     ClusterStopped,
     NotLoggedIn,
+    ResolutionError,
+    SoftwareEnvironmentNotFound,
     ValidationError,
     VersionMismatchError,
     WheelBuildError,
@@ -25,8 +33,14 @@ __all__ = [
     "ClusterStartError",
     "ClusterStopped",
     "NotLoggedIn",
+    "ResolutionError",
+    "SoftwareEnvironmentNotFound",
     "ValidationError",
     "VersionMismatchError",
     "WheelBuildError",
+    "create_software_environment",
+    "delete_software_environment",
+    "get_software_environment",
+    "list_software_environments",
 ]
 __version__ = "0.1.0"

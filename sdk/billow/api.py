@@ -11,7 +11,13 @@ import httpx
 from dask.utils import parse_timedelta
 
 from . import config
-from .errors import AuthenticationError, BillowAPIError, ClusterNotFound, ValidationError
+from .errors import (
+    AuthenticationError,
+    BillowAPIError,
+    ClusterNotFound,
+    SoftwareEnvironmentNotFound,
+    ValidationError,
+)
 
 CLUSTER_ID = re.compile(r"^c-[0-9a-f]{16}$")
 _ERRORS = {401: AuthenticationError, 404: ClusterNotFound, 422: ValidationError}
@@ -127,6 +133,33 @@ class ControlPlaneClient:
 
     async def logs(self, cluster_id: str, lines: int = 200) -> dict[str, Any]:
         return await self.request("GET", f"/v1/clusters/{cluster_id}/logs", params={"lines": lines})
+
+    # -- software environments -----------------------------------------------------------
+
+    async def _environment_request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``request``, with a 404 raised as ``SoftwareEnvironmentNotFound``."""
+        try:
+            return await self.request(method, path, **kwargs)
+        except ClusterNotFound as e:
+            raise SoftwareEnvironmentNotFound(e.status, e.code, e.message, e.field) from None
+
+    async def create_environment(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Store ``spec`` as the next revision of ``name`` (or get the latest revision
+        back when its spec is the same)."""
+        return await self._environment_request(
+            "POST", f"/v1/environments/{name}", json={"spec": spec}
+        )
+
+    async def get_environment(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        params = {"revision": revision} if revision is not None else None
+        return await self._environment_request("GET", f"/v1/environments/{name}", params=params)
+
+    async def list_environments(self) -> list[dict[str, Any]]:
+        found = await self.request("GET", "/v1/environments")
+        return found["environments"]
+
+    async def delete_environment(self, name: str) -> dict[str, Any]:
+        return await self._environment_request("DELETE", f"/v1/environments/{name}")
 
 
 def error_from_response(response: httpx.Response) -> BillowAPIError:

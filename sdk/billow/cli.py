@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import config
@@ -18,15 +20,32 @@ from .errors import BillowError
 app = typer.Typer(help="Billow: Dask clusters in your own cloud account.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Inspect and stop clusters.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+env_app = typer.Typer(
+    help="Named software environments: create, list, inspect, delete.", no_args_is_help=True
+)
+app.add_typer(env_app, name="env")
 console = Console()
 
 
-def _run(coro: Any) -> Any:
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    return typer.Exit(1)
+
+
+def _run(coro: Any, expected: tuple[type[Exception], ...] = ()) -> Any:
+    """Run ``coro``; an expected failure (the API's errors, an unreachable server, and
+    ``expected``) is one error message and exit status 1, never a traceback."""
     try:
         return asyncio.run(coro)
-    except BillowError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    except (BillowError, *expected) as e:
+        raise _fail(str(e)) from None
+    except httpx.TransportError as e:
+        try:
+            url = e.request.url
+            where = f" at {url.scheme}://{url.netloc.decode()}"
+        except RuntimeError:  # no request attached
+            where = ""
+        raise _fail(f"cannot reach the control plane{where}: {e}") from None
 
 
 @app.command()
@@ -160,6 +179,99 @@ def cluster_logs(
         console.rule(f"{inst['name']} ({inst['id']}, {inst['state']})")
         for line in inst["lines"]:
             console.print(line, markup=False, highlight=False)
+
+
+# -- software environments -----------------------------------------------------------
+
+
+@env_app.command("create")
+def env_create(
+    name: str = typer.Argument(..., help="Environment name (lower-case, digits, dashes)."),
+    pip: list[str] = typer.Option(
+        None, "--pip", help="A requirement such as pandas==2.2.3; repeat for more."
+    ),
+    requirements: Path = typer.Option(
+        None, "-r", "--requirements", exists=True, dir_okay=False, help="A requirements file."
+    ),
+    uv_lock: Path = typer.Option(
+        None, "--uv-lock", exists=True, help="A uv.lock: its project's locked dependencies."
+    ),
+    python: str = typer.Option(None, "--python", help="The cluster's Python, e.g. 3.11."),
+) -> None:
+    """Resolve requirements here and store them as the next revision of NAME."""
+    from .environments import acreate_software_environment
+
+    env = _run(
+        acreate_software_environment(name, pip or [], requirements, uv_lock, python),
+        expected=(ValueError,),
+    )
+    what = "created" if env.get("created", True) else "unchanged (same spec):"
+    console.print(
+        f"{what} [bold]{escape(env['name'])}[/bold] revision {env['revision']}: "
+        f"{env['n_packages']} packages, Python {env['python']}, {env['platform']}",
+        highlight=False,
+    )
+
+
+@env_app.command("list")
+def env_list() -> None:
+    """List your software environments (latest revision of each)."""
+
+    async def go() -> list[dict]:
+        async with ControlPlaneClient() as api:
+            return await api.list_environments()
+
+    table = Table("name", "revision", "python", "packages", "created")
+    for env in _run(go()):
+        table.add_row(
+            env["name"],
+            str(env["revision"]),
+            env["python"],
+            str(env["n_packages"]),
+            _ago(env["created_at"]),
+        )
+    console.print(table)
+
+
+@env_app.command("inspect")
+def env_inspect(
+    name: str = typer.Argument(..., help="Environment name."),
+    revision: int = typer.Option(None, "--revision", help="A revision (default: the latest)."),
+) -> None:
+    """Show one environment: its revision, Python, platform, indexes and packages."""
+
+    async def go() -> dict:
+        async with ControlPlaneClient() as api:
+            return await api.get_environment(name, revision)
+
+    env = _run(go())
+    spec = env["spec"]
+    for key in ("name", "revision", "created_at", "python", "platform", "spec_key"):
+        console.print(f"[bold]{key}:[/bold] {escape(str(env.get(key)))}", highlight=False)
+    for key in ("index_url", "extra_index_urls", "find_links"):
+        if spec.get(key):
+            console.print(f"[bold]{key}:[/bold] {escape(str(spec[key]))}", highlight=False)
+    table = Table("package", "version", "source")
+    for pin in spec["packages"]:
+        source = pin["source"]
+        if source == "wheel":
+            source = f"wheel {pin['filename']}"
+        elif source == "vcs":
+            source = pin["url"]
+        table.add_row(pin["name"], pin["version"], escape(source))
+    console.print(table)
+
+
+@env_app.command("delete")
+def env_delete(name: str = typer.Argument(..., help="Environment name.")) -> None:
+    """Delete every revision of a software environment (running clusters keep theirs)."""
+
+    async def go() -> dict:
+        async with ControlPlaneClient() as api:
+            return await api.delete_environment(name)
+
+    _run(go())
+    console.print(f"deleted [bold]{escape(name)}[/bold]", highlight=False)
 
 
 def main() -> None:

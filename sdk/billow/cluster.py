@@ -61,6 +61,11 @@ class Cluster(DaskCluster):
     package_sync_strict : bool
         Refuse to start unless every package matches the client exactly (by default only
         Python and Dask's core packages must).
+    software : str, optional
+        A software environment of yours (``billow.create_software_environment``) by name,
+        its latest revision, or ``"name:revision"``. Its spec is checked against this
+        client's versions first; the cluster keeps the revision it started with.
+        Exclusive with ``package_sync=True``.
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -73,8 +78,13 @@ class Cluster(DaskCluster):
     billow.errors.ValidationError
         The request was rejected; ``.field`` names the offending field.
     billow.errors.VersionMismatchError
-        Package sync would give the cluster other versions of Python or Dask's core
-        packages than this client's; raised before anything is created.
+        Package sync (or the ``software`` environment) would give the cluster other
+        versions of Python or Dask's core packages than this client's; raised before
+        anything is created.
+    billow.errors.SoftwareEnvironmentNotFound
+        You have no software environment named ``software``.
+    ValueError
+        ``software`` and ``package_sync=True`` were both given.
     billow.errors.ClusterStartError
         The cluster failed to start; ``.logs`` has the failing instance's last log lines.
     """
@@ -98,6 +108,7 @@ class Cluster(DaskCluster):
         package_sync_ignore: list[str] | None = None,
         package_sync_only: list[str] | None = None,
         package_sync_strict: bool = False,
+        software: str | None = None,
         shutdown_on_close: bool = True,
         server: str | None = None,
         token: str | None = None,
@@ -106,6 +117,12 @@ class Cluster(DaskCluster):
         asynchronous: bool = False,
         loop: Any = None,
     ) -> None:
+        if software is not None and package_sync:
+            raise ValueError(
+                "software= and package_sync=True are exclusive: the cluster runs either a "
+                "named software environment or a copy of this client's"
+            )
+        self._software_environment = software
         spec: dict[str, Any] = {
             "n_workers": list(n_workers) if isinstance(n_workers, tuple) else n_workers,
             "name": name,
@@ -180,6 +197,12 @@ class Cluster(DaskCluster):
             if record is None:
                 if self._package_sync is not None:
                     self._spec["software"] = await self._sync_software()
+                elif self._software_environment is not None:
+                    from .environments import pin_environment
+
+                    self._spec["software_environment"] = await pin_environment(
+                        self._api, self._software_environment
+                    )
                 record = await self._api.create_cluster(self._spec)
                 created = True
             self._set_record(record)

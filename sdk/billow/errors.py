@@ -46,6 +46,28 @@ class ClusterNotFound(BillowAPIError):
     """No such cluster, or not yours (HTTP 404)."""
 
 
+class SoftwareEnvironmentNotFound(BillowAPIError):
+    """No software environment of yours has that name (or revision) (HTTP 404)."""
+
+
+class ResolutionError(BillowError):
+    """The requirements of a software environment could not be resolved (or exported).
+
+    ``packages`` names the distributions uv's output mentions (first mention first);
+    ``output`` holds uv's own error text, which the message quotes.
+    """
+
+    def __init__(self, message: str, packages: list[str] | None = None, output: str = "") -> None:
+        self.packages = list(packages or [])
+        self.output = output
+        text = message
+        if self.packages:
+            text += f"\npackages involved: {', '.join(self.packages)}"
+        if output.strip():
+            text += "\n" + output.rstrip()
+        super().__init__(text)
+
+
 class ClusterStartError(BillowError):
     """The cluster failed to start. ``logs`` holds the last lines of the failing instance."""
 

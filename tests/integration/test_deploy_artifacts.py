@@ -415,18 +415,41 @@ def test_clusters_table_has_the_sparse_active_index(template: dict[str, Any]) ->
     assert "active_owner" not in {k["AttributeName"] for k in clusters["KeySchema"]}
 
 
+API_ONLY_TABLES = {"software-environments"}
+
+
 def test_store_permissions_cover_every_table_and_index(template: dict[str, Any]) -> None:
+    tables = _resources(template, "AWS::DynamoDB::Table")
+    api_only = {
+        logical_id
+        for logical_id, t in tables.items()
+        if t["Properties"]["TableName"] in {f"billow-{STAGE}-{s}" for s in API_ONLY_TABLES}
+    }
+    assert len(api_only) == len(API_ONLY_TABLES)
     table_ids = {
         logical_id
-        for logical_id, t in _resources(template, "AWS::DynamoDB::Table").items()
+        for logical_id, t in tables.items()
         if not t["Properties"]["TableName"].endswith("-idempotency")
-    }
+    } - api_only
     for name in FUNCTIONS:
-        (store,) = [s for s in _statements(_role_of(template, name)) if s.get("Sid") == "Store"]
+        statements = _statements(_role_of(template, name))
+        (store,) = [s for s in statements if s.get("Sid") == "Store"]
         text = json.dumps(store["Resource"])
         granted = {r["Fn::GetAtt"][0] for r in store["Resource"] if "Fn::GetAtt" in r}
         assert granted == table_ids, name
         assert "ClustersTable.Arn}/index/*" in text, name
+        # Tables of API-only resources (software environments) are granted to the API
+        # function alone, in a statement of their own.
+        everything = json.dumps(statements)
+        for logical_id in api_only:
+            assert (logical_id in everything) == (name == "api"), (name, logical_id)
+    (envs,) = [
+        s for s in _statements(_role_of(template, "api")) if s.get("Sid") == "SoftwareEnvironments"
+    ]
+    assert {r["Fn::GetAtt"][0] for r in envs["Resource"]} == api_only
+    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"} <= set(
+        _actions(envs)
+    )
 
 
 def test_reaper_runs_every_minute(template: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from billow_control.core.models import (
     HeartbeatRecord,
     InstanceCredential,
     InstanceRole,
+    SoftwareEnvironment,
     User,
     new_id,
 )
@@ -44,6 +45,7 @@ from billow_control.core.ports import (
     StaleRecordError,
     Store,
 )
+from billow_control.core.software import PackagePin, SoftwareSpec
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration
@@ -284,6 +286,95 @@ def test_list_clusters_filters_and_orders_newest_first(store: Store) -> None:
     assert ids(None, True) == [a_again.id, a_new.id, b_one.id, a_old.id]
     assert store.list_clusters("u-alice", True, name="b")[0] == a_again
     assert store.list_clusters("u-alice", False, name="b")[1] == a_mid
+
+
+# -- software environments ---------------------------------------------------------------
+
+
+def env_spec(six: str = "1.16.0") -> SoftwareSpec:
+    return SoftwareSpec(
+        python="3.11.7",
+        packages=[
+            PackagePin(name="billow", version="0.1.0"),
+            PackagePin(name="distributed", version="2025.1.0"),
+            PackagePin(name="six", version=six),
+        ],
+    )
+
+
+def test_environment_revisions_count_up_and_never_change(store: Store) -> None:
+    assert store.get_environment("u-alice", "etl") is None
+    assert store.list_environments("u-alice") == []
+    specs = [env_spec(f"1.{i}.0") for i in range(3)]
+    revisions = [
+        store.put_environment_revision("u-alice", "etl", spec, T0 + timedelta(seconds=i))
+        for i, spec in enumerate(specs)
+    ]
+    assert revisions == [1, 2, 3]
+    latest = store.get_environment("u-alice", "etl")
+    assert latest == SoftwareEnvironment(
+        owner="u-alice",
+        name="etl",
+        revision=3,
+        created_at=T0 + timedelta(seconds=2),
+        spec=specs[2],
+        spec_key=specs[2].key,
+    )
+    first = store.get_environment("u-alice", "etl", revision=1)
+    assert first is not None and first.spec == specs[0] and first.created_at == T0
+    assert store.get_environment("u-alice", "etl", revision=4) is None
+    assert store.get_environment("u-alice", "other") is None
+
+
+def test_list_environments_gives_the_latest_revision_of_each_by_name(store: Store) -> None:
+    store.put_environment_revision("u-alice", "zeta", env_spec(), T0)
+    for six in ("1.15.0", "1.16.0"):
+        store.put_environment_revision("u-alice", "alpha", env_spec(six), T0)
+    listed = store.list_environments("u-alice")
+    assert [(e.name, e.revision) for e in listed] == [("alpha", 2), ("zeta", 1)]
+    assert listed[0].spec.version_of("six") == "1.16.0"
+
+
+def test_environments_of_owners_are_isolated(store: Store) -> None:
+    assert store.put_environment_revision("u-alice", "etl", env_spec("1.15.0"), T0) == 1
+    assert store.put_environment_revision("u-bob", "etl", env_spec("1.16.0"), T0) == 1
+    assert store.put_environment_revision("u-bob", "etl", env_spec("1.16.0"), T0) == 2
+    alice = store.get_environment("u-alice", "etl")
+    assert alice is not None and alice.revision == 1 and alice.owner == "u-alice"
+    assert alice.spec.version_of("six") == "1.15.0"
+    assert [e.revision for e in store.list_environments("u-bob")] == [2]
+    assert store.get_environment("u-carol", "etl") is None
+    assert store.delete_environment("u-carol", "etl") is False
+    assert store.delete_environment("u-bob", "etl") is True
+    assert store.get_environment("u-alice", "etl") == alice
+
+
+def test_delete_environment_removes_every_revision(store: Store) -> None:
+    store.put_environment_revision("u-alice", "etl", env_spec("1.15.0"), T0)
+    store.put_environment_revision("u-alice", "etl", env_spec("1.16.0"), T0)
+    store.put_environment_revision("u-alice", "keep", env_spec(), T0)
+    assert store.delete_environment("u-alice", "etl") is True
+    assert store.get_environment("u-alice", "etl") is None
+    assert store.get_environment("u-alice", "etl", revision=1) is None
+    assert [e.name for e in store.list_environments("u-alice")] == ["keep"]
+    assert store.delete_environment("u-alice", "etl") is False
+    # The name starts again at revision 1.
+    assert store.put_environment_revision("u-alice", "etl", env_spec(), T0) == 1
+
+
+def test_concurrent_puts_of_one_name_get_distinct_revisions(atomic_store: Store) -> None:
+    revisions = concurrently(
+        lambda i: atomic_store.put_environment_revision(
+            "u-alice", "etl", env_spec(f"1.{i}.0"), T0 + timedelta(seconds=i)
+        )
+    )
+    assert sorted(revisions) == list(range(1, THREADS + 1))
+    for i, revision in enumerate(revisions):
+        stored = atomic_store.get_environment("u-alice", "etl", revision=revision)
+        assert stored is not None and stored.spec.version_of("six") == f"1.{i}.0"
+    latest = atomic_store.get_environment("u-alice", "etl")
+    assert latest is not None and latest.revision == THREADS
+    assert [e.revision for e in atomic_store.list_environments("u-alice")] == [THREADS]
 
 
 # -- heartbeats, secrets, users, tokens --------------------------------------------------

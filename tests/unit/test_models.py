@@ -29,12 +29,35 @@ def test_defaults_and_bounds() -> None:
         ({"name": "-leading-dash"}, "name"),
         ({"surprise": 1}, "surprise"),
         ({"tags": {"billow:cluster-id": "x"}}, "tags"),
+        ({"software_environment": "Not_A_Name"}, "software_environment"),
+        ({"software_environment": "etl:0"}, "software_environment"),
     ],
 )
 def test_invalid_fields_are_named(fields: dict, field: str) -> None:
     with pytest.raises(ValidationError) as e:
         ClusterRequest(**fields)
     assert field in {str(err["loc"][0]) for err in e.value.errors()}
+
+
+def test_software_and_software_environment_are_exclusive() -> None:
+    spec = {"python": "3.11", "packages": [{"name": "billow", "version": "0.1.0"}]}
+    assert ClusterRequest(software_environment="etl:3").software_environment == "etl:3"
+    with pytest.raises(ValidationError, match="software and software_environment"):
+        ClusterRequest(software=spec, software_environment="etl")
+
+
+def test_a_request_without_an_environment_hashes_as_before() -> None:
+    """Idempotency-Keys stored before software_environment existed still match."""
+    import hashlib
+    import json
+
+    from billow_control.core.idempotency import request_hash
+
+    request = ClusterRequest(n_workers=2)
+    before = request.model_dump(mode="json", exclude={"software_environment"})
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert request_hash(request) == expected
+    assert request_hash(ClusterRequest(n_workers=2, software_environment="etl")) != expected
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from ..core.service import ControlPlane
 from .responses import json_response
 from .routes_agent import agent_router
 from .routes_clusters import cluster_router
+from .routes_environments import environment_router
 from .routes_software import software_router
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
     app.include_router(cluster_router(plane))
     app.include_router(agent_router(plane))
     app.include_router(software_router(plane))
+    app.include_router(environment_router(plane))
 
     @app.get("/v1/health", include_in_schema=False)
     def health() -> dict:

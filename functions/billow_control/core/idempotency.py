@@ -28,8 +28,12 @@ def check_key(key: str | None) -> str | None:
 
 
 def request_hash(request: ClusterRequest) -> str:
-    """A stable hash of the request body: a repeat must carry the same one."""
-    body = json.dumps(request.model_dump(mode="json"), sort_keys=True)
+    """A stable hash of the request body: a repeat must carry the same one.
+
+    Fields added since keys were first stored count only when set, so a request that does
+    not use them hashes as it did before (a retry across an upgrade still matches)."""
+    unset = {"software_environment"} if request.software_environment is None else set()
+    body = json.dumps(request.model_dump(mode="json", exclude=unset), sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import tags
 from .software import MAX_WHEEL_BYTES, SoftwareSpec
 
 MAX_WORKERS = 1000
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+# A software environment by name, optionally at one revision: ``etl`` or ``etl:3``.
+ENVIRONMENT_REF_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}(:[1-9][0-9]{0,8})?$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
 _DURATION_UNITS: dict[str | None, float] = {
     None: 1.0,
@@ -158,7 +160,23 @@ class ClusterRequest(BaseModel):
         "environment): pinned packages, wheels of local code by sha256. Omitted: the "
         "instance image's own Python environment.",
     )
+    software_environment: str | None = Field(
+        default=None,
+        pattern=ENVIRONMENT_REF_PATTERN,
+        description="A software environment of yours by name ('etl', its latest revision) "
+        "or at one revision ('etl:3'); the control plane stores the spec it names at create, "
+        "so later revisions never change this cluster. Excludes 'software'.",
+    )
     shutdown_on_close: bool = True
+
+    @model_validator(mode="after")
+    def _one_software_source(self) -> ClusterRequest:
+        if self.software is not None and self.software_environment is not None:
+            raise ValueError(
+                "software and software_environment are mutually exclusive: give a spec "
+                "or the name of a software environment, not both"
+            )
+        return self
 
     @field_validator("n_workers")
     @classmethod
@@ -288,6 +306,11 @@ class ClusterRecord(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     scheduler_address: str | None = None
     dashboard_address: str | None = None
+    software_environment: str | None = Field(
+        default=None,
+        description="'name:revision' of the software environment whose spec "
+        "request.software holds, when the cluster was asked for one by name.",
+    )
 
     @property
     def active(self) -> bool:
@@ -298,6 +321,44 @@ class ClusterRecord(BaseModel):
         out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
+        return out
+
+
+class EnvironmentRequest(BaseModel):
+    """The body of ``POST /v1/environments/{name}``: a locked spec, resolved by the client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: SoftwareSpec
+
+
+class SoftwareEnvironment(BaseModel):
+    """One revision of a named software environment of one owner.
+
+    Revisions of a name count 1, 2, ... and never change once written; a cluster asked
+    for the name gets the latest revision's ``spec`` copied into its record.
+    """
+
+    owner: str
+    name: str = Field(pattern=NAME_PATTERN)
+    revision: int = Field(ge=1)
+    created_at: datetime
+    spec: SoftwareSpec
+    spec_key: str = Field(description="SoftwareSpec.key: the cache key of its built environment")
+
+    @property
+    def ref(self) -> str:
+        """``name:revision``, what a cluster record keeps."""
+        return f"{self.name}:{self.revision}"
+
+    def public(self, include_spec: bool = True) -> dict[str, Any]:
+        """The JSON users see (the owner is the caller, so left out)."""
+        out = self.model_dump(
+            mode="json", exclude={"owner"} | (set() if include_spec else {"spec"})
+        )
+        out["python"] = self.spec.python
+        out["platform"] = self.spec.platform
+        out["n_packages"] = len(self.spec.packages)
         return out
 
 

@@ -19,9 +19,11 @@ from .models import (
     InstanceCredential,
     InstanceInfo,
     InstanceSpec,
+    SoftwareEnvironment,
     User,
 )
 from .settings import ControlSettings
+from .software import SoftwareSpec
 
 
 class StaleRecordError(Exception):
@@ -50,10 +52,12 @@ class Clock(Protocol):
 
 
 class Store(Protocol):
-    """Durable state of clusters, users, tokens and secrets.
+    """Durable state of clusters, users, tokens, secrets and software environments.
 
     Writes of cluster records are conditional on ``version``: ``update_cluster`` raises
     ``StaleRecordError`` when another writer got there first, and never half-writes.
+    Software environments are named per owner and revisioned: each put writes the next
+    revision with a conditional write, and a written revision never changes.
     """
 
     def create_cluster(
@@ -127,6 +131,37 @@ class Store(Protocol):
         ...
 
     def peek_instance_credential(self, token_hash: str) -> InstanceCredential | None: ...
+
+    def put_environment_revision(
+        self, owner: str, name: str, spec: SoftwareSpec, now: datetime
+    ) -> int:
+        """Write ``spec`` as the next revision of ``owner``'s environment ``name`` and
+        return that revision: 1 for a new (or deleted) name, else the latest plus one.
+
+        Atomic: concurrent puts of one name get distinct revisions (a conditional write;
+        the loser re-reads and retries), and a reader never sees a half-written revision.
+        Raises ``StaleRecordError`` only when it kept losing to concurrent writers.
+        """
+        ...
+
+    def get_environment(
+        self, owner: str, name: str, revision: int | None = None
+    ) -> SoftwareEnvironment | None:
+        """The latest revision of ``owner``'s environment ``name`` (or ``revision``), as
+        last written (a strongly consistent read); ``None`` when absent. Owners never see
+        each other's environments."""
+        ...
+
+    def list_environments(self, owner: str) -> list[SoftwareEnvironment]:
+        """The latest revision of each of ``owner``'s environments, by name (a strongly
+        consistent read of one item per environment, never of every revision)."""
+        ...
+
+    def delete_environment(self, owner: str, name: str) -> bool:
+        """Delete every revision of ``owner``'s environment ``name``; ``False`` when it did
+        not exist. Clusters keep the specs they copied. After a delete, the name starts
+        again at revision 1."""
+        ...
 
 
 class Provider(Protocol):

@@ -8,6 +8,7 @@ wrong. Nothing here imports a cloud SDK. ``ControlPlane`` owns the runtime's one
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -22,6 +23,7 @@ from .auth import (
 from .errors import Conflict, Forbidden, Invalid, NotFound, NotReady, Unauthorized
 from .lifecycle import WRITE_RETRIES, Lifecycle, converged
 from .models import (
+    NAME_PATTERN,
     ClusterRecord,
     ClusterRequest,
     ClusterTarget,
@@ -29,11 +31,13 @@ from .models import (
     HeartbeatRecord,
     InstanceRole,
     ScaleRequest,
+    SoftwareEnvironment,
     UploadFile,
     User,
     new_id,
 )
 from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
+from .software import SoftwareSpec
 from .watchdog import Watchdog
 
 SECRET_NAMES = (
@@ -102,15 +106,20 @@ class ControlPlane:
         cluster is never missing its certificates.
         """
         key = idempotency.check_key(idempotency_key)
-        self._check_software(request)
+        # The hash is of the request as sent: a retry naming an environment matches the
+        # first create even if the environment got a new revision since.
         request_hash = idempotency.request_hash(request)
+        request, environment = self._resolve_environment(user, request)
+        field = "software" if environment is None else "software_environment"
+        if request.software is not None:
+            self._check_software(request.software, field)
         cache = self.ports.idempotency
         if key is None or cache is None:
-            return self._create(user, request, key, request_hash)
+            return self._create(user, request, key, request_hash, environment)
         fresh: list[tuple[dict[str, Any], bool]] = []
 
         def create() -> str:
-            fresh.append(self._create(user, request, key, request_hash))
+            fresh.append(self._create(user, request, key, request_hash, environment))
             return str(fresh[0][0]["id"])
 
         try:
@@ -120,7 +129,12 @@ class ControlPlane:
         return fresh[0] if fresh else (self.get_cluster(user, cluster_id), False)
 
     def _create(
-        self, user: User, request: ClusterRequest, key: str | None, request_hash: str
+        self,
+        user: User,
+        request: ClusterRequest,
+        key: str | None,
+        request_hash: str,
+        environment: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         from .tls import make_cluster_pki  # cryptography: only creates pay for it
 
@@ -144,6 +158,7 @@ class ControlPlane:
             desired_workers=request.initial_workers,
             created_at=now,
             updated_at=now,
+            software_environment=environment,
         )
         try:
             stored, created = ports.store.create_cluster(record, key, request_hash)
@@ -161,17 +176,36 @@ class ControlPlane:
             ports.orchestrator.submit(stored.id)
         return self._public(stored), created
 
-    def _check_software(self, request: ClusterRequest) -> None:
-        """Refuse, before anything is written, a spec whose wheels were not uploaded."""
-        software = request.software
-        if software is None:
-            return
+    def _resolve_environment(
+        self, user: User, request: ClusterRequest
+    ) -> tuple[ClusterRequest, str | None]:
+        """The request with the spec of the software environment it names copied into
+        ``software`` (so later revisions never change the cluster), and that revision's
+        ``name:revision``; the request as is when it names none. Only the caller's own
+        environments count: another tenant's is as unknown as a missing one (422)."""
+        ref = request.software_environment
+        if ref is None:
+            return request, None
+        name, _, revision = ref.partition(":")
+        env = self.ports.store.get_environment(user.id, name, int(revision) if revision else None)
+        if env is None:
+            raise Invalid(
+                f"no software environment {ref!r} of yours; list yours with `billow env "
+                f"list`, or create it with `billow env create {name} ...`",
+                field="software_environment",
+            )
+        resolved = request.model_copy(update={"software": env.spec, "software_environment": None})
+        return resolved, env.ref
+
+    def _check_software(self, software: SoftwareSpec, field: str = "software") -> None:
+        """Refuse, before anything is written, a spec that lacks the agent's packages or
+        whose wheels were not uploaded; ``Invalid`` names ``field``."""
         absent = [name for name in ("billow", "distributed") if software.version_of(name) is None]
         if absent:
             raise Invalid(
                 f"the environment lacks {' and '.join(absent)}: every instance runs the "
                 "Billow agent and Dask from it",
-                field="software",
+                field=field,
             )
         wheels = software.wheels()
         if not wheels:
@@ -181,14 +215,14 @@ class ControlPlane:
             raise Invalid(
                 "this deployment has no object store, so it cannot run local code; "
                 "sync only packages from an index (package_sync_ignore=[...])",
-                field="software",
+                field=field,
             )
         missing = [f"{w.name} ({w.filename})" for w in wheels if not objects.exists(str(w.sha256))]
         if missing:
             raise Invalid(
                 f"wheels not uploaded: {', '.join(missing)}; upload them first "
                 "(POST /v1/software/uploads)",
-                field="software",
+                field=field,
             )
 
     def software_uploads(self, user: User, files: list[UploadFile]) -> dict[str, Any]:
@@ -206,6 +240,79 @@ class ControlPlane:
                 url = objects.upload_url(f.sha256, f.size)
                 answers.append({"sha256": f.sha256, "present": False, "url": url})
         return {"uploads": answers}
+
+    # -- software environments ---------------------------------------------------------
+
+    def create_environment(
+        self, user: User, name: str, spec: SoftwareSpec
+    ) -> tuple[dict[str, Any], bool]:
+        """Store ``spec`` as the next revision of the caller's environment ``name``.
+
+        Returns ``(environment, created)``: a spec equal to the latest revision's (same
+        ``SoftwareSpec.key``) makes no new revision and answers that one with
+        ``created=False``. Raises ``Invalid`` for a bad name, a spec lacking the agent's
+        packages or naming wheels the object store does not have, and ``Conflict`` when
+        concurrent writers kept winning.
+        """
+        name = self._environment_name(name)
+        self._check_software(spec, "spec")
+        store = self.ports.store
+        latest = store.get_environment(user.id, name)
+        if latest is not None and latest.spec_key == spec.key:
+            return latest.public(), False
+        now = self.ports.clock.now()
+        try:
+            revision = store.put_environment_revision(user.id, name, spec, now)
+        except StaleRecordError:
+            raise Conflict(f"environment {name!r} is changing too quickly; try again") from None
+        env = SoftwareEnvironment(
+            owner=user.id,
+            name=name,
+            revision=revision,
+            created_at=now,
+            spec=spec,
+            spec_key=spec.key,
+        )
+        return env.public(), True
+
+    def get_environment(self, user: User, name: str, revision: int | None = None) -> dict[str, Any]:
+        """The caller's environment ``name`` (latest revision, or ``revision``), spec
+        included. Raises ``NotFound`` for a missing one, another tenant's included."""
+        if revision is not None and revision < 1:
+            raise Invalid("revision must be 1 or more", field="revision")
+        env = self.ports.store.get_environment(user.id, self._environment_name(name), revision)
+        if env is None:
+            at = f" at revision {revision}" if revision is not None else ""
+            raise NotFound(f"no software environment {name!r}{at}", field="name")
+        return env.public()
+
+    def list_environments(self, user: User) -> list[dict[str, Any]]:
+        """The latest revision of each of the caller's environments (admins included: an
+        environment is its owner's), by name, without their package lists."""
+        return [
+            env.public(include_spec=False) for env in self.ports.store.list_environments(user.id)
+        ]
+
+    def delete_environment(self, user: User, name: str) -> dict[str, Any]:
+        """Delete every revision of the caller's environment ``name``; clusters started
+        from it keep their copy of the spec. Raises ``NotFound`` for a missing one."""
+        try:
+            deleted = self.ports.store.delete_environment(user.id, self._environment_name(name))
+        except StaleRecordError:
+            raise Conflict(f"environment {name!r} is changing too quickly; try again") from None
+        if not deleted:
+            raise NotFound(f"no software environment {name!r}", field="name")
+        return {"name": name, "deleted": True}
+
+    @staticmethod
+    def _environment_name(name: str) -> str:
+        if not re.match(NAME_PATTERN, name):
+            raise Invalid(
+                "an environment name is lower-case letters, digits and dashes, starting "
+                "with a letter or digit, at most 63 characters",
+                field="name",
+            )
+        return name
 
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
         return self._public(self._owned(user, cluster_id))

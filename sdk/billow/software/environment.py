@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -386,8 +386,12 @@ def _resolver_report(spec: SoftwareSpec, stderr: str) -> str:
 
 
 def _mentioned_packages(spec: SoftwareSpec, text: str) -> list[str]:
+    return mentioned_packages(text, [pin.name for pin in spec.packages])
+
+
+def mentioned_packages(text: str, known: Iterable[str] = ()) -> list[str]:
     """Distribution names in uv's text: requirements (``name==1.0``), backquoted names,
-    and the spec's own names as whole words; in order of first appearance."""
+    and the ``known`` names as whole words; normalized, in order of first appearance."""
     found: dict[str, int] = {}
 
     def saw(name: str, at: int) -> None:
@@ -396,11 +400,11 @@ def _mentioned_packages(spec: SoftwareSpec, text: str) -> list[str]:
     for pattern in (_SPECIFIER, _QUOTED):
         for m in pattern.finditer(text):
             saw(normalize(m.group(1)), m.start())
-    for pin in spec.packages:
-        for variant in {pin.name, pin.name.replace("-", "_")}:
+    for name in {normalize(n) for n in known}:
+        for variant in {name, name.replace("-", "_")}:
             m = re.search(rf"(?<![\w.-]){re.escape(variant)}(?![\w-])", text, re.IGNORECASE)
             if m:
-                saw(pin.name, m.start())
+                saw(name, m.start())
     return sorted(found, key=found.__getitem__)
 
 

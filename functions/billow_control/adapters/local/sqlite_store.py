@@ -22,13 +22,20 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ...core.models import (
+    ClusterRecord,
+    HeartbeatRecord,
+    InstanceCredential,
+    SoftwareEnvironment,
+    User,
+)
 from ...core.ports import (
     FinishedClusterError,
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
 )
+from ...core.software import SoftwareSpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -56,6 +63,10 @@ CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_tokens (token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cluster_tokens (cluster_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instance_credentials (token_hash TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS software_environments (
+    owner TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (owner, name, revision)
+);
 """
 
 
@@ -330,3 +341,67 @@ class SqliteStore:
                 (json.dumps(cred.model_dump(mode="json")), token_hash),
             )
         return cred
+
+    # -- software environments ---------------------------------------------------------
+
+    def put_environment_revision(
+        self, owner: str, name: str, spec: SoftwareSpec, now: datetime
+    ) -> int:
+        """Insert the next revision (latest + 1, or 1) in one ``BEGIN IMMEDIATE``
+        transaction, so concurrent puts of one name get distinct revisions."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT MAX(revision) FROM software_environments WHERE owner=? AND name=?",
+                (owner, name),
+            ).fetchone()
+            revision = int(row[0] or 0) + 1
+            env = SoftwareEnvironment(
+                owner=owner,
+                name=name,
+                revision=revision,
+                created_at=now,
+                spec=spec,
+                spec_key=spec.key,
+            )
+            db.execute(
+                "INSERT INTO software_environments (owner, name, revision, doc) "
+                "VALUES (?, ?, ?, ?)",
+                (owner, name, revision, env.model_dump_json()),
+            )
+        return revision
+
+    def get_environment(
+        self, owner: str, name: str, revision: int | None = None
+    ) -> SoftwareEnvironment | None:
+        if revision is None:
+            row = self._one(
+                "SELECT doc FROM software_environments WHERE owner=? AND name=? "
+                "ORDER BY revision DESC LIMIT 1",
+                owner,
+                name,
+            )
+        else:
+            row = self._one(
+                "SELECT doc FROM software_environments WHERE owner=? AND name=? AND revision=?",
+                owner,
+                name,
+                revision,
+            )
+        return SoftwareEnvironment.model_validate_json(row[0]) if row else None
+
+    def list_environments(self, owner: str) -> list[SoftwareEnvironment]:
+        rows = self._conn().execute(
+            "SELECT e.doc FROM software_environments e JOIN ("
+            "  SELECT name, MAX(revision) AS latest FROM software_environments"
+            "  WHERE owner=? GROUP BY name"
+            ") m ON e.name = m.name AND e.revision = m.latest "
+            "WHERE e.owner=? ORDER BY e.name",
+            (owner, owner),
+        )
+        return [SoftwareEnvironment.model_validate_json(r[0]) for r in rows.fetchall()]
+
+    def delete_environment(self, owner: str, name: str) -> bool:
+        cur = self._conn().execute(
+            "DELETE FROM software_environments WHERE owner=? AND name=?", (owner, name)
+        )
+        return cur.rowcount > 0

@@ -17,7 +17,16 @@ table (suffix)              key                             holds
 ``api-tokens``              ``token_hash``                  ``user_id`` of an API token
 ``cluster-tokens``          ``cluster_id``                  the cluster's heartbeat token hash
 ``instance-credentials``    ``token_hash``                  one-time bootstrap tokens
+``software-environments``   ``owner`` + ``key``             ``latest#<name>``: the latest
+                                                            revision of a named environment;
+                                                            ``rev#<name>#<revision>``: each
+                                                            revision (zero-padded, immutable)
 ==========================  ==============================  ===================================
+
+A software environment's items keep the whole ``SoftwareEnvironment`` as JSON in ``doc``
+(the latest revision twice: in its own item and in ``latest#<name>``, so listing reads one
+item per environment). ``revision`` on the ``latest#`` item is what the next put's
+transaction is conditional on. Only the API function reads or writes this table.
 
 A cluster item keeps the whole ``ClusterRecord`` as JSON in ``doc``, plus the attributes
 that conditions and indexes need:
@@ -136,6 +145,14 @@ class CredentialItem(Model):
     doc = UnicodeAttribute()
 
 
+class EnvironmentItem(Model):
+    owner = UnicodeAttribute(hash_key=True)
+    key = UnicodeAttribute(range_key=True)
+    name = UnicodeAttribute()
+    revision = NumberAttribute()
+    doc = UnicodeAttribute()
+
+
 M = TypeVar("M", bound=Model)
 
 
@@ -151,6 +168,7 @@ class Models:
     api_token: type[ApiTokenItem]
     cluster_token: type[ClusterTokenItem]
     credential: type[CredentialItem]
+    environment: type[EnvironmentItem]
 
     def all(self) -> list[type[Model]]:
         """Every bound class, one per table."""
@@ -163,6 +181,7 @@ class Models:
             self.api_token,
             self.cluster_token,
             self.credential,
+            self.environment,
         ]
 
 
@@ -196,6 +215,7 @@ def bind_models(prefix: str, region: str, host: str | None) -> Models:
         api_token=bind(ApiTokenItem, "api-tokens"),
         cluster_token=bind(ClusterTokenItem, "cluster-tokens"),
         credential=bind(CredentialItem, "instance-credentials"),
+        environment=bind(EnvironmentItem, "software-environments"),
     )
 
 
