@@ -46,7 +46,7 @@ async def acreate_software_environment(
     """The ``async`` form of ``create_software_environment``."""
     from rich.console import Console
 
-    from billow_control.core.models import NAME_PATTERN
+    from billow_control.core.software import NAME_PATTERN
 
     from .software.resolve import resolve_requirements
 

@@ -34,7 +34,6 @@ from billow_control.core.models import (
     HeartbeatRecord,
     InstanceCredential,
     InstanceRole,
-    SoftwareEnvironment,
     User,
     new_id,
 )
@@ -45,7 +44,7 @@ from billow_control.core.ports import (
     StaleRecordError,
     Store,
 )
-from billow_control.core.software import PackagePin, SoftwareSpec
+from billow_control.core.software import PackagePin, SoftwareEnvironment, SoftwareSpec
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from ..core.auth import bearer
-from ..core.models import EnvironmentRequest, User
+from ..core.models import User
 from ..core.service import ControlPlane
+from ..core.software import EnvironmentRequest
 from .responses import json_response
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from ..core.auth import bearer
-from ..core.models import UploadRequest
 from ..core.service import ControlPlane
+from ..core.software import UploadRequest
 
 
 def software_router(plane: Callable[[], ControlPlane]) -> Router:

@@ -15,10 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import tags
-from .software import MAX_WHEEL_BYTES, SoftwareSpec
+from .software import NAME_PATTERN, SoftwareSpec
 
 MAX_WORKERS = 1000
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 # A software environment by name, optionally at one revision: ``etl`` or ``etl:3``.
 ENVIRONMENT_REF_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}(:[1-9][0-9]{0,8})?$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
@@ -233,22 +232,6 @@ class ScaleRequest(BaseModel):
     )
 
 
-class UploadFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=1, le=MAX_WHEEL_BYTES, strict=True)
-    filename: str = Field(max_length=255, pattern=r"^[A-Za-z0-9_.+!-]+\.whl$")
-
-
-class UploadRequest(BaseModel):
-    """Wheels the client wants to upload before it asks for a cluster that uses them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    files: list[UploadFile] = Field(min_length=1, max_length=100)
-
-
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -321,44 +304,6 @@ class ClusterRecord(BaseModel):
         out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
-        return out
-
-
-class EnvironmentRequest(BaseModel):
-    """The body of ``POST /v1/environments/{name}``: a locked spec, resolved by the client."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    spec: SoftwareSpec
-
-
-class SoftwareEnvironment(BaseModel):
-    """One revision of a named software environment of one owner.
-
-    Revisions of a name count 1, 2, ... and never change once written; a cluster asked
-    for the name gets the latest revision's ``spec`` copied into its record.
-    """
-
-    owner: str
-    name: str = Field(pattern=NAME_PATTERN)
-    revision: int = Field(ge=1)
-    created_at: datetime
-    spec: SoftwareSpec
-    spec_key: str = Field(description="SoftwareSpec.key: the cache key of its built environment")
-
-    @property
-    def ref(self) -> str:
-        """``name:revision``, what a cluster record keeps."""
-        return f"{self.name}:{self.revision}"
-
-    def public(self, include_spec: bool = True) -> dict[str, Any]:
-        """The JSON users see (the owner is the caller, so left out)."""
-        out = self.model_dump(
-            mode="json", exclude={"owner"} | (set() if include_spec else {"spec"})
-        )
-        out["python"] = self.spec.python
-        out["platform"] = self.spec.platform
-        out["n_packages"] = len(self.spec.packages)
         return out
 
 

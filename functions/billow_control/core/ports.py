@@ -19,11 +19,10 @@ from .models import (
     InstanceCredential,
     InstanceInfo,
     InstanceSpec,
-    SoftwareEnvironment,
     User,
 )
 from .settings import ControlSettings
-from .software import SoftwareSpec
+from .software import SoftwareEnvironment, SoftwareSpec
 
 
 class StaleRecordError(Exception):

@@ -23,7 +23,6 @@ from .auth import (
 from .errors import Conflict, Forbidden, Invalid, NotFound, NotReady, Unauthorized
 from .lifecycle import WRITE_RETRIES, Lifecycle, converged
 from .models import (
-    NAME_PATTERN,
     ClusterRecord,
     ClusterRequest,
     ClusterTarget,
@@ -31,13 +30,11 @@ from .models import (
     HeartbeatRecord,
     InstanceRole,
     ScaleRequest,
-    SoftwareEnvironment,
-    UploadFile,
     User,
     new_id,
 )
 from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
-from .software import SoftwareSpec
+from .software import NAME_PATTERN, SoftwareEnvironment, SoftwareSpec, UploadFile
 from .watchdog import Watchdog
 
 SECRET_NAMES = (

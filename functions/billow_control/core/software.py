@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,6 +25,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _WHEEL = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
 _VCS = re.compile(r"^(git|hg|svn|bzr)\+https?://")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # clusters and environments
 MAX_PACKAGES = 2000
 MAX_WHEEL_BYTES = 512 * 2**20
 
@@ -131,3 +133,57 @@ class SoftwareSpec(BaseModel):
     def version_of(self, name: str) -> str | None:
         name = normalize(name)
         return next((p.version for p in self.packages if p.name == name), None)
+
+
+class UploadFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1, le=MAX_WHEEL_BYTES, strict=True)
+    filename: str = Field(max_length=255, pattern=r"^[A-Za-z0-9_.+!-]+\.whl$")
+
+
+class UploadRequest(BaseModel):
+    """Wheels the client wants to upload before it asks for a cluster that uses them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[UploadFile] = Field(min_length=1, max_length=100)
+
+
+class EnvironmentRequest(BaseModel):
+    """The body of ``POST /v1/environments/{name}``: a locked spec, resolved by the client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: SoftwareSpec
+
+
+class SoftwareEnvironment(BaseModel):
+    """One revision of a named software environment of one owner.
+
+    Revisions of a name count 1, 2, ... and never change once written; a cluster asked
+    for the name gets the latest revision's ``spec`` copied into its record.
+    """
+
+    owner: str
+    name: str = Field(pattern=NAME_PATTERN)
+    revision: int = Field(ge=1)
+    created_at: datetime
+    spec: SoftwareSpec
+    spec_key: str = Field(description="SoftwareSpec.key: the cache key of its built environment")
+
+    @property
+    def ref(self) -> str:
+        """``name:revision``, what a cluster record keeps."""
+        return f"{self.name}:{self.revision}"
+
+    def public(self, include_spec: bool = True) -> dict[str, Any]:
+        """The JSON users see (the owner is the caller, so left out)."""
+        out = self.model_dump(
+            mode="json", exclude={"owner"} | (set() if include_spec else {"spec"})
+        )
+        out["python"] = self.spec.python
+        out["platform"] = self.spec.platform
+        out["n_packages"] = len(self.spec.packages)
+        return out

@@ -22,20 +22,14 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ...core.models import (
-    ClusterRecord,
-    HeartbeatRecord,
-    InstanceCredential,
-    SoftwareEnvironment,
-    User,
-)
+from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
 from ...core.ports import (
     FinishedClusterError,
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
 )
-from ...core.software import SoftwareSpec
+from ...core.software import SoftwareEnvironment, SoftwareSpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
