@@ -192,9 +192,10 @@ class ControlPlane:
             )
 
     def software_uploads(self, user: User, files: list[UploadFile]) -> dict[str, Any]:
-        """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL, or
-        ``present`` when the store has it already (wheels are named by their sha256, so
-        an object's content is the same whoever uploaded it). Any user may upload."""
+        """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL and the
+        headers the ``PUT`` must carry, or ``present`` when the store has it already
+        (wheels are named by their sha256, so an object's content is the same whoever
+        uploaded it). Any user may upload."""
         objects = self.ports.objects
         if objects is None:
             raise Invalid("this deployment has no object store for wheels", field="files")
@@ -204,7 +205,10 @@ class ControlPlane:
                 answers.append({"sha256": f.sha256, "present": True})
             else:
                 url = objects.upload_url(f.sha256, f.size)
-                answers.append({"sha256": f.sha256, "present": False, "url": url})
+                headers = objects.upload_headers(f.sha256, f.size)
+                answers.append(
+                    {"sha256": f.sha256, "present": False, "url": url, "headers": headers}
+                )
         return {"uploads": answers}
 
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
