@@ -27,6 +27,7 @@ from .models import (
     ClusterTarget,
     Heartbeat,
     HeartbeatRecord,
+    InstanceCredential,
     InstanceRole,
     ScaleRequest,
     UploadFile,
@@ -285,19 +286,70 @@ class ControlPlane:
 
     # -- what runs on the cluster -----------------------------------------------------
 
+    def instance_kit(self, instance_token: str | None) -> dict[str, Any]:
+        """What a bare instance downloads to start the agent: a uv binary per machine and
+        the billow wheel to bootstrap with, as pre-signed object-store URLs with their
+        sha256 (the instance checks them), and the Python to create its venv with.
+
+        The wheel is the cluster's own billow wheel when its ``software`` pins billow as
+        a wheel (the agent then matches the client's billow), else the deployment's
+        agent wheel (``agent_wheel``). Authenticated by the one-time instance token, which
+        is *not* consumed: the agent trades it on ``bootstrap_instance`` next.
+        """
+        cred = self._instance_credential(instance_token)
+        record = self.ports.store.get_cluster(cred.cluster_id)
+        if record is None or record.target != ClusterTarget.running:
+            raise Conflict("cluster is stopping; instance should exit")
+        settings = self.ports.settings
+        objects = self.ports.objects
+        if objects is None or not settings.uv_sha256:
+            raise Conflict(
+                "this deployment has no instance kit: it needs an object store "
+                "(BILLOW_ENV_BUCKET) holding uv (BILLOW_UV_SHA256); run "
+                "scripts/upload-instance-kit.sh"
+            )
+        software = record.request.software
+        own = next((w for w in software.wheels() if w.name == "billow"), None) if software else None
+        pip_args: list[str] = []
+        if own is not None:
+            wheel_sha256, filename = str(own.sha256), str(own.filename)
+            assert software is not None
+            if software.index_url:
+                pip_args += ["--index-url", software.index_url]
+            for url in software.extra_index_urls:
+                pip_args += ["--extra-index-url", url]
+        elif settings.agent_wheel:
+            wheel_sha256, _, filename = settings.agent_wheel.partition("/")
+        else:
+            raise Conflict(
+                "this deployment has no agent wheel (BILLOW_AGENT_WHEEL) and the cluster's "
+                "software does not pin billow as a wheel; run scripts/upload-instance-kit.sh"
+            )
+        return {
+            "uv": {
+                machine: {"sha256": sha, "url": objects.download_url(sha)}
+                for machine, sha in sorted(settings.uv_sha256.items())
+            },
+            "wheel": {
+                "sha256": wheel_sha256,
+                "filename": filename,
+                "url": objects.download_url(wheel_sha256),
+            },
+            "pip_args": pip_args,
+            # The cluster's own environment is built with the client's Python (stage 1);
+            # the bootstrap venv only runs the agent.
+            "python": software.python_minor if software else ">=3.11",
+        }
+
     def bootstrap_instance(self, instance_token: str | None) -> dict[str, Any]:
         """Exchange a one-time instance token for the instance's config and certificates.
 
         Workers get ``NotReady`` (token not consumed) until the scheduler reported its
         address. The scheduler also gets a fresh cluster token for its heartbeats.
         """
-        if not instance_token:
-            raise Unauthorized("missing instance token")
-        token_hash = hash_token(instance_token)
-        cred = self.ports.store.peek_instance_credential(token_hash)
+        cred = self._instance_credential(instance_token)
+        token_hash = hash_token(str(instance_token))
         now = self.ports.clock.now()
-        if cred is None or cred.used or cred.expired(now):
-            raise Unauthorized("instance token is unknown, used or expired")
         record = self.ports.store.get_cluster(cred.cluster_id)
         if record is None or record.target != ClusterTarget.running:
             raise Conflict("cluster is stopping; instance should exit")
@@ -362,6 +414,15 @@ class ControlPlane:
         return {"target": record.target.value, "status": record.status.value}
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _instance_credential(self, instance_token: str | None) -> InstanceCredential:
+        """The credential of a live one-time instance token, without consuming it."""
+        if not instance_token:
+            raise Unauthorized("missing instance token")
+        cred = self.ports.store.peek_instance_credential(hash_token(instance_token))
+        if cred is None or cred.used or cred.expired(self.ports.clock.now()):
+            raise Unauthorized("instance token is unknown, used or expired")
+        return cred
 
     def _owned(self, user: User, cluster_id: str, owner_only: bool = False) -> ClusterRecord:
         record = self.ports.store.get_cluster(cluster_id)
