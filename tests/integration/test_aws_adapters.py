@@ -222,13 +222,17 @@ def test_s3_store_urls_sign_the_size_and_the_sha256(s3_store: S3ObjectStore) -> 
     # Real S3 refuses a PUT whose Content-Length or checksum differs from the signed ones
     # (signature mismatch, BadDigest); moto checks neither, so these are asserted here.
     signed = query["X-Amz-SignedHeaders"][0].split(";")
-    assert {"content-length", "x-amz-checksum-sha256"} <= set(signed)
+    assert {"content-length", "x-amz-checksum-sha256", "x-amz-tagging"} <= set(signed)
     assert query["X-Amz-Expires"] == ["900"]
     headers = s3_store.upload_headers(sha, len(data))
     assert headers["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(sha)).decode()
+    assert set(headers) | {"content-length", "host"} == set(signed)  # all the client sends
 
     assert httpx.put(put, content=data, headers=headers).status_code == 200
     assert s3_store.exists(sha)
+    # Client uploads carry the tag the bucket's lifecycle rule expires (the kit does not).
+    tags = s3_store.s3.get_object_tagging(Bucket=s3_store.bucket, Key=s3_store.key(sha))
+    assert tags["TagSet"] == [{"Key": "billow-upload", "Value": "client"}]
     got = httpx.get(s3_store.download_url(sha))
     assert got.status_code == 200 and got.content == data
     with pytest.raises(ValueError, match="not a sha256"):

@@ -21,6 +21,12 @@ bytes, so the store makes S3 check them:
 moto (the tests' S3) verifies neither signatures nor checksums: it records the claimed
 checksum. The checks above are S3's; ``tests/integration/test_aws_adapters.py`` asserts
 that the URLs carry them and that unchecked objects read as absent.
+
+**Uploads expire, the instance kit does not.** Objects uploaded through ``upload_url``
+are tagged ``UPLOAD_TAG`` (signed too); the bucket's lifecycle rule expires objects with
+that tag after 30 days (``infra/aws/platform.yml``), and a client whose wheel expired
+simply uploads it again (``exists`` is false). The agent wheel and uv that
+``scripts/upload-instance-kit.sh`` puts in the same bucket carry no tag and stay.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from .errors import error_code
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 URL_LIFETIME = 900  # seconds a pre-signed URL stays valid
+UPLOAD_TAG = "billow-upload=client"  # object tag of client uploads (x-amz-tagging form)
 NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -85,6 +92,7 @@ class S3ObjectStore:
             "ContentLength": size,
             "ChecksumSHA256": checksum_of(sha256),
             "ChecksumAlgorithm": "SHA256",
+            "Tagging": UPLOAD_TAG,
         }
         return str(
             self.s3.generate_presigned_url("put_object", Params=params, ExpiresIn=self.lifetime)
@@ -92,10 +100,12 @@ class S3ObjectStore:
 
     def upload_headers(self, sha256: str, size: int) -> dict[str, str]:
         """Headers signed into ``upload_url`` besides ``Content-Length`` (which every HTTP
-        client sends): the checksum S3 verifies the body against."""
+        client sends): the checksum S3 verifies the body against, and the tag that lets
+        the object expire."""
         return {
             "x-amz-checksum-sha256": checksum_of(self._checked(sha256)),
             "x-amz-sdk-checksum-algorithm": "SHA256",
+            "x-amz-tagging": UPLOAD_TAG,
         }
 
     def download_url(self, sha256: str) -> str:
