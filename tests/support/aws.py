@@ -199,6 +199,7 @@ class InstanceKit:
                 Bucket=bucket,
                 Key=f"{prefix}{sha}",
                 Body=path.read_bytes(),
+                ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
             )
         return {
