@@ -18,7 +18,7 @@ from billow_control.core.ports import Ports
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from billow_control.core.software import SoftwareSpec
-from billow_control.runtimes.aws import ConfigError, control_settings
+from billow_control.runtimes.aws import AwsRuntime, ConfigError, control_settings
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
 
 pytestmark = pytest.mark.unit
@@ -194,3 +194,21 @@ def test_kit_settings_from_the_environment_name_the_bad_variable() -> None:
         control_settings({**base, "BILLOW_AGENT_WHEEL": "billow-0.1.0-py3-none-any.whl"})
     with pytest.raises(ValidationError, match="64 lower-case hex"):
         ControlSettings(uv_sha256={"x86_64": "abc"})
+
+
+def test_the_aws_runtime_wires_s3_only_with_a_bucket_and_needs_it_for_a_kit() -> None:
+    env = {
+        "BILLOW_DEPLOYMENT": "d",
+        "BILLOW_CONTROL_URL": "https://c.test",
+        "BILLOW_TABLE": "billow-d-",
+        "BILLOW_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:1:stateMachine:m",
+        "BILLOW_EVENT_BUS": "bus",
+        "BILLOW_KMS_KEY_ID": "key",
+        "BILLOW_AMI_ID": "ami-0123456789abcdef0",
+        "BILLOW_INSTANCE_TYPES": "m6i.large",
+    }
+    assert AwsRuntime.from_env(env).ports.objects is None  # package sync of local code: refused
+    with_bucket = AwsRuntime.from_env({**env, "BILLOW_ENV_BUCKET": "envs"})
+    assert "objects" not in with_bucket.ports.built()  # built on first use, not before
+    with pytest.raises(ConfigError, match="BILLOW_ENV_BUCKET, which is not set"):
+        AwsRuntime.from_env({**env, "BILLOW_AGENT_WHEEL": AGENT_WHEEL})

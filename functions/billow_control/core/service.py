@@ -336,8 +336,8 @@ class ControlPlane:
                 "url": objects.download_url(wheel_sha256),
             },
             "pip_args": pip_args,
-            # The cluster's own environment is built with the client's Python (stage 1);
-            # the bootstrap venv only runs the agent.
+            # uv finds, or downloads, a Python for the bootstrap venv: the client's
+            # major.minor when the cluster runs the client's software, else any 3.11+.
             "python": software.python_minor if software else ">=3.11",
         }
 
