@@ -173,9 +173,16 @@ def exec_in_environment(config: dict[str, Any]) -> None:
     os.execve(str(python), [str(python), "-m", "billow.agent", "--config", path], env)
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    log.info("billow agent %s running on %s", _version(), sys.executable)
     exit_code = 1
     atexit.register(lambda: _record_exit_code(exit_code))
     if argv[:1] == ["--config"] and len(argv) == 2:

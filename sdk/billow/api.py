@@ -121,7 +121,11 @@ class ControlPlaneClient:
             for item in answer["uploads"]:
                 if item["present"]:
                     continue
-                response = await store.put(item["url"], content=paths[item["sha256"]].read_bytes())
+                response = await store.put(
+                    item["url"],
+                    content=paths[item["sha256"]].read_bytes(),
+                    headers=item.get("headers") or None,  # S3: the checksum it verifies
+                )
                 if response.status_code >= 400:
                     raise BillowAPIError(
                         response.status_code,

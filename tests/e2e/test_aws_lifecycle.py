@@ -1,6 +1,7 @@
 """The AWS control plane end to end on moto_server: the Lambda handlers of
 ``functions/aws.py``, the real lifecycle state machine, DynamoDB, EC2, KMS, EventBridge,
-and real Dask processes booted from the instances' user data.
+S3, and real Dask processes on instances booted by running their user data: bare
+"instances" that fetch uv and the billow wheel through pre-signed S3 URLs.
 
 The harnesses standing in for what moto does not run (Lambda tasks, API Gateway, booting
 instances) are described in ``tests/support/aws.py``.
@@ -36,6 +37,7 @@ from tests.support.aws import (
     ApiGateway,
     Deployment,
     FakeLambdaContext,
+    InstanceKit,
     InstanceRunner,
     TaskPoller,
     call_api,
@@ -72,9 +74,17 @@ def gateway() -> Iterator[ApiGateway]:
         gw.stop()
 
 
+@pytest.fixture(scope="session")
+def instance_kit(tmp_path_factory: pytest.TempPathFactory) -> InstanceKit:
+    """uv and a billow wheel built from this checkout; a uv cache warmed once."""
+    return InstanceKit.build(tmp_path_factory.mktemp("instance-kit"))
+
+
 @pytest.fixture(scope="module")
-def live_deployment(aws_url: str, gateway: ApiGateway) -> Iterator[Deployment]:
-    deployment = Deployment.create(aws_url, gateway.url, machine="lifecycle")
+def live_deployment(
+    aws_url: str, gateway: ApiGateway, instance_kit: InstanceKit
+) -> Iterator[Deployment]:
+    deployment = Deployment.create(aws_url, gateway.url, machine="lifecycle", kit=instance_kit)
     try:
         yield deployment
     finally:
@@ -124,8 +134,10 @@ def live(live_deployment: Deployment) -> Iterator[Live]:
 
 
 @pytest.fixture
-def runner(live: Live, tmp_path: Path) -> Iterator[InstanceRunner]:
-    instances = InstanceRunner(live.deployment.url, live.deployment.name, tmp_path / "instances")
+def runner(live: Live, tmp_path: Path, instance_kit: InstanceKit) -> Iterator[InstanceRunner]:
+    instances = InstanceRunner(
+        live.deployment.url, live.deployment.name, tmp_path / "instances", instance_kit
+    )
     instances.start()
     try:
         yield instances
@@ -174,6 +186,16 @@ def test_seed_computation_on_the_aws_control_plane(
     assert cluster_resources(live.ec2, cluster_id) == ([], [])
     assert len(runner.pids()) == 3
     wait_until(lambda: not runner.live_pids(), 30, "agent processes gone")
+    # Each instance ran its real user data on a bare python3: it fetched uv and the wheel
+    # through pre-signed S3 URLs (checked by sha256) and ran the agent from the venv it
+    # built under its own $BILLOW_ROOT.
+    for instance in instances:
+        root = runner.instances[instance["InstanceId"]].root
+        log = runner.log_of(instance["InstanceId"])
+        home = f"{root}/opt/billow"
+        assert f"billow bootstrap: kit: {home}/uv (" in log, log
+        assert f"billow bootstrap: kit: {home}/billow-0.1.0-py3-none-any.whl (" in log, log
+        assert f"running on {home}/agent/bin/python" in log, log
     assert not live.executions(cluster_id, "RUNNING")
     statuses = [e["status"] for e in live.executions(cluster_id)]
     assert statuses and set(statuses) == {"SUCCEEDED"}  # bring-up, then teardown

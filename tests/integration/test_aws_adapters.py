@@ -1,11 +1,13 @@
 """The AWS adapters against a real moto_server: KMS secret box, EventBridge bus, Step
-Functions orchestrator (the handlers are in test_aws_handlers.py).
+Functions orchestrator, S3 object store (the handlers are in test_aws_handlers.py).
 
 moto 5.2 executes state machines only after ``/moto-api/config`` turns it on.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import threading
@@ -13,13 +15,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import httpx
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from billow_control.adapters.aws.eventbridge_bus import EventBridgeBus
 from billow_control.adapters.aws.kms_box import KmsSecretBox
+from billow_control.adapters.aws.s3_object_store import S3ObjectStore
 from billow_control.adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import ClusterRecord, ClusterRequest, ClusterStatus, new_id
@@ -188,3 +194,80 @@ def test_one_execution_per_cluster_and_one_per_change(
 
     orchestrator.submit("c-0000000000000000")  # unknown: nothing to drive
     assert len(executions()) == 3
+
+
+# -- S3 object store --------------------------------------------------------------------------
+
+
+def s3v4(url: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", config=Config(signature_version="s3v4")
+    )
+
+
+@pytest.fixture
+def s3_store(url: str) -> S3ObjectStore:
+    bucket = f"billow-envs-{uuid.uuid4().hex[:8]}"
+    client(url, "s3").create_bucket(Bucket=bucket)
+    return S3ObjectStore(s3v4(url), bucket)
+
+
+def test_s3_store_urls_sign_the_size_and_the_sha256(s3_store: S3ObjectStore) -> None:
+    data = b"PK\x03\x04 a wheel" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    assert not s3_store.exists(sha)
+
+    put = s3_store.upload_url(sha, len(data))
+    query = parse_qs(urlsplit(put).query)
+    # Real S3 refuses a PUT whose Content-Length or checksum differs from the signed ones
+    # (signature mismatch, BadDigest); moto checks neither, so these are asserted here.
+    signed = query["X-Amz-SignedHeaders"][0].split(";")
+    assert {"content-length", "x-amz-checksum-sha256", "x-amz-tagging"} <= set(signed)
+    assert query["X-Amz-Expires"] == ["900"]
+    headers = s3_store.upload_headers(sha, len(data))
+    assert headers["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(sha)).decode()
+    assert set(headers) | {"content-length", "host"} == set(signed)  # all the client sends
+
+    assert httpx.put(put, content=data, headers=headers).status_code == 200
+    assert s3_store.exists(sha)
+    # Client uploads carry the tag the bucket's lifecycle rule expires (the kit does not).
+    tags = s3_store.s3.get_object_tagging(Bucket=s3_store.bucket, Key=s3_store.key(sha))
+    assert tags["TagSet"] == [{"Key": "billow-upload", "Value": "client"}]
+    got = httpx.get(s3_store.download_url(sha))
+    assert got.status_code == 200 and got.content == data
+    with pytest.raises(ValueError, match="not a sha256"):
+        s3_store.upload_url("../../etc/passwd", 5)
+
+
+def test_s3_store_counts_only_objects_whose_checksum_is_their_name(
+    s3_store: S3ObjectStore,
+) -> None:
+    """Bytes that reached the key without S3 checking them against its name never count:
+    a plain PUT (no checksum), or one whose checksum names other bytes."""
+    data = b"the right bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    s3 = s3_store.s3
+    s3.put_object(Bucket=s3_store.bucket, Key=s3_store.key(sha), Body=b"other bytes")
+    assert not s3_store.exists(sha)
+    s3.put_object(
+        Bucket=s3_store.bucket,
+        Key=s3_store.key(sha),
+        Body=b"other bytes",
+        ChecksumAlgorithm="SHA256",
+    )
+    assert not s3_store.exists(sha)  # S3 recorded the checksum of what it got
+    url = s3_store.upload_url(sha, len(data))
+    assert httpx.put(url, content=data).status_code == 200  # moto: unsigned headers pass
+    assert not s3_store.exists(sha)  # ...but no checksum was recorded
+    assert httpx.put(url, content=data, headers=s3_store.upload_headers(sha, len(data))).is_success
+    assert s3_store.exists(sha)
+    assert not s3_store.exists("not-a-sha")
+
+
+def test_s3_store_needs_a_bucket_and_sigv4(url: str) -> None:
+    store = S3ObjectStore(s3v4(url), f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+    assert not store.exists("0" * 64)  # a missing bucket answers 404 to HEAD as well
+    with pytest.raises(ValueError, match="BILLOW_ENV_BUCKET"):
+        S3ObjectStore(s3v4(url), "")
+    with pytest.raises(ValueError, match="s3v4"):
+        S3ObjectStore(client(url, "s3"), "bucket")  # SigV2 URLs would not sign the size

@@ -43,6 +43,9 @@ REQUIRED_ENV = {
     "BILLOW_EVENT_BUS",
     "BILLOW_KMS_KEY_ID",
     "BILLOW_DEPLOYMENT",
+    "BILLOW_ENV_BUCKET",
+    "BILLOW_AGENT_WHEEL",
+    "BILLOW_UV_SHA256",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
 }
@@ -330,6 +333,9 @@ def test_functions_get_the_deployment_environment(template: dict[str, Any]) -> N
         assert set(env) >= REQUIRED_ENV, f"{name} lacks {REQUIRED_ENV - set(env)}"
         assert env["BILLOW_DEPLOYMENT"] == f"billow-{STAGE}"
         assert env["BILLOW_STATE_MACHINE_ARN"] == {"Ref": "ClusterLifecycleStateMachine"}
+        assert env["BILLOW_ENV_BUCKET"] == {"Ref": "EnvBucket"}
+        # Set by --param after scripts/upload-instance-kit.sh; empty (not absent) before.
+        assert env["BILLOW_AGENT_WHEEL"] == env["BILLOW_UV_SHA256"] == ""
 
 
 def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
@@ -572,3 +578,70 @@ def test_every_function_uses_the_dependency_layer(template: dict[str, Any]) -> N
     assert functions
     for name, fn in functions.items():
         assert {"Ref": layer_id} in fn["Properties"].get("Layers", []), name
+
+
+# -- the environments bucket ------------------------------------------------------------
+
+
+def test_env_bucket_is_private_encrypted_expiring_and_tagged(template: dict[str, Any]) -> None:
+    from billow_control.adapters.aws.s3_object_store import UPLOAD_TAG
+
+    buckets = _resources(template, "AWS::S3::Bucket")
+    assert set(buckets) == {"EnvBucket", "ServerlessDeploymentBucket"}
+    props = buckets["EnvBucket"]["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert {"Key": "billow:deployment", "Value": f"billow-{STAGE}"} in props["Tags"]
+    # Client uploads expire after 30 days; the rule matches the tag the store puts on them.
+    rules = {r["Id"]: r for r in props["LifecycleConfiguration"]["Rules"]}
+    expire = rules["ExpireClientUploads"]
+    key, _, value = UPLOAD_TAG.partition("=")
+    assert expire["Status"] == "Enabled" and expire["ExpirationInDays"] == 30
+    assert expire["TagFilters"] == [{"Key": key, "Value": value}]
+    assert all(r["Status"] == "Enabled" for r in rules.values())
+
+    (policy,) = [
+        p
+        for p in _resources(template, "AWS::S3::BucketPolicy").values()
+        if p["Properties"]["Bucket"] == {"Ref": "EnvBucket"}
+    ]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert all(s["Effect"] == "Deny" for s in statements), "the bucket policy grants nothing"
+    (tls,) = statements
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert "EnvBucket" in json.dumps(tls["Resource"])
+    outputs = template.get("Outputs", {})
+    assert outputs["EnvBucketName"]["Value"] == {"Ref": "EnvBucket"}
+
+
+def test_only_the_api_reaches_the_env_bucket_and_only_its_objects(
+    template: dict[str, Any],
+) -> None:
+    """The api function pre-signs every URL of the bucket (uploads, the kit, wheels for
+    instances); nothing else, not even instances, holds an S3 permission."""
+    roles = {name: _role_of(template, name) for name in FUNCTIONS}
+    roles["instance"] = template["Resources"]["InstanceRole"]
+    granted = {
+        name: [s for s in _statements(role) if any(a.startswith("s3:") for a in _actions(s))]
+        for name, role in roles.items()
+    }
+    assert not any(granted[name] for name in roles if name != "api"), granted
+    actions: set[str] = set()
+    for s in granted["api"]:
+        assert s["Effect"] == "Allow" and "Condition" not in s
+        assert all(a.startswith("s3:") for a in _actions(s)), s
+        actions |= set(_actions(s))
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        for resource in resources:
+            if "s3:ListBucket" in _actions(s):
+                assert resource == {"Fn::GetAtt": ["EnvBucket", "Arn"]}, s
+            else:  # objects only, under the store's prefix
+                assert resource == {"Fn::Sub": "${EnvBucket.Arn}/objects/*"}, s
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:PutObjectTagging", "s3:ListBucket"}

@@ -209,7 +209,7 @@ def test_launch_is_idempotent_across_restarts(make_provider, make_spec):
 
 def test_user_data_is_a_small_bootstrap_with_only_url_and_token(make_provider, make_spec, ec2):
     spec = make_spec("worker-0", InstanceRole.worker)
-    info = make_provider(python_package_spec="billow[server]==0.1.0").launch(spec)
+    info = make_provider().launch(spec)
     script = user_data_of(ec2, info.id)
 
     assert script.startswith("#!/bin/bash\n")
@@ -218,9 +218,10 @@ def test_user_data_is_a_small_bootstrap_with_only_url_and_token(make_provider, m
     assert f"export BILLOW_INSTANCE_TOKEN={spec.environment['BILLOW_INSTANCE_TOKEN']}" in script
     assert "export BILLOW_ROLE=worker" in script
     assert f"export BILLOW_CLUSTER_ID={spec.cluster_id}" in script
-    assert "export BILLOW_HOST=0.0.0.0" in script
-    assert "pip install -q 'billow[server]==0.1.0'" in script
-    assert "/opt/billow/bin/python -m billow.agent" in script
+    assert 'export BILLOW_HOST="${BILLOW_HOST:-0.0.0.0}"' in script
+    assert "/v1/agent/kit" in script  # uv and the billow wheel come from the kit
+    assert '"$B/agent/bin/python" -m billow.agent' in script
+    assert "pip install billow" not in script and "billow[" not in script
     for secret in ("-----BEGIN", "CERTIFICATE", "PRIVATE KEY"):
         assert secret not in script
     subprocess.run(["bash", "-n"], input=script.encode(), check=True)  # parses as bash

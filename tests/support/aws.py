@@ -12,20 +12,31 @@ What moto does not do, and what each harness here does in its place:
 * API Gateway: ``ApiGateway`` turns loopback HTTP requests into HTTP API (v2) events for
   ``functions.aws.api_handler``, one at a time (one warm container).
 * Instances never boot: ``InstanceRunner`` reads each tagged instance's user data from
-  EC2, checks it is Billow's bootstrap script, and runs what it ends with
-  (``python -m billow.agent``) with the variables it exports, as a local process in its
-  own session; it ships the process's output to the CloudWatch Logs stream the script's
+  EC2, checks it is Billow's bootstrap script, and runs that very script with ``bash``
+  in its own session, as a bare instance would: under its own root (``BILLOW_ROOT``),
+  with a ``python3`` on ``PATH`` that cannot import billow, so the script must fetch the
+  kit (``POST /v1/agent/kit``), download uv and the billow wheel through pre-signed S3
+  URLs from moto, check them, build its venv and run the agent from it. One machine
+  hosts every "instance": the runner sets loopback addresses and OS-chosen ports, and a
+  uv cache shared by all instances (``InstanceKit``). It ships the script's log
+  (``$BILLOW_ROOT/var/log/billow-agent.log``) to the CloudWatch Logs stream the script's
   log-agent configuration names, kills the process group when EC2 reports the instance
-  terminated, and terminates the instance when the agent exits (the script's
-  ``shutdown -h now`` with ``InstanceInitiatedShutdownBehavior=terminate``).
+  terminated, and terminates the instance when the script ends (its ``shutdown -h now``
+  with ``InstanceInitiatedShutdownBehavior=terminate``; here ``BILLOW_SHUTDOWN=true``).
+* ``InstanceKit`` builds what the deployment's env bucket holds for bare instances: the
+  uv binary of the ``uv`` package installed here, and a billow wheel built from this
+  repository (``uv build --wheel``); ``Deployment.create(kit=...)`` uploads both by
+  sha256 and sets ``BILLOW_UV_SHA256`` and ``BILLOW_AGENT_WHEEL``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -38,15 +49,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
+from billow_control.adapters.aws.ec2 import AGENT_LOG
+from billow_control.core.software import CORE_PACKAGES
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
-from tests.support.processes import ROOT, pid_alive
+from tests.support.processes import ROOT
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -90,6 +104,114 @@ def lifecycle_on_sqs(queue_url: str) -> str:
 
 
 NOOP_MACHINE = json.dumps({"StartAt": "Noop", "States": {"Noop": {"Type": "Succeed"}}})
+# What the harness removes from its own environment before it runs an instance's script:
+# anything that would let the image's python3 import this checkout's packages, and the
+# test process's AWS and Billow configuration (a real instance has neither).
+FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class InstanceKit:
+    """The uv binary and billow wheel bare instances bootstrap with, and what every
+    "instance" on this machine shares: a uv cache, and a ``bin`` directory whose
+    ``python3`` is the base interpreter (billow is not importable there)."""
+
+    root: Path
+    uv: Path
+    wheel: Path
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.root / "uv-cache"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def constraints(self) -> Path:
+        return self.root / "constraints.txt"
+
+    @classmethod
+    def build(cls, root: Path) -> InstanceKit:
+        """Build the wheel from this repository with the ``uv`` package's binary, make
+        the bare ``python3``, and warm the shared uv cache by installing the wheel once
+        (instances then install billow's dependencies from it in seconds)."""
+        import uv as uv_package
+
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        uv = Path(uv_package.find_uv_bin())
+        kit = cls(root, uv, Path())
+        # The instances' Dask is the client's (this process's): no version skew in tests.
+        pins = [f"{name}=={version(name)}" for name in (*CORE_PACKAGES, "numpy")]
+        kit.constraints.write_text("\n".join(pins) + "\n")
+        env = kit.bare_env({"UV_CACHE_DIR": str(kit.uv_cache)})
+        dist = root / "dist"
+        _check_run([str(uv), "build", "--wheel", "--out-dir", str(dist), str(ROOT)], env)
+        (kit.wheel,) = dist.glob("billow-*.whl")
+        kit.bin_dir.mkdir(exist_ok=True)
+        python3 = kit.bin_dir / "python3"
+        if not python3.exists():
+            python3.symlink_to(Path(sys.base_prefix) / "bin" / "python3")
+        probe = subprocess.run(["python3", "-c", "import billow"], env=env, capture_output=True)
+        if probe.returncode == 0:
+            raise RuntimeError(f"billow is importable by {python3}: instances would not be bare")
+        warm = root / "warm"
+        _check_run([str(uv), "venv", "-q", "--python", ">=3.11", str(warm)], env)
+        _check_run(
+            [str(uv), "pip", "install", "-q", "--python", str(warm / "bin/python"), str(kit.wheel)],
+            env,
+        )
+        return kit
+
+    def bare_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """This process's environment as a bare instance would have it: no Python paths,
+        AWS or Billow settings; ``PATH`` finds the bare ``python3`` first."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in FOREIGN_ENV and not k.startswith(("AWS_", "BILLOW_", "UV_"))
+        }
+        env |= {
+            "PATH": f"{self.bin_dir}:/usr/bin:/bin",
+            "PYTHONNOUSERSITE": "1",
+            "UV_PYTHON_DOWNLOADS": "never",  # this machine reaches PyPI only
+            "UV_CONSTRAINT": str(self.constraints),
+        }
+        return env | (extra or {})
+
+    def upload(self, s3: Any, bucket: str, prefix: str = "objects/") -> dict[str, str]:
+        """Put uv and the wheel into the env bucket by sha256, with the checksum S3
+        verifies; return the deployment variables naming them."""
+        shas = {}
+        for path in (self.uv, self.wheel):
+            sha = shas[path] = sha256_of(path)
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"{prefix}{sha}",
+                Body=path.read_bytes(),
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
+            )
+        return {
+            "BILLOW_UV_SHA256": f"{platform.machine()}={shas[self.uv]}",
+            "BILLOW_AGENT_WHEEL": f"{shas[self.wheel]}/{self.wheel.name}",
+        }
+
+
+def _check_run(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
 
 
 @dataclass
@@ -103,11 +225,19 @@ class Deployment:
     state_machine_arn: str
     log_group: str
     store: DynamoDBStore
+    env_bucket: str = ""
 
     @classmethod
-    def create(cls, url: str, control_url: str, machine: str = "lifecycle") -> Deployment:
-        """Tables, KMS key, bus, log group, task queue and state machine ("lifecycle": the
-        real ASL on SQS tasks; "noop": executions that succeed at once)."""
+    def create(
+        cls,
+        url: str,
+        control_url: str,
+        machine: str = "lifecycle",
+        kit: InstanceKit | None = None,
+    ) -> Deployment:
+        """Tables, KMS key, bus, log group, env bucket, task queue and state machine
+        ("lifecycle": the real ASL on SQS tasks; "noop": executions that succeed at once).
+        With ``kit``, the env bucket holds the instance kit and the functions name it."""
         name = f"t{uuid.uuid4().hex[:8]}"
         prefix = f"{name}-"
         store = DynamoDBStore(prefix, host=url)
@@ -129,6 +259,9 @@ class Deployment:
             definition=definition,
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}-lifecycle",
         )["stateMachineArn"]
+        env_bucket = f"{name}-envs"
+        client(url, "s3").create_bucket(Bucket=env_bucket)
+        kit_env = kit.upload(client(url, "s3"), env_bucket) if kit is not None else {}
         images = client(url, "ec2").describe_images(Owners=["amazon"])["Images"]
         ami = next((i for i in images if "amzn" in i.get("Name", "")), images[0])["ImageId"]
         env = {
@@ -152,8 +285,10 @@ class Deployment:
             "BILLOW_HEARTBEAT_INTERVAL": "1",
             "POWERTOOLS_SERVICE_NAME": "billow",
             "POWERTOOLS_METRICS_NAMESPACE": "Billow",
+            "BILLOW_ENV_BUCKET": env_bucket,
+            **kit_env,
         }
-        return cls(url, name, env, queue_url, machine_arn, log_group, store)
+        return cls(url, name, env, queue_url, machine_arn, log_group, store, env_bucket)
 
     def delete(self) -> None:
         with contextlib.suppress(Exception):
@@ -341,6 +476,7 @@ class ApiGateway:
 class RunningInstance:
     instance_id: str
     proc: subprocess.Popen
+    root: Path
     log_path: Path
     log_group: str
     shipped: int = 0
@@ -348,15 +484,30 @@ class RunningInstance:
     shut_down: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
+    def alive(self) -> bool:
+        """Whether any process of the instance's session is left (the script, or the
+        agent it started, which outlives a killed script for a moment)."""
+        self.proc.poll()  # reap the script, so a dead one is not counted
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
 
 class InstanceRunner:
-    """Boots the deployment's EC2 instances as local ``python -m billow.agent`` processes
-    (see the module docstring)."""
+    """Boots the deployment's EC2 instances by running their user data with ``bash`` (see
+    the module docstring)."""
 
-    def __init__(self, url: str, deployment: str, workdir: Path, grace: float = 5.0) -> None:
+    def __init__(
+        self, url: str, deployment: str, workdir: Path, kit: InstanceKit, grace: float = 5.0
+    ) -> None:
         self.ec2 = client(url, "ec2")
         self.logs = client(url, "logs")
         self.deployment = deployment
+        self.kit = kit
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grace = grace
@@ -373,21 +524,26 @@ class InstanceRunner:
         return [i.proc.pid for i in self.instances.values()]
 
     def live_pids(self) -> list[int]:
-        return [pid for pid in self.pids() if pid_alive(pid)]
+        """Process groups (one per instance) with a process left."""
+        return [i.proc.pid for i in self.instances.values() if i.alive()]
+
+    def log_of(self, instance_id: str) -> str:
+        return self.instances[instance_id].log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """Stop polling, then SIGTERM every agent's process group, SIGKILL after grace."""
+        """Stop polling, then SIGTERM every instance's process group, SIGKILL after grace."""
         self._stop.set()
         self._thread.join(30)
         for inst in self.instances.values():
             self._signal(inst, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
         for inst in self.instances.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                inst.proc.wait(max(0.1, deadline - time.monotonic()))
-            if inst.proc.poll() is None:
+            while inst.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if inst.alive():
                 self._signal(inst, signal.SIGKILL)
-                inst.proc.wait(5)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    inst.proc.wait(5)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -405,10 +561,14 @@ class InstanceRunner:
             if known is None and state in ("pending", "running"):
                 self._boot(instance_id)
             elif known is not None and state in ("shutting-down", "terminated"):
-                if known.killed_at is None and known.proc.poll() is None:
+                if known.killed_at is None and known.alive():
                     known.killed_at = time.monotonic()
                     self._signal(known, signal.SIGTERM)
-                elif known.proc.poll() is None and time.monotonic() - known.killed_at > self.grace:
+                elif (
+                    known.killed_at is not None
+                    and known.alive()
+                    and time.monotonic() - known.killed_at > self.grace
+                ):
                     self._signal(known, signal.SIGKILL)
         for inst in self.instances.values():
             self._ship_logs(inst)
@@ -418,37 +578,52 @@ class InstanceRunner:
 
     def _boot(self, instance_id: str) -> None:
         script = user_data_of(self.ec2, instance_id)
-        if not script.startswith("#!/bin/bash") or "-m billow.agent" not in script:
+        if not script.startswith("#!/bin/bash") or "/v1/agent/kit" not in script:
             raise RuntimeError(f"{instance_id}: user data is not Billow's bootstrap:\n{script}")
         group = re.search(r'"log_group_name": "([^"]+)"', script)
-        env = exported_env(script)
-        # One machine hosts every "instance": loopback only, and ports the OS picks.
-        env |= {"BILLOW_HOST": "127.0.0.1", "BILLOW_SCHEDULER_PORT": "0"}
-        env |= {"BILLOW_DASHBOARD_PORT": "0"}
-        log_path = self.workdir / f"{instance_id}.log"
-        with open(log_path, "wb") as out:
+        file_path = re.search(r'"file_path": "([^"]+)"', script)
+        root = self.workdir / instance_id
+        root.mkdir(parents=True)
+        (root / "user-data").write_text(script)
+        # One machine hosts every "instance": loopback only, ports the OS picks, one uv
+        # cache; the script's last line (shutdown) becomes `true`, the runner terminates.
+        overrides = {
+            "BILLOW_ROOT": str(root),
+            "BILLOW_SHUTDOWN": "true",
+            "BILLOW_SHUTDOWN_DELAY": "0",
+            "BILLOW_HOST": "127.0.0.1",
+            "BILLOW_SCHEDULER_PORT": "0",
+            "BILLOW_DASHBOARD_PORT": "0",
+            "UV_CACHE_DIR": str(self.kit.uv_cache),
+        }
+        with open(root / "console.log", "wb") as console:  # before the script's redirect
             proc = subprocess.Popen(
-                [sys.executable, "-m", "billow.agent"],
-                env={**os.environ, **env},
-                cwd=self.workdir,
+                ["bash", str(root / "user-data")],
+                env=self.kit.bare_env(overrides),
+                cwd=root,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        log_path = root / (file_path.group(1) if file_path else AGENT_LOG).lstrip("/")
         self.instances[instance_id] = RunningInstance(
-            instance_id, proc, log_path, group.group(1) if group else "", env=env
+            instance_id,
+            proc,
+            root,
+            log_path,
+            group.group(1) if group else "",
+            env=exported_env(script) | overrides,
         )
 
     def _signal(self, inst: RunningInstance, sig: int) -> None:
-        if inst.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(inst.proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(inst.proc.pid, sig)
 
     def _ship_logs(self, inst: RunningInstance) -> None:
         """What the CloudWatch agent of the bootstrap script does: new lines to the stream
         named after the instance."""
-        if not inst.log_group:
+        if not inst.log_group or not inst.log_path.exists():
             return
         data = inst.log_path.read_bytes()[inst.shipped :]
         cut = data.rfind(b"\n") + 1

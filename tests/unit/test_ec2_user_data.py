@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from pydantic import ValidationError
 
@@ -12,6 +14,7 @@ from billow_control.adapters.aws.ec2 import (
     idempotency_token,
     render_user_data,
 )
+from billow_control.adapters.aws.ec2.user_data import FETCH_KIT
 
 pytestmark = pytest.mark.unit
 
@@ -46,8 +49,30 @@ def test_user_data_requires_each_bootstrap_variable(missing: str) -> None:
 
 
 def test_user_data_size_is_capped() -> None:
+    assert len(render_user_data(ENV, settings(log_group="/" + "g" * 500)).encode()) < 4096
     with pytest.raises(ValueError, match="must stay below 4096"):
-        render_user_data(ENV, settings(python_package_spec="billow==" + "1" * 4000))
+        render_user_data({**ENV, "BILLOW_CONTROL_URL": "https://" + "c" * 1000}, settings())
+
+
+def test_user_data_bootstraps_a_bare_instance_from_the_kit() -> None:
+    """Nothing is pip-installed from a package index by name: uv and the billow wheel come
+    from the kit route, are checked by sha256, and the agent runs from their venv."""
+    script = render_user_data(ENV, settings())
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    compile(FETCH_KIT, "<fetch-kit>", "exec")  # the embedded snippet is valid Python
+    assert "/v1/agent/kit" in FETCH_KIT and "hashlib.sha256()" in FETCH_KIT
+    assert "billow[" not in script and "pip install billow" not in script
+    lines = script.splitlines()
+    # Root-relative paths, overridable ending and address, so tests run this script.
+    assert 'R="${BILLOW_ROOT:-}"' in lines and 'B="$R/opt/billow"' in lines
+    assert 'exec >>"$R/var/log/billow-agent.log" 2>&1' in lines
+    assert 'export PYTHONUNBUFFERED=1 BILLOW_ENV_CACHE="$B/envs"' in lines
+    assert lines.index("umask 077") < lines.index('mkdir -p "$R/var/log" "$B"')
+    assert lines[-1].startswith("${BILLOW_SHUTDOWN:-shutdown -h now}")
+    assert 'export BILLOW_HOST="${BILLOW_HOST:-0.0.0.0}"' in lines
+    assert "UV_PYTHON_DOWNLOADS" not in script  # uv may fetch a Python on a bare image
+    run = next(line for line in lines if line.startswith("python3 - "))
+    assert run.endswith('&& "$B/agent/bin/python" -m billow.agent')
 
 
 def test_settings_name_the_bad_field() -> None:

@@ -1,4 +1,5 @@
-"""Routes called from cluster instances: bootstrap (instance token), heartbeat (cluster token)."""
+"""Routes called from cluster instances: kit and bootstrap (instance token), heartbeat
+(cluster token)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def agent_router(plane: Callable[[], ControlPlane]) -> Router:
 
     def token() -> str | None:
         return bearer(router.current_event.headers.get("authorization"))
+
+    @router.post("/v1/agent/kit")
+    def kit() -> dict[str, Any]:
+        """What a bare instance downloads to start the agent (the token stays unused)."""
+        return plane().instance_kit(token())
 
     @router.post("/v1/agent/bootstrap")
     def bootstrap() -> dict[str, Any]:

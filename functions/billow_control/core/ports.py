@@ -245,12 +245,18 @@ class ObjectStore(Protocol):
         ``sha256``, valid for a limited time; the store refuses other bytes."""
         ...
 
+    def upload_headers(self, sha256: str, size: int) -> dict[str, str]:
+        """Headers the ``PUT`` to ``upload_url`` must carry besides ``Content-Length``
+        (S3: the checksum it verifies the bytes against); empty when none."""
+        ...
+
     def download_url(self, sha256: str) -> str:
         """A URL that answers ``GET`` with the object, valid for a limited time."""
         ...
 
     def exists(self, sha256: str) -> bool:
-        """Whether the object was uploaded (completely)."""
+        """Whether the object was uploaded (completely) and its bytes were checked
+        against its name."""
         ...
 
 

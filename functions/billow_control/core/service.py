@@ -28,6 +28,7 @@ from .models import (
     ClusterTarget,
     Heartbeat,
     HeartbeatRecord,
+    InstanceCredential,
     InstanceRole,
     ScaleRequest,
     User,
@@ -223,9 +224,10 @@ class ControlPlane:
             )
 
     def software_uploads(self, user: User, files: list[UploadFile]) -> dict[str, Any]:
-        """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL, or
-        ``present`` when the store has it already (wheels are named by their sha256, so
-        an object's content is the same whoever uploaded it). Any user may upload."""
+        """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL and the
+        headers the ``PUT`` must carry, or ``present`` when the store has it already
+        (wheels are named by their sha256, so an object's content is the same whoever
+        uploaded it). Any user may upload."""
         objects = self.ports.objects
         if objects is None:
             raise Invalid("this deployment has no object store for wheels", field="files")
@@ -235,7 +237,10 @@ class ControlPlane:
                 answers.append({"sha256": f.sha256, "present": True})
             else:
                 url = objects.upload_url(f.sha256, f.size)
-                answers.append({"sha256": f.sha256, "present": False, "url": url})
+                headers = objects.upload_headers(f.sha256, f.size)
+                answers.append(
+                    {"sha256": f.sha256, "present": False, "url": url, "headers": headers}
+                )
         return {"uploads": answers}
 
     # -- software environments ---------------------------------------------------------
@@ -385,19 +390,70 @@ class ControlPlane:
 
     # -- what runs on the cluster -----------------------------------------------------
 
+    def instance_kit(self, instance_token: str | None) -> dict[str, Any]:
+        """What a bare instance downloads to start the agent: a uv binary per machine and
+        the billow wheel to bootstrap with, as pre-signed object-store URLs with their
+        sha256 (the instance checks them), and the Python to create its venv with.
+
+        The wheel is the cluster's own billow wheel when its ``software`` pins billow as
+        a wheel (the agent then matches the client's billow), else the deployment's
+        agent wheel (``agent_wheel``). Authenticated by the one-time instance token, which
+        is *not* consumed: the agent trades it on ``bootstrap_instance`` next.
+        """
+        cred = self._instance_credential(instance_token)
+        record = self.ports.store.get_cluster(cred.cluster_id)
+        if record is None or record.target != ClusterTarget.running:
+            raise Conflict("cluster is stopping; instance should exit")
+        settings = self.ports.settings
+        objects = self.ports.objects
+        if objects is None or not settings.uv_sha256:
+            raise Conflict(
+                "this deployment has no instance kit: it needs an object store "
+                "(BILLOW_ENV_BUCKET) holding uv (BILLOW_UV_SHA256); run "
+                "scripts/upload-instance-kit.sh"
+            )
+        software = record.request.software
+        own = next((w for w in software.wheels() if w.name == "billow"), None) if software else None
+        pip_args: list[str] = []
+        if own is not None:
+            wheel_sha256, filename = str(own.sha256), str(own.filename)
+            assert software is not None
+            if software.index_url:
+                pip_args += ["--index-url", software.index_url]
+            for url in software.extra_index_urls:
+                pip_args += ["--extra-index-url", url]
+        elif settings.agent_wheel:
+            wheel_sha256, _, filename = settings.agent_wheel.partition("/")
+        else:
+            raise Conflict(
+                "this deployment has no agent wheel (BILLOW_AGENT_WHEEL) and the cluster's "
+                "software does not pin billow as a wheel; run scripts/upload-instance-kit.sh"
+            )
+        return {
+            "uv": {
+                machine: {"sha256": sha, "url": objects.download_url(sha)}
+                for machine, sha in sorted(settings.uv_sha256.items())
+            },
+            "wheel": {
+                "sha256": wheel_sha256,
+                "filename": filename,
+                "url": objects.download_url(wheel_sha256),
+            },
+            "pip_args": pip_args,
+            # uv finds, or downloads, a Python for the bootstrap venv: the client's
+            # major.minor when the cluster runs the client's software, else any 3.11+.
+            "python": software.python_minor if software else ">=3.11",
+        }
+
     def bootstrap_instance(self, instance_token: str | None) -> dict[str, Any]:
         """Exchange a one-time instance token for the instance's config and certificates.
 
         Workers get ``NotReady`` (token not consumed) until the scheduler reported its
         address. The scheduler also gets a fresh cluster token for its heartbeats.
         """
-        if not instance_token:
-            raise Unauthorized("missing instance token")
-        token_hash = hash_token(instance_token)
-        cred = self.ports.store.peek_instance_credential(token_hash)
+        cred = self._instance_credential(instance_token)
+        token_hash = hash_token(str(instance_token))
         now = self.ports.clock.now()
-        if cred is None or cred.used or cred.expired(now):
-            raise Unauthorized("instance token is unknown, used or expired")
         record = self.ports.store.get_cluster(cred.cluster_id)
         if record is None or record.target != ClusterTarget.running:
             raise Conflict("cluster is stopping; instance should exit")
@@ -462,6 +518,15 @@ class ControlPlane:
         return {"target": record.target.value, "status": record.status.value}
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _instance_credential(self, instance_token: str | None) -> InstanceCredential:
+        """The credential of a live one-time instance token, without consuming it."""
+        if not instance_token:
+            raise Unauthorized("missing instance token")
+        cred = self.ports.store.peek_instance_credential(hash_token(instance_token))
+        if cred is None or cred.used or cred.expired(self.ports.clock.now()):
+            raise Unauthorized("instance token is unknown, used or expired")
+        return cred
 
     def _owned(self, user: User, cluster_id: str, owner_only: bool = False) -> ClusterRecord:
         record = self.ports.store.get_cluster(cluster_id)

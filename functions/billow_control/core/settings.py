@@ -7,12 +7,17 @@ and Cloud Functions from ``BILLOW_<FIELD>`` environment variables; both go throu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .models import parse_duration
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_AGENT_WHEEL = re.compile(r"^[0-9a-f]{64}/[A-Za-z0-9_.+!-]+\.whl$")
+UV_MACHINES = ("x86_64", "aarch64")  # platform.machine() of the instances uv is kept for
 
 DURATIONS = (
     "start_timeout",
@@ -47,11 +52,46 @@ class ControlSettings(BaseModel):
     orphan_grace: float = 300.0
     gpu_utilization_threshold: float = 0.1
     gpu_idle_warning: float = 900.0
+    # The instance kit (``ControlPlane.instance_kit``): objects of the deployment's object
+    # store that bare instances bootstrap from; scripts/upload-instance-kit.sh makes them.
+    agent_wheel: str | None = Field(
+        default=None, description="'<sha256>/<filename>' of the billow wheel instances start"
+    )
+    uv_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of the uv binary per machine: 'x86_64=<sha256>,aarch64=<sha256>'",
+    )
 
     @field_validator(*DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("agent_wheel")
+    @classmethod
+    def _agent_wheel(cls, value: str | None) -> str | None:
+        if value is not None and not _AGENT_WHEEL.match(value):
+            raise ValueError(
+                "must be '<sha256>/<wheel file name>', such as "
+                "'<64 hex digits>/billow-0.1.0-py3-none-any.whl'"
+            )
+        return value
+
+    @field_validator("uv_sha256", mode="before")
+    @classmethod
+    def _uv_sha256(cls, value: Any) -> Any:
+        """``"x86_64=<sha256>,aarch64=<sha256>"`` (a bare sha256 is x86_64's) or a dict."""
+        if isinstance(value, str):
+            pairs = [p.strip() for p in value.split(",") if p.strip()]
+            value = dict(p.partition("=")[::2] if "=" in p else ("x86_64", p) for p in pairs)
+        if not isinstance(value, dict):
+            return value
+        for machine, sha in value.items():
+            if machine not in UV_MACHINES:
+                raise ValueError(f"{machine!r} is not one of {', '.join(UV_MACHINES)}")
+            if not isinstance(sha, str) or not _SHA256.match(sha):
+                raise ValueError(f"the uv sha256 of {machine} is not 64 lower-case hex digits")
+        return value
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **defaults: Any) -> ControlSettings:

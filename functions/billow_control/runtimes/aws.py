@@ -26,7 +26,15 @@ variable                        meaning
                                 ``0.0.0.0/0``: mutual TLS is the access control there)
 ``BILLOW_INSTANCE_LOG_GROUP``   CloudWatch Logs group of instance logs
 ``BILLOW_INSTANCE_PROFILE_ARN`` instance profile of cluster instances
-``BILLOW_PYTHON_PACKAGE``       what instances ``pip install`` (default ``billow[server]==…``)
+``BILLOW_ENV_BUCKET``           S3 bucket of environments: wheels of users' local code, the
+                                agent wheel and uv (objects ``objects/<sha256>``). Unset: no
+                                object store, so package sync of local code is refused
+``BILLOW_AGENT_WHEEL``          ``<sha256>/<filename>`` of the billow wheel bare instances
+                                bootstrap with, an object of the env bucket
+``BILLOW_UV_SHA256``            sha256 of the uv binary per machine, ``x86_64=<sha256>,``
+                                ``aarch64=<sha256>`` (a bare sha256: x86_64); objects of the env
+                                bucket. ``scripts/upload-instance-kit.sh`` uploads both and
+                                prints these two values
 ``BILLOW_<SETTING>``            any ``ControlSettings`` field, e.g. ``BILLOW_START_TIMEOUT=10m``,
                                 ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration)
 ``BILLOW_AWS_ENDPOINT_URL``     one endpoint for every AWS client (tests: moto_server)
@@ -76,7 +84,6 @@ EC2_VARIABLES = {
     "max_subnets": "BILLOW_MAX_SUBNETS",
     "log_group": "BILLOW_INSTANCE_LOG_GROUP",
     "instance_profile_arn": "BILLOW_INSTANCE_PROFILE_ARN",
-    "python_package_spec": "BILLOW_PYTHON_PACKAGE",
 }
 LISTS = {"instance_types", "subnet_ids"}
 
@@ -155,7 +162,7 @@ class AwsClients:
 
                     self._session = boto3.session.Session(region_name=self.region)
                 self._clients[service] = self._session.client(
-                    service, endpoint_url=self.endpoint, config=self._config()
+                    service, endpoint_url=self.endpoint, config=self._config(service)
                 )
             return self._clients[service]
 
@@ -163,14 +170,17 @@ class AwsClients:
         return sorted(self._clients)
 
     @staticmethod
-    def _config() -> Any:
+    def _config(service: str) -> Any:
         from botocore.config import Config
 
+        # S3: pre-signed URLs are SigV4, so the headers they sign (the checksum) count.
+        signing = {"signature_version": "s3v4"} if service == "s3" else {}
         return Config(
             retries={"mode": "standard", "max_attempts": 4},
             connect_timeout=5,
             read_timeout=30,
             max_pool_connections=32,
+            **signing,
         )
 
 
@@ -227,6 +237,12 @@ class AwsRuntime:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         endpoint = env.get("BILLOW_AWS_ENDPOINT_URL") or None
         idempotency_table = env.get("BILLOW_IDEMPOTENCY_TABLE") or f"{prefix}idempotency"
+        env_bucket = env.get("BILLOW_ENV_BUCKET", "").strip()
+        if not env_bucket and (settings.agent_wheel or settings.uv_sha256):
+            raise ConfigError(
+                "BILLOW_AGENT_WHEEL and BILLOW_UV_SHA256 name objects of BILLOW_ENV_BUCKET, "
+                "which is not set"
+            )
         clients = AwsClients(region, endpoint)
 
         def store() -> Any:
@@ -261,6 +277,11 @@ class AwsRuntime:
 
             return PowertoolsIdempotencyCache(idempotency_table, clients.dynamodb, IDEMPOTENCY_TTL)
 
+        def objects() -> Any:
+            from ..adapters.aws.s3_object_store import S3ObjectStore
+
+            return S3ObjectStore(clients.s3, env_bucket)
+
         ports = Ports(
             store=lazy(store),
             provider=lazy(provider),
@@ -268,6 +289,7 @@ class AwsRuntime:
             secrets=lazy(secrets),
             events=lazy(events),
             idempotency=None if idempotency_table.lower() == "off" else lazy(idempotency),
+            objects=lazy(objects) if env_bucket else None,
             clock=SystemClock(),
             settings=settings,
         )

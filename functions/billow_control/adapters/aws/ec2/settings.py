@@ -45,7 +45,6 @@ class EC2Settings(BaseModel):
     scheduler_port: int = Field(default=8786, ge=1, le=65535)
     dashboard_port: int = Field(default=8787, ge=1, le=65535)
     log_group: str = "/billow/instances"
-    python_package_spec: str = "billow[server]==0.1.0"
     instance_profile_arn: str | None = Field(
         default=None, description="Lets the instance's log agent write to ``log_group``."
     )
