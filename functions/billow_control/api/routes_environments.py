@@ -30,24 +30,24 @@ def environment_router(plane: Callable[[], ControlPlane]) -> Router:
     def create_environment(name: str, request: EnvironmentRequest) -> Response[dict[str, Any]]:
         """A new revision of the environment (201), or its latest revision when that one
         has the same spec (200); ``created`` says which."""
-        env, created = plane().create_environment(user(), name, request.spec)
+        env, created = plane().software.create_environment(user(), name, request.spec)
         return json_response({**env, "created": created}, 201 if created else 200)
 
     @router.get("/v1/environments")
     def list_environments() -> dict[str, Any]:
         """The latest revision of each of your environments, without package lists."""
-        return {"environments": plane().list_environments(user())}
+        return {"environments": plane().software.list_environments(user())}
 
     @router.get("/v1/environments/<name>")
     def get_environment(
         name: str, revision: Annotated[int | None, Query()] = None
     ) -> dict[str, Any]:
         """One environment with its spec: the latest revision, or ``?revision=N``."""
-        return plane().get_environment(user(), name, revision)
+        return plane().software.get_environment(user(), name, revision)
 
     @router.delete("/v1/environments/<name>")
     def delete_environment(name: str) -> dict[str, Any]:
         """Delete every revision; running clusters keep the spec they started with."""
-        return plane().delete_environment(user(), name)
+        return plane().software.delete_environment(user(), name)
 
     return router

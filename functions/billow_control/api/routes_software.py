@@ -20,6 +20,6 @@ def software_router(plane: Callable[[], ControlPlane]) -> Router:
         """Pre-signed ``PUT`` URLs for the wheels the object store does not have yet."""
         control = plane()
         user = control.authenticate(bearer(router.current_event.headers.get("authorization")))
-        return control.software_uploads(user, request.files)
+        return control.software.uploads(user, request.files)
 
     return router

@@ -173,6 +173,20 @@ class SoftwareEnvironment(BaseModel):
     spec: SoftwareSpec
     spec_key: str = Field(description="SoftwareSpec.key: the cache key of its built environment")
 
+    @classmethod
+    def revision_of(
+        cls, owner: str, name: str, revision: int, spec: SoftwareSpec, created_at: datetime
+    ) -> SoftwareEnvironment:
+        """The record of one revision (its ``spec_key`` derived from ``spec``)."""
+        return cls(
+            owner=owner,
+            name=name,
+            revision=revision,
+            created_at=created_at,
+            spec=spec,
+            spec_key=spec.key,
+        )
+
     @property
     def ref(self) -> str:
         """``name:revision``, what a cluster record keeps."""

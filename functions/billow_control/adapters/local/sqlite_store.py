@@ -349,14 +349,7 @@ class SqliteStore:
                 (owner, name),
             ).fetchone()
             revision = int(row[0] or 0) + 1
-            env = SoftwareEnvironment(
-                owner=owner,
-                name=name,
-                revision=revision,
-                created_at=now,
-                spec=spec,
-                spec_key=spec.key,
-            )
+            env = SoftwareEnvironment.revision_of(owner, name, revision, spec, now)
             db.execute(
                 "INSERT INTO software_environments (owner, name, revision, doc) "
                 "VALUES (?, ?, ?, ?)",
@@ -367,20 +360,15 @@ class SqliteStore:
     def get_environment(
         self, owner: str, name: str, revision: int | None = None
     ) -> SoftwareEnvironment | None:
-        if revision is None:
-            row = self._one(
-                "SELECT doc FROM software_environments WHERE owner=? AND name=? "
-                "ORDER BY revision DESC LIMIT 1",
-                owner,
-                name,
-            )
-        else:
-            row = self._one(
-                "SELECT doc FROM software_environments WHERE owner=? AND name=? AND revision=?",
-                owner,
-                name,
-                revision,
-            )
+        """The revision asked for, or the latest when ``revision`` is ``None``."""
+        row = self._one(
+            "SELECT doc FROM software_environments WHERE owner=? AND name=? "
+            "AND (? IS NULL OR revision=?) ORDER BY revision DESC LIMIT 1",
+            owner,
+            name,
+            revision,
+            revision,
+        )
         return SoftwareEnvironment.model_validate_json(row[0]) if row else None
 
     def list_environments(self, owner: str) -> list[SoftwareEnvironment]:

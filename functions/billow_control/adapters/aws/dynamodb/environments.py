@@ -68,14 +68,7 @@ class EnvironmentRevisions:
                 latest = self._latest_revision(owner, name)
                 unchanged = e.key.does_not_exist()
             revision = latest + 1
-            env = SoftwareEnvironment(
-                owner=owner,
-                name=name,
-                revision=revision,
-                created_at=now,
-                spec=spec,
-                spec_key=spec.key,
-            )
+            env = SoftwareEnvironment.revision_of(owner, name, revision, spec, now)
             doc = env.model_dump_json()
             try:
                 with TransactWrite(connection=self.connection) as tx:
