@@ -200,8 +200,16 @@ def _build(
     return _python(final)
 
 
+def _downloads() -> bool:
+    """Whether uv may download a Python the machine lacks: ``BILLOW_PYTHON_DOWNLOADS=
+    automatic`` (EC2 user data sets it: instances reach python.org's builds); never by
+    default, where instances share the machine's interpreters (the embedded server)."""
+    return os.environ.get("BILLOW_PYTHON_DOWNLOADS", "never") == "automatic"
+
+
 def _uv_env() -> dict[str, str]:
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
+    downloads = "automatic" if _downloads() else "never"
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": downloads, "NO_COLOR": "1"}
     env.pop("VIRTUAL_ENV", None)  # only ever the --python we name
     return env
 
@@ -234,7 +242,8 @@ def _create_venv(spec: SoftwareSpec, uv: Path, tmp: Path, cwd: Path, deadline: f
     want = spec.python_minor
     # --relocatable: entry-point scripts find their python relative to themselves, so
     # they still work after the rename of tmp to the final directory.
-    args = ["venv", "--color", "never", "--python", want, "--python-preference", "only-system"]
+    preference = "system" if _downloads() else "only-system"
+    args = ["venv", "--color", "never", "--python", want, "--python-preference", preference]
     done = _run_uv(spec, uv, [*args, "--relocatable", str(tmp)], cwd, deadline, "creating the venv")
     if done.returncode == 0:
         return

@@ -108,7 +108,7 @@ def render_user_data(environment: Mapping[str, str], settings: EC2Settings) -> s
         f'exec >>"$R{AGENT_LOG}" 2>&1',
         *(f"export {k}={shlex.quote(environment[k])}" for k in BOOTSTRAP_ENV),
         *(f'export {k}="${{{k}:-{v}}}"' for k, v in defaults.items()),
-        'export PYTHONUNBUFFERED=1 BILLOW_ENV_CACHE="$B/envs"',
+        'export PYTHONUNBUFFERED=1 BILLOW_ENV_CACHE="$B/envs" BILLOW_PYTHON_DOWNLOADS=automatic',
         'if [ -z "$R" ] && command -v dnf >/dev/null; then',
         "  dnf install -y -q amazon-cloudwatch-agent || true",
         "fi",
