@@ -10,7 +10,7 @@ import platform
 import httpx
 import pytest
 
-from tests.support.processes import EmbeddedServer
+from tests.support.processes import EmbeddedServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +90,28 @@ def test_malformed_specs_name_the_field(api: httpx.Client, packages: list, field
     answer = api.post("/v1/clusters", json={"n_workers": 1, "software": spec})
     assert answer.status_code == 422, answer.text
     assert field in answer.json()["message"], answer.json()
+
+
+def test_a_failed_environment_build_fails_the_cluster_with_uvs_words(
+    api: httpx.Client,
+) -> None:
+    """The agent builds the spec with uv; a package no index has (billow itself is not on
+    PyPI) fails the cluster (never a hang), and the failure carries uv's own message
+    naming the package."""
+    import distributed
+
+    spec = {
+        "python": platform.python_version(),
+        "packages": [
+            {"name": "billow", "version": "0.1.0"},
+            {"name": "distributed", "version": distributed.__version__},
+        ],
+    }
+    created = api.post("/v1/clusters", json={"n_workers": 1, "software": spec})
+    assert created.status_code == 201, created.text
+    url = f"/v1/clusters/{created.json()['id']}"
+    wait_until(lambda: api.get(url).json()["status"] == "failed", 120, "the cluster to fail")
+    record = api.get(url).json()
+    logs = "\n".join(record["error_logs"])
+    assert "could not build the cluster's environment" in logs, logs
+    assert "billow==0.1.0" in logs and "not found in the package registry" in logs
