@@ -66,7 +66,10 @@ def test_user_data_bootstraps_a_bare_instance_from_the_kit() -> None:
     # Root-relative paths, overridable ending and address, so tests run this script.
     assert 'R="${BILLOW_ROOT:-}"' in lines and 'B="$R/opt/billow"' in lines
     assert 'exec >>"$R/var/log/billow-agent.log" 2>&1' in lines
-    assert 'export PYTHONUNBUFFERED=1 BILLOW_ENV_CACHE="$B/envs"' in lines
+    assert (
+        'export PYTHONUNBUFFERED=1 BILLOW_ENV_CACHE="$B/envs" BILLOW_PYTHON_DOWNLOADS=automatic'
+        in (lines)
+    )  # instances may fetch the cluster's Python (AL2023 has 3.9)
     assert lines.index("umask 077") < lines.index('mkdir -p "$R/var/log" "$B"')
     assert lines[-1].startswith("${BILLOW_SHUTDOWN:-shutdown -h now}")
     assert 'export BILLOW_HOST="${BILLOW_HOST:-0.0.0.0}"' in lines
