@@ -46,6 +46,11 @@ class Cluster(DaskCluster):
         Reconnects when an active cluster of yours has this name; otherwise names the new one.
     worker_cpu, worker_memory, scheduler_cpu, scheduler_memory, tags, environ
         Passed to the control plane, which validates them and names any bad field.
+        ``environ`` is plain configuration: stored and shown as given.
+    secrets : dict of str, optional
+        Environment variables for credentials, set on every instance like ``environ``:
+        encrypted at rest, handed only to the cluster's instances, never returned (the
+        cluster shows their names). A name may not be in both.
     idle_timeout, no_client_timeout, cluster_timeout : str, optional
         Durations such as ``"20m"``: stop when idle (no tasks, no client activity), this
         long after the last client left, or after this total lifetime.
@@ -104,6 +109,7 @@ class Cluster(DaskCluster):
         analytics: str | None = None,
         tags: dict[str, str] | None = None,
         environ: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
         package_sync: bool = False,
         package_sync_ignore: list[str] | None = None,
         package_sync_only: list[str] | None = None,
@@ -136,6 +142,7 @@ class Cluster(DaskCluster):
             "analytics": analytics or config.analytics_level(),
             "tags": tags,
             "environ": environ,
+            "secrets": secrets,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close

@@ -40,6 +40,11 @@ Heartbeat ingestion
     1,000 heartbeats per second at the 5 s interval would be 5,000 schedulers, each with
     its own connection, so 128 concurrent connections is no exaggeration.
 
+    Durability: the server's SQLite store runs with ``PRAGMA synchronous=FULL`` (every
+    commit, so every heartbeat, syncs the WAL) unless ``BILLOW_SQLITE_SYNCHRONOUS`` says
+    otherwise. ``--synchronous FULL,NORMAL`` (the default) runs the whole heartbeat
+    benchmark once per setting, back to back on fresh data dirs, to print what FULL costs.
+
     ``--py-spy PATH`` then samples the server (threads holding the GIL) with that py-spy
     executable during one more heartbeat run, and prints where its time goes.
 
@@ -260,10 +265,12 @@ async def load(
     return ok, failed, elapsed, server_cpu, time.process_time() - client0
 
 
-def bench_heartbeats(seconds: float, clients: int, py_spy: str | None) -> None:
+def bench_heartbeats(
+    seconds: float, clients: int, py_spy: str | None, synchronous: str = "FULL"
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="billow-bench-hb-"))
     port = free_port()
-    server = EmbeddedServer(root, port=port)
+    server = EmbeddedServer(root, port=port, env={"BILLOW_SQLITE_SYNCHRONOUS": synchronous})
     profile = root / "heartbeats.py-spy.txt"
     try:
         ids = prepare_clusters(root, port, CLUSTERS)
@@ -312,8 +319,9 @@ def bench_heartbeats(seconds: float, clients: int, py_spy: str | None) -> None:
         server.kill_instances()  # the stub schedulers, by PID
     health_rate, beat_rate = h_ok / h_time, b_ok / b_time
     print(
-        f"heartbeat ingestion, embedded server, {CLUSTERS} clusters, {clients} keep-alive "
-        f"connections, {seconds:.0f} s each in {ROUNDS} alternating slices"
+        f"heartbeat ingestion, embedded server (SQLite synchronous={synchronous}), "
+        f"{CLUSTERS} clusters, {clients} keep-alive connections, {seconds:.0f} s each in "
+        f"{ROUNDS} alternating slices"
     )
     for label, rate, failed, elapsed, cpu, client_cpu in (
         ("GET /v1/health (baseline)", health_rate, h_failed, h_time, h_cpu, h_client),
@@ -448,9 +456,15 @@ def main() -> int:
         "--py-spy", metavar="PATH", help="py-spy executable: profile the server's heartbeats"
     )
     parser.add_argument("--only", choices=["heartbeats", "reaper"], default=None)
+    parser.add_argument(
+        "--synchronous",
+        default="FULL,NORMAL",
+        help="SQLite synchronous settings of the heartbeat runs, comma-separated",
+    )
     args = parser.parse_args()
     if args.only in (None, "heartbeats"):
-        bench_heartbeats(args.seconds, args.clients, args.py_spy)
+        for synchronous in args.synchronous.upper().split(","):
+            bench_heartbeats(args.seconds, args.clients, args.py_spy, synchronous)
     if args.only in (None, "reaper"):
         bench_reaper()
     return 0

@@ -22,9 +22,10 @@ import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography.exceptions import InvalidTag
 
 from billow_control.adapters.aws.eventbridge_bus import EventBridgeBus
-from billow_control.adapters.aws.kms_box import KmsSecretBox
+from billow_control.adapters.aws.kms_box import ENVELOPE, KmsSecretBox
 from billow_control.adapters.aws.s3_object_store import S3ObjectStore
 from billow_control.adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
 from billow_control.adapters.local.sqlite_store import SqliteStore
@@ -62,8 +63,26 @@ def test_kms_box_seals_under_the_deployment_context(url: str) -> None:
     assert box.decrypt(blob) == secret
     with pytest.raises(ClientError, match="InvalidCiphertext"):
         KmsSecretBox(kms, key, "staging").decrypt(blob)
-    with pytest.raises(ValueError, match="at most 4096"):
-        box.encrypt(b"x" * 4097)
+    with pytest.raises(ValueError, match="at most 262144"):
+        box.encrypt(b"x" * (256 * 1024 + 1))
+
+
+def test_kms_box_seals_large_secrets_in_an_envelope_under_the_same_context(url: str) -> None:
+    """Above KMS's 4 KiB a secret (a cluster's 64 KiB of ``secrets``) is sealed with a
+    data key: still one KMS call each way, still bound to the deployment."""
+    kms = client(url, "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    box = KmsSecretBox(kms, key, "prod")
+    secret = b"canary-" + uuid.uuid4().hex.encode() + b"x" * (64 * 1024)
+    blob = box.encrypt(secret)
+    assert blob.startswith(ENVELOPE) and b"canary-" not in blob
+    assert box.decrypt(blob) == secret
+    assert not box.encrypt(b"small").startswith(ENVELOPE)  # certificates: one Encrypt
+    with pytest.raises(ClientError, match="InvalidCiphertext"):
+        KmsSecretBox(kms, key, "staging").decrypt(blob)
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(InvalidTag):
+        box.decrypt(tampered)
 
 
 # -- EventBridge ------------------------------------------------------------------------------

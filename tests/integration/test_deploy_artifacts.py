@@ -276,6 +276,7 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
         "dynamodb:UpdateItem",
         "kms:Encrypt",
         "kms:Decrypt",
+        "kms:GenerateDataKey",  # envelopes of secrets above 4 KiB (adapters/aws/kms_box.py)
         "states:StartExecution",
         "states:ListExecutions",
         "states:DescribeExecution",
@@ -306,7 +307,8 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     assert not actions("events") & {"ec2:RunInstances", "ec2:TerminateInstances", "kms:Decrypt"}
     assert "ec2:RunInstances" not in actions("api") | actions("reaper")
     # Only the API seals and opens cluster secrets; reconcile and reaper never do.
-    assert not (actions("reconcile") | actions("reaper")) & {"kms:Encrypt", "kms:Decrypt"}
+    kms_actions = {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"}
+    assert not (actions("reconcile") | actions("reaper")) & kms_actions
     (kms,) = [s for s in _statements(_role_of(template, "api")) if "kms:Decrypt" in _actions(s)]
     context = {"kms:EncryptionContext:billow:deployment": f"billow-{STAGE}"}
     assert kms["Condition"]["StringEquals"] == context

@@ -12,12 +12,21 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import tags
 from .software import NAME_PATTERN, SoftwareSpec
 
 MAX_WORKERS = 1000
+MAX_SECRETS = 64
+MAX_SECRETS_BYTES = 64 * 1024  # names and values, UTF-8
 # A software environment by name, optionally at one revision: ``etl`` or ``etl:3``.
 ENVIRONMENT_REF_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}(:[1-9][0-9]{0,8})?$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
@@ -118,7 +127,8 @@ WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
 class ClusterRequest(BaseModel):
     """What a user asks for. Unknown fields are rejected, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Validation errors never quote the input: it may hold secrets.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str | None = Field(
         default=None,
@@ -152,7 +162,24 @@ class ClusterRequest(BaseModel):
         description="What the scheduler plugin reports; 'off' sends only liveness and idleness.",
     )
     tags: dict[str, str] = Field(default_factory=dict, max_length=32)
-    environ: dict[str, str] = Field(default_factory=dict, max_length=128)
+    environ: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=128,
+        description="Plain configuration set in every instance's environment; stored and "
+        "returned as given. Put credentials in 'secrets'.",
+    )
+    # Never serialized (exclude) nor shown in a repr: the core seals the values with the
+    # secret box before the record exists, and records keep only the names.
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_SECRETS,
+        exclude=True,
+        repr=False,
+        description=f"Variables set in every instance's environment like 'environ', for "
+        f"credentials: encrypted at rest, handed only to the cluster's instances, never "
+        f"returned (the cluster lists their names). At most {MAX_SECRETS} entries and "
+        f"{MAX_SECRETS_BYTES // 1024} KiB in all; a name may not also be in 'environ'.",
+    )
     software: SoftwareSpec | None = Field(
         default=None,
         description="The environment every instance runs (package sync or a named "
@@ -209,6 +236,31 @@ class ClusterRequest(BaseModel):
         for key in v:
             if tags.is_reserved(key):
                 raise ValueError(f"tag {key!r} uses the reserved prefix {tags.PREFIX!r}")
+        return v
+
+    @field_validator("environ", "secrets")
+    @classmethod
+    def _check_variables(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # What an instance can put in its environment: never echo a value in a message.
+        for key, value in v.items():
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(
+                    f"{key!r} is not a variable name: it must be non-empty, without '=' or NUL"
+                )
+            if "\0" in value:
+                raise ValueError(f"the value of {key!r} contains a NUL character")
+        if info.field_name == "secrets":
+            size = sum(len(k.encode()) + len(x.encode()) for k, x in v.items())
+            if size > MAX_SECRETS_BYTES:
+                raise ValueError(
+                    f"secrets are {size} bytes; at most {MAX_SECRETS_BYTES} (names and values)"
+                )
+            both = sorted(set(v) & set(info.data.get("environ") or {}))
+            if both:
+                raise ValueError(
+                    f"{', '.join(map(repr, both))} in both environ and secrets; "
+                    "give each variable once"
+                )
         return v
 
     @property
@@ -293,6 +345,11 @@ class ClusterRecord(BaseModel):
         default=None,
         description="'name:revision' of the software environment whose spec "
         "request.software holds, when the cluster was asked for one by name.",
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of the cluster's secrets (request.secrets), sorted. Their "
+        "values are sealed by the secret box in the store, never in the record.",
     )
 
     @property

@@ -8,6 +8,7 @@ wrong. Nothing here imports a cloud SDK. ``ControlPlane`` owns the runtime's one
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -46,6 +47,8 @@ SECRET_NAMES = (
     "client.pem",
     "client.key",
 )
+# The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
+ENVIRON_SECRETS = "environ-secrets"
 
 
 class ControlPlane:
@@ -101,12 +104,16 @@ class ControlPlane:
         Returns ``(cluster, created)``; a repeated ``idempotency_key`` with the same
         request returns the first cluster with ``created=False`` (see
         ``core.idempotency``). Secrets are written before the record, so a visible
-        cluster is never missing its certificates.
+        cluster is never missing its certificates or its sealed ``request.secrets``; the
+        record keeps only the names of those.
         """
         key = idempotency.check_key(idempotency_key)
         # The hash is of the request as sent: a retry naming an environment matches the
-        # first create even if the environment got a new revision since.
-        request_hash = idempotency.request_hash(request)
+        # first create even if the environment got a new revision since. Only a key's
+        # hash is stored; secret values count through a digest salted with the key.
+        request_hash = (
+            idempotency.request_hash(request, salt=f"{user.id}\0{key}") if key is not None else ""
+        )
         request, environment = self.software.resolve(user, request)
         cache = self.ports.idempotency
         if key is None or cache is None:
@@ -143,13 +150,16 @@ class ControlPlane:
             **{f"{role}.pem": pair.cert_pem for role, pair in pki.pairs.items()},
             **{f"{role}.key": pair.key_pem for role, pair in pki.pairs.items()},
         }
+        if request.secrets:
+            blobs[ENVIRON_SECRETS] = json.dumps(request.secrets)
         for secret_name, value in blobs.items():
             ports.store.put_secret(cluster_id, secret_name, ports.secrets.encrypt(value.encode()))
         record = ClusterRecord(
             id=cluster_id,
             owner=user.id,
             name=name,
-            request=request,
+            request=request.model_copy(update={"secrets": {}}),  # the values stay sealed
+            secrets=sorted(request.secrets),
             desired_workers=request.initial_workers,
             created_at=now,
             updated_at=now,
@@ -304,7 +314,9 @@ class ControlPlane:
         """Exchange a one-time instance token for the instance's config and certificates.
 
         Workers get ``NotReady`` (token not consumed) until the scheduler reported its
-        address. The scheduler also gets a fresh cluster token for its heartbeats.
+        address. The scheduler also gets a fresh cluster token for its heartbeats. The
+        config's ``environ`` holds the cluster's secrets, unsealed, besides its environ:
+        this answer is the one way their values leave the control plane.
         """
         cred = self._instance_credential(instance_token)
         token_hash = hash_token(str(instance_token))
@@ -327,7 +339,7 @@ class ControlPlane:
             "ca_cert": self._secret(record.id, "ca.pem"),
             "cert": self._secret(record.id, f"{role}.pem"),
             "key": self._secret(record.id, f"{role}.key"),
-            "environ": request.environ,
+            "environ": {**request.environ, **self._environ_secrets(record)},
             "nthreads": request.worker_cpu,
             "memory_limit": request.worker_memory,
             "heartbeat_interval": self.ports.settings.heartbeat_interval,
@@ -392,6 +404,12 @@ class ControlPlane:
 
     def _public(self, record: ClusterRecord) -> dict[str, Any]:
         return record.public(self.ports.store.get_heartbeat(record.id))
+
+    def _environ_secrets(self, record: ClusterRecord) -> dict[str, str]:
+        """The cluster's secrets by name, unsealed (no read when it has none)."""
+        if not record.secrets:
+            return {}
+        return dict(json.loads(self._secret(record.id, ENVIRON_SECRETS)))
 
     def _secret(self, cluster_id: str, name: str) -> str:
         blob = self.ports.store.get_secret(cluster_id, name)

@@ -54,7 +54,11 @@ class EmbeddedRuntime:
             data_dir / "objects", settings.control_url, data_dir / "objects.key"
         )
         ports = Ports(
-            store=SqliteStore(data_dir / "billow.db"),
+            store=SqliteStore(
+                data_dir / "billow.db",
+                # FULL: a committed transition survives power loss (sqlite_store.py).
+                synchronous=os.environ.get("BILLOW_SQLITE_SYNCHRONOUS") or "FULL",
+            ),
             provider=provider,
             orchestrator=orchestrator,
             secrets=FernetSecretBox.from_key_file(data_dir / "secret.key"),

@@ -3,9 +3,9 @@
 The store already makes ``POST /v1/clusters`` idempotent per ``Idempotency-Key``: one
 transaction writes the cluster, its name lock and the key. That is the source of truth.
 Before it gets there, though, every repeat of a create pays for a fresh cluster PKI,
-seven KMS ``Encrypt`` calls and seven secret writes (left behind under a cluster id that
-never exists). The powertools idempotency utility, with its own DynamoDB table, answers a
-*completed* repeat from one read instead.
+seven KMS ``Encrypt`` calls and seven secret writes (eight with ``secrets``; left behind
+under a cluster id that never exists). The powertools idempotency utility, with its own
+DynamoDB table, answers a *completed* repeat from one read instead.
 
 * The key is ``(owner, Idempotency-Key)``: the header alone would let one tenant replay
   another tenant's response by guessing a key.

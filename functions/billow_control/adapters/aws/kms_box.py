@@ -1,18 +1,30 @@
-"""KMS secret box: the AWS runtime's ``SecretBox``, sealing TLS private keys at rest.
+"""KMS secret box: the AWS runtime's ``SecretBox``, sealing cluster secrets at rest.
 
-Each secret is one KMS ``Encrypt`` under the deployment's key, with the encryption
-context ``{"billow:deployment": <deployment>}``. KMS binds the context to the ciphertext
-(it is authenticated, not secret): a blob copied to another deployment's table, or
-decrypted without the context, fails. The context also appears in CloudTrail, so every
-decrypt is attributable to a deployment.
+Every secret is sealed under the deployment's key with the encryption context
+``{"billow:deployment": <deployment>}``. KMS binds the context to the ciphertext (it is
+authenticated, not secret): a blob copied to another deployment's table, or decrypted
+without the context, fails. The context also appears in CloudTrail, so every decrypt is
+attributable to a deployment.
+
+Up to ``KMS_MAX_PLAINTEXT`` bytes (TLS keys and certificates) a secret is one KMS
+``Encrypt``. A larger one (a cluster's ``secrets``, up to 64 KiB) is sealed by envelope
+encryption: one ``GenerateDataKey`` under the same key and context, then AES-256-GCM
+with that data key here; the blob keeps the data key as KMS encrypted it, so opening it
+is again one KMS ``Decrypt``. An envelope blob starts with ``ENVELOPE``, which no KMS
+ciphertext blob does (those start with a version byte, ``0x01``, never ``0x00``).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from typing import Any
 
 KMS_MAX_PLAINTEXT = 4096  # bytes: the limit of a direct KMS Encrypt
+MAX_PLAINTEXT = 256 * 1024  # bytes: well within a DynamoDB item (400 KB)
 CONTEXT_KEY = "billow:deployment"
+ENVELOPE = b"\x00billow-envelope-1\x00"
+_NONCE_BYTES = 12
 
 
 class KmsSecretBox:
@@ -36,16 +48,17 @@ class KmsSecretBox:
         self.context = {CONTEXT_KEY: deployment}
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        """The KMS ciphertext blob of ``plaintext``.
+        """The sealed blob of ``plaintext``: a KMS ciphertext blob, or an envelope above
+        ``KMS_MAX_PLAINTEXT`` bytes.
 
-        Raises ``ValueError`` above ``KMS_MAX_PLAINTEXT`` bytes (a cluster's keys and
-        certificates are far smaller), and ``botocore.exceptions.ClientError`` when KMS
-        refuses (key disabled, no permission, throttled after retries).
+        Raises ``ValueError`` above ``MAX_PLAINTEXT`` bytes, and
+        ``botocore.exceptions.ClientError`` when KMS refuses (key disabled, no
+        permission, throttled after retries).
         """
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise ValueError(f"secret is {len(plaintext)} bytes; at most {MAX_PLAINTEXT}")
         if len(plaintext) > KMS_MAX_PLAINTEXT:
-            raise ValueError(
-                f"secret is {len(plaintext)} bytes; KMS encrypts at most {KMS_MAX_PLAINTEXT}"
-            )
+            return self._seal_envelope(plaintext)
         response = self.kms.encrypt(
             KeyId=self.key_id, Plaintext=plaintext, EncryptionContext=self.context
         )
@@ -55,9 +68,39 @@ class KmsSecretBox:
         """The plaintext of a blob from ``encrypt``.
 
         Raises ``botocore.exceptions.ClientError`` (``InvalidCiphertextException``) for a
-        blob of another key or deployment, or a tampered one.
+        blob of another key or deployment, and ``cryptography``'s ``InvalidTag`` for a
+        tampered envelope.
         """
+        if ciphertext.startswith(ENVELOPE):
+            return self._open_envelope(ciphertext)
+        return self._kms_decrypt(ciphertext)
+
+    def _kms_decrypt(self, blob: bytes) -> bytes:
         response = self.kms.decrypt(
-            CiphertextBlob=ciphertext, EncryptionContext=self.context, KeyId=self.key_id
+            CiphertextBlob=blob, EncryptionContext=self.context, KeyId=self.key_id
         )
         return bytes(response["Plaintext"])
+
+    def _seal_envelope(self, plaintext: bytes) -> bytes:
+        """``ENVELOPE``, the encrypted data key's length (2 bytes) and bytes, the nonce,
+        then the AES-GCM ciphertext, authenticated with everything before it."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = self.kms.generate_data_key(
+            KeyId=self.key_id, KeySpec="AES_256", EncryptionContext=self.context
+        )
+        sealed_key = bytes(key["CiphertextBlob"])
+        header = ENVELOPE + struct.pack(">H", len(sealed_key)) + sealed_key
+        nonce = os.urandom(_NONCE_BYTES)
+        body = AESGCM(bytes(key["Plaintext"])).encrypt(nonce, plaintext, header)
+        return header + nonce + body
+
+    def _open_envelope(self, blob: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        at = len(ENVELOPE)
+        (size,) = struct.unpack(">H", blob[at : at + 2])
+        header_end = at + 2 + size
+        header, nonce = blob[:header_end], blob[header_end : header_end + _NONCE_BYTES]
+        data_key = self._kms_decrypt(blob[at + 2 : header_end])
+        return AESGCM(data_key).decrypt(nonce, blob[header_end + _NONCE_BYTES :], header)

@@ -4,6 +4,15 @@ Cluster updates are conditional on the ``version`` column, so two writers never 
 update; creates and idempotency keys are written in one ``BEGIN IMMEDIATE`` transaction.
 A partial unique index keeps active names unique per owner.
 
+Durability: ``PRAGMA synchronous=FULL`` by default. In WAL mode that syncs the log at
+every commit, so a transition the store acknowledged (a create, a status change, a used
+one-time token) survives a power loss or an OS crash, as a DynamoDB write does.
+``NORMAL`` syncs only at checkpoints: still never corrupt, but the last commits before
+a power loss may be lost. Heartbeats alone are written with ``NORMAL`` whatever the
+setting: each is overwritten by the next within seconds, so losing the last ones costs
+nothing, while a sync per heartbeat at least halves their ingestion (``tests/bench/
+bench_watchdog.py`` measures both settings). The next synced commit syncs them too.
+
 Behaves as ``DynamoDBStore`` where the ``Store`` contract leaves room: an Idempotency-Key
 expires ``idempotency_ttl`` after its create (``idempotency.expires_at_epoch``, Unix
 seconds; an expired key is unused and is replaced by the next create with it), and a
@@ -63,6 +72,8 @@ CREATE TABLE IF NOT EXISTS software_environments (
 );
 """
 
+SYNCHRONOUS = ("FULL", "NORMAL")
+
 
 class SqliteStore:
     """Implements ``billow_control.core.ports.Store`` on one SQLite file.
@@ -76,6 +87,9 @@ class SqliteStore:
         How long an Idempotency-Key is remembered after the create that used it.
     clock
         Unix time in seconds, for Idempotency-Key expiry.
+    synchronous
+        SQLite's ``PRAGMA synchronous`` for every connection: ``"FULL"`` (default, a
+        commit survives power loss) or ``"NORMAL"`` (faster; see the module docstring).
     """
 
     def __init__(
@@ -84,7 +98,11 @@ class SqliteStore:
         *,
         idempotency_ttl: timedelta = timedelta(days=1),
         clock: Callable[[], float] = time.time,
+        synchronous: str = "FULL",
     ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
+        self.synchronous = synchronous.upper()
         self.path = str(path)
         self.idempotency_ttl = idempotency_ttl
         self.clock = clock
@@ -126,7 +144,7 @@ class SqliteStore:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
@@ -252,10 +270,20 @@ class SqliteStore:
     # -- heartbeats, secrets, tokens ----------------------------------------------------
 
     def put_heartbeat(self, beat: HeartbeatRecord) -> None:
-        self._conn().execute(
-            "INSERT OR REPLACE INTO heartbeats (cluster_id, doc) VALUES (?, ?)",
-            (beat.cluster_id, beat.model_dump_json()),
-        )
+        """Overwrite the latest heartbeat without syncing the WAL (see the module
+        docstring): an unsynced commit never undoes or reorders a synced one."""
+        conn = self._conn()
+        relaxed = self.synchronous != "NORMAL"
+        if relaxed:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO heartbeats (cluster_id, doc) VALUES (?, ?)",
+                (beat.cluster_id, beat.model_dump_json()),
+            )
+        finally:
+            if relaxed:
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None:
         row = self._one("SELECT doc FROM heartbeats WHERE cluster_id=?", cluster_id)
