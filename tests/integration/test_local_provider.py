@@ -134,6 +134,8 @@ PROVIDED = {
     "PATH",
     "LANG",
     "LC_ALL",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
     "PYTHONPATH",
     "PYTHONUNBUFFERED",
     "HOME",
@@ -170,6 +172,7 @@ def test_an_instance_inherits_nothing_of_the_server_and_gets_its_token_through_a
         "DASK_CONFIG": str(tmp_path),
         "HOME": str(tmp_path / "server-home"),
         "PATH": f"{tmp_path}/bin:/usr/bin:/bin",
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
     }.items():
         monkeypatch.setenv(key, value)
     script = tmp_path / "reporter"
@@ -189,7 +192,12 @@ def test_an_instance_inherits_nothing_of_the_server_and_gets_its_token_through_a
         directory = provider.instance_dir(launched.id)
         assert set(env) - SHELL_NOISE <= PROVIDED | {"BILLOW_ROLE", "OMP_NUM_THREADS"}, env
         assert env["OMP_NUM_THREADS"] == "1" and env["BILLOW_ROLE"] == "worker"
-        assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        # The interpreter's directory (here the stand-in's), then the system's.
+        assert (
+            env["PATH"]
+            == f"{tmp_path}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        )
+        assert env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"  # trust, no secret
         assert env["HOME"] == str(directory / "home") and (directory / "home").is_dir()
         assert got["cwd"] == str(directory)
         assert env["DASK_TEMPORARY_DIRECTORY"] == env["TMPDIR"] == str(directory / "scratch")

@@ -133,7 +133,10 @@ def _local_provider(
     if os.geteuid() == 0:
         workspace = workspace or ISOLATED_INSTANCE_DIR
         prepare_workspace(workspace)
-        probe_env = {**instance_environment(agent_pythonpath()), "HOME": "/nonexistent"}
+        probe_env = {
+            **instance_environment(sys.executable, agent_pythonpath()),
+            "HOME": "/nonexistent",
+        }
         problem = isolation_problem(sys.executable, probe_env, workspace)
     else:
         problem = "the server does not run as root"

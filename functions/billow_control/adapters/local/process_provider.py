@@ -7,8 +7,9 @@ Terminating sends SIGTERM to the group, and SIGKILL once the grace period has pa
 later call; that keeps ``terminate`` idempotent and crash-safe.
 
 An instance inherits nothing of the server but what ``instance_environment`` lists: the
-bootstrap variables of its spec, a safe ``PATH``, the locale, and ``PYTHONPATH`` only
-when the server imports billow through it (a source checkout). Its one-time token comes
+bootstrap variables of its spec, a ``PATH`` of the interpreter's and the system's
+directories, the locale, the TLS trust paths, and ``PYTHONPATH`` only when the server
+imports billow through it (a source checkout). Its one-time token comes
 through an inherited pipe (``BILLOW_INSTANCE_TOKEN_FD``), never its environment, so that
 ``/proc/<pid>/environ`` shows no secret.
 
@@ -86,6 +87,8 @@ _COLUMNS = "id, cluster_id, name, role, tags, pid, pid_start, launched_at, termi
 TOKEN_VARIABLE = "BILLOW_INSTANCE_TOKEN"  # in the spec (EC2 user data exports it)
 TOKEN_FD_VARIABLE = "BILLOW_INSTANCE_TOKEN_FD"  # what local instances get instead
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The only variables of the server's environment an instance gets (none is a secret).
+PASSED_THROUGH = ("LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _AGENT_PACKAGES = ("billow", "billow_control")
 
 
@@ -105,13 +108,24 @@ def agent_pythonpath(environ: Mapping[str, str] = os.environ) -> str | None:
     return os.pathsep.join(needed) or None
 
 
-def instance_environment(pythonpath: str | None) -> dict[str, str]:
-    """What every instance process starts with, before its spec's variables: a safe
-    ``PATH``, the server's locale, ``PYTHONPATH`` if the agent needs it to import billow,
-    and ``PYTHONUNBUFFERED``. Nothing else of the server's environment."""
-    env = {"PATH": SAFE_PATH, "LANG": os.environ.get("LANG") or "C.UTF-8"}
-    if os.environ.get("LC_ALL"):
-        env["LC_ALL"] = os.environ["LC_ALL"]
+def instance_environment(python: str, pythonpath: str | None) -> dict[str, str]:
+    """What every instance process starts with, before its spec's variables.
+
+    ``PATH``: the bin directories of the agent's interpreter ``python`` (as named, and
+    resolved: its venv's and its installation's, where uv finds the server's own Python
+    for a cluster's environment) and the system's; the server's locale; its TLS trust
+    (``SSL_CERT_FILE``, ``SSL_CERT_DIR``: paths of CA bundles, which uv and httpx need
+    where a private CA signs the package index or the control plane); ``PYTHONPATH``
+    only when the agent needs it to import billow; ``PYTHONUNBUFFERED``. Nothing else of
+    the server's environment.
+    """
+    directories = [os.path.dirname(python), os.path.dirname(os.path.realpath(python))]
+    directories += SAFE_PATH.split(os.pathsep)
+    env = {"PATH": os.pathsep.join(dict.fromkeys(d for d in directories if d))}
+    env["LANG"] = os.environ.get("LANG") or "C.UTF-8"
+    for name in PASSED_THROUGH:
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     env["PYTHONUNBUFFERED"] = "1"
@@ -267,7 +281,7 @@ class LocalProcessProvider:
             log = self.log_path(instance_id)
             log.parent.mkdir(parents=True, exist_ok=True)
             env = {
-                **instance_environment(self.pythonpath),
+                **instance_environment(self.python, self.pythonpath),
                 **{k: v for k, v in spec.environment.items() if k != TOKEN_VARIABLE},
                 "HOME": str(workdir / HOME),
                 "TMPDIR": str(workdir / SCRATCH),
