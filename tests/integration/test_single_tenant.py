@@ -8,7 +8,11 @@ instances as one unprivileged OS user per owner (the server is not root).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -17,6 +21,7 @@ import pytest
 from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.adapters.local.sqlite_store import SqliteStore
+from billow_control.adapters.local.tenant_users import isolation_problem
 from billow_control.api.app import build_app
 from billow_control.core.errors import Conflict
 from billow_control.core.ports import Ports
@@ -91,3 +96,27 @@ def test_the_core_refuses_a_second_user_only_when_single_tenant(
         with pytest.raises(Conflict, match="single-tenant"):
             plane.add_user(admin, "bob")
         assert plane.ports.store.count_users() == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root could isolate")
+def test_a_root_server_whose_agent_others_cannot_run_is_single_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hidden = tmp_path / "private"  # like a pyenv under /root: 0700 root
+    hidden.mkdir(mode=0o700)
+    python = hidden / "python"
+    python.symlink_to(sys.executable)
+    workspace = Path(tempfile.mkdtemp(prefix="billow-test-instances-"))
+    try:
+        problem = isolation_problem(str(python), {"PATH": "/usr/bin:/bin"}, workspace)
+        assert problem is not None and "cannot run" in problem and str(python) in problem
+
+        monkeypatch.setattr(sys, "executable", str(python))
+        with caplog.at_level(logging.WARNING):
+            runtime = EmbeddedRuntime.create(tmp_path / "data", ControlSettings(), workspace)
+        assert not runtime.provider.isolates_tenants
+        assert runtime.ports.settings.multi_tenant is False
+        assert runtime.provider.workspace == workspace  # as asked, run as the server
+        assert "single-tenant" in caplog.text and str(python) in caplog.text
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
