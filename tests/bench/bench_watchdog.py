@@ -138,7 +138,9 @@ def prepare_clusters(root: Path, port: int, n: int) -> list[str]:
     stub.write_text(STUB)
     stub.chmod(0o755)
     url = f"http://127.0.0.1:{port}"
-    runtime = EmbeddedRuntime.create(root / "data", ControlSettings(control_url=url))
+    runtime = EmbeddedRuntime.create(
+        root / "data", ControlSettings(control_url=url), instance_dir=root / "work"
+    )
     runtime.provider.python = str(stub)
     token = runtime.plane.bootstrap_admin()
     assert token is not None, "fresh data dir expected"

@@ -27,6 +27,7 @@ from billow_control.core.errors import Conflict
 from billow_control.core.ports import Ports
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
+from billow_control.runtimes import embedded
 from billow_control.runtimes.embedded import EmbeddedRuntime
 from billow_control.runtimes.http_proxy import ProxyASGIApp
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
@@ -118,5 +119,12 @@ def test_a_root_server_whose_agent_others_cannot_run_is_single_tenant(
         assert runtime.ports.settings.multi_tenant is False
         assert runtime.provider.workspace == workspace  # as asked, run as the server
         assert "single-tenant" in caplog.text and str(python) in caplog.text
+
+        # The default instance dir is not left behind, empty, when isolation fails.
+        default = workspace / "default"
+        monkeypatch.setattr(embedded, "ISOLATED_INSTANCE_DIR", default)
+        again = EmbeddedRuntime.create(tmp_path / "data2", ControlSettings())
+        assert not default.exists()
+        assert again.provider.workspace == tmp_path / "data2" / "instances"
     finally:
         shutil.rmtree(workspace, ignore_errors=True)

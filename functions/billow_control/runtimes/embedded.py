@@ -12,6 +12,7 @@ default to ``<data_dir>/instances``; the log says why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from ..adapters.local.event_log import JsonLinesEventBus
 from ..adapters.local.fernet_box import FernetSecretBox
 from ..adapters.local.object_store import LocalObjectStore
 from ..adapters.local.process_provider import (
+    USERS,
     LocalProcessProvider,
     agent_pythonpath,
     instance_environment,
@@ -132,12 +134,18 @@ def _local_provider(
     workspace = Path(instance_dir) if instance_dir is not None else None
     if os.geteuid() == 0:
         workspace = workspace or ISOLATED_INSTANCE_DIR
+        made = not workspace.exists()
         prepare_workspace(workspace)
         probe_env = {
             **instance_environment(sys.executable, agent_pythonpath()),
             "HOME": "/nonexistent",
         }
         problem = isolation_problem(sys.executable, probe_env, workspace)
+        if problem is not None and made:  # leave no empty directory behind
+            with contextlib.suppress(OSError):
+                (workspace / USERS).rmdir()
+                workspace.rmdir()
+            workspace = Path(instance_dir) if instance_dir is not None else None
     else:
         problem = "the server does not run as root"
     if problem is None:
