@@ -1,8 +1,11 @@
 """``python -m billow.agent``: the one bootstrap every provider runs on an instance.
 
-Reads ``BILLOW_CONTROL_URL``, ``BILLOW_INSTANCE_TOKEN`` and ``BILLOW_ROLE`` from the
-environment, exchanges the one-time token for the instance's certificates and config,
-then runs a TLS-only Dask scheduler (with the Billow plugin) or worker until it closes.
+Reads ``BILLOW_CONTROL_URL`` and ``BILLOW_ROLE`` from the environment and the one-time
+instance token from the pipe named by ``BILLOW_INSTANCE_TOKEN_FD`` (local processes: the
+token never appears in ``/proc/<pid>/environ``) or from ``BILLOW_INSTANCE_TOKEN`` (EC2
+user data, on the tenant's own machine), removing both variables before anything else
+runs; exchanges the token for the instance's certificates and config, then runs a
+TLS-only Dask scheduler (with the Billow plugin) or worker until it closes.
 
 When the cluster has software of its own (package sync, a named environment), the agent
 first builds or reuses that environment (``billow.software.environment``, keyed by the
@@ -32,6 +35,30 @@ import httpx
 
 log = logging.getLogger("billow.agent")
 BOOTSTRAP_DEADLINE = 900.0
+TOKEN_VARIABLE = "BILLOW_INSTANCE_TOKEN"
+TOKEN_FD_VARIABLE = "BILLOW_INSTANCE_TOKEN_FD"
+
+
+def take_instance_token(environ: Any = os.environ) -> str | None:
+    """The one-time instance token, with ``BILLOW_INSTANCE_TOKEN_FD`` and
+    ``BILLOW_INSTANCE_TOKEN`` removed from ``environ`` (so from every child's too).
+
+    Read to its end (and closed) from the descriptor the first names if set, else the
+    value of the second; ``None`` if neither is set. Raises ``OSError`` if the descriptor
+    cannot be read, ``ValueError`` if it is not a number.
+    """
+    fd_text = environ.pop(TOKEN_FD_VARIABLE, None)
+    value = environ.pop(TOKEN_VARIABLE, None)
+    if fd_text:
+        fd = int(fd_text)
+        chunks = []
+        try:
+            while chunk := os.read(fd, 4096):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        value = b"".join(chunks).decode()
+    return value.strip() if value and value.strip() else None
 
 
 def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE) -> dict[str, Any]:
@@ -189,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         config = read_config(argv[1])  # second stage: already in the cluster's environment
     else:
         try:
-            url = os.environ["BILLOW_CONTROL_URL"]
-            token = os.environ["BILLOW_INSTANCE_TOKEN"]
-        except KeyError as e:
-            print(f"billow agent: missing environment variable {e.args[0]}", file=sys.stderr)
+            token = take_instance_token(os.environ)  # one-time: kept out of user code
+        except (OSError, ValueError) as e:
+            print(f"billow agent: cannot read the instance token: {e}", file=sys.stderr)
+            return 2
+        url = os.environ.get("BILLOW_CONTROL_URL")
+        if not url or not token:
+            missing = "BILLOW_CONTROL_URL" if not url else f"{TOKEN_VARIABLE} (or _FD)"
+            print(f"billow agent: missing environment variable {missing}", file=sys.stderr)
             return 2
         if not os.environ.get("BILLOW_SOFTWARE_KEY"):
             # The cluster runs this interpreter's packages: import distributed while
@@ -200,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ImportError):
                 import distributed  # noqa: F401
         config = bootstrap(url, token)
-        os.environ.pop("BILLOW_INSTANCE_TOKEN", None)  # one-time: keep it out of user code
         if config.get("software"):
             from .errors import EnvironmentBuildError
 

@@ -54,8 +54,16 @@ def server(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8787, help="Port to listen on; 0 picks a free one."),
     login_file: Path = typer.Option(None, help="Where to save the admin login on first start."),
+    instance_dir: Path = typer.Option(
+        None,
+        help="Where instances work (default: billow.instance-dir, else "
+        "/var/lib/billow-instances as root, <data-dir>/instances otherwise).",
+    ),
 ) -> None:
-    """Run the embedded control plane (SQLite store, local-process instances)."""
+    """Run the embedded control plane (SQLite store, local-process instances).
+
+    As root, each user's instances run as an unprivileged OS user of their own and the
+    server serves several users; otherwise it serves one (a second user is refused)."""
     import dask.config
     from pydantic import ValidationError
 
@@ -70,7 +78,15 @@ def server(
         key = str(first["loc"][0]).replace("_", "-") if first["loc"] else "?"
         console.print(f"[red]error:[/red] billow.{key}: {first['msg']}")
         raise typer.Exit(2) from None
-    serve(data_dir or config.data_dir(), host, port, login_file or config.login_file(), settings)
+    instance_dir = instance_dir or config.get("instance-dir")
+    serve(
+        data_dir or config.data_dir(),
+        host,
+        port,
+        login_file or config.login_file(),
+        settings,
+        Path(instance_dir).expanduser() if instance_dir else None,
+    )
 
 
 @app.command()

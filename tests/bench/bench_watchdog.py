@@ -102,9 +102,10 @@ STOPPED = 5_000
 PASSES = 9
 GOAL_PER_SECOND = 1_000
 
-# Stands in for `python -m billow.agent`: keeps the instance token, stays alive an hour.
+# Stands in for `python -m billow.agent`: keeps the instance token (from the pipe the
+# provider passes), stays alive an hour.
 STUB = """#!/bin/sh
-printf '%s' "$BILLOW_INSTANCE_TOKEN" > token.tmp && mv token.tmp token
+cat "/dev/fd/$BILLOW_INSTANCE_TOKEN_FD" > token.tmp && mv token.tmp token
 exec sleep 3600
 """
 
@@ -142,7 +143,9 @@ def prepare_clusters(root: Path, port: int, n: int) -> list[str]:
     stub.write_text(STUB)
     stub.chmod(0o755)
     url = f"http://127.0.0.1:{port}"
-    runtime = EmbeddedRuntime.create(root / "data", ControlSettings(control_url=url))
+    runtime = EmbeddedRuntime.create(
+        root / "data", ControlSettings(control_url=url), instance_dir=root / "work"
+    )
     runtime.provider.python = str(stub)
     token = runtime.plane.bootstrap_admin()
     assert token is not None, "fresh data dir expected"
@@ -162,10 +165,10 @@ def instance_token(server: EmbeddedServer, cluster_id: str) -> str:
     """The token the stub scheduler of ``cluster_id`` was started with."""
     db = server.data_dir / "instances" / "instances.db"
     with sqlite3.connect(db) as conn:
-        (instance_id,) = conn.execute(
-            "SELECT id FROM instances WHERE cluster_id=? AND role='scheduler'", (cluster_id,)
+        (workdir,) = conn.execute(
+            "SELECT workdir FROM instances WHERE cluster_id=? AND role='scheduler'", (cluster_id,)
         ).fetchone()
-    path = server.data_dir / "instances" / instance_id / "token"
+    path = Path(workdir) / "token"
     wait_until(path.exists, 10, f"stub scheduler of {cluster_id} saved its token")
     return path.read_text()
 

@@ -148,8 +148,9 @@ def test_workers_run_the_clients_editable_package_and_pandas(
         assert all("billowtestpkg on envs" in a for a in got["answers"])
         assert len(set(got["pandas"].values())) == 1
         assert "Dask" in got["dashboard"] and "bokeh" in got["dashboard"].lower()
-    # The second cluster used the cached environment: the same spec, the same directory.
-    envs = embedded_server.data_dir / "envs"
+    # The second cluster used the cached environment: the same spec, the same directory
+    # (in the shared cache, or in the admin's own when the server isolates tenants).
+    [envs] = embedded_server.env_caches()
     built = [p for p in envs.iterdir() if (p / ".complete").exists()]
     assert len(built) == 1, sorted(p.name for p in envs.iterdir())
 

@@ -8,8 +8,10 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +20,13 @@ from pathlib import Path
 import httpx
 
 from billow._processes import pid_alive  # noqa: F401  (re-exported for tests)
+from tests.support.tenants import shared_python
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
 
 
 def free_port() -> int:
@@ -58,25 +65,44 @@ def http_ok(url: str) -> bool:
 
 
 class EmbeddedServer:
-    """``billow server`` as a subprocess with its own data dir and login file."""
+    """``billow server`` as a subprocess with its own data dir and login file.
 
-    def __init__(self, root: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
+    As root (CI), the server isolates tenants as in production: it runs from an
+    interpreter unprivileged users can run (``tests.support.tenants.shared_python``) with
+    its instances in a directory of ``/tmp`` they can reach (pytest's ``tmp_path`` is
+    0700 root). ``kill_instances`` (the last step of every test using one) also deletes
+    that directory and the OS users the server created.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        login_file: Path | None = None,
+    ) -> None:
         self.root = Path(root)
         self.data_dir = self.root / "data"
-        self.login_file = self.root / "login.yaml"
+        self.login_file = Path(login_file) if login_file else self.root / "login.yaml"
         self.log_path = self.root / "server.log"
         self.port = port
         self.env = {**os.environ, **(env or {})}
+        self.python = python or (shared_python() or sys.executable if is_root() else sys.executable)
+        self.instance_dir: Path | None = None
+        if is_root():
+            self.instance_dir = Path(tempfile.mkdtemp(prefix="billow-test-instances-"))
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> EmbeddedServer:
         (self.data_dir / "server.json").unlink(missing_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        where = ["--instance-dir", str(self.instance_dir)] if self.instance_dir else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable,
+                    self.python,
                     "-m",
                     "billow.cli",
                     "server",
@@ -86,6 +112,7 @@ class EmbeddedServer:
                     str(self.port),
                     "--login-file",
                     str(self.login_file),
+                    *where,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -131,13 +158,69 @@ class EmbeddedServer:
         with sqlite3.connect(db) as conn:
             return [r[0] for r in conn.execute(sql, args)]
 
+    def _instance_rows(self, cluster_id: str) -> list[dict[str, object]]:
+        db = self.data_dir / "instances" / "instances.db"
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM instances WHERE cluster_id=?", (cluster_id,))
+            return [dict(r) for r in rows]
+
+    def instance_dirs(self, cluster_id: str) -> list[Path]:
+        """The working directories of the instances of ``cluster_id``."""
+        return [
+            Path(str(r["workdir"]))
+            if r.get("workdir")
+            else self.data_dir / "instances" / str(r["id"])
+            for r in self._instance_rows(cluster_id)
+        ]
+
+    def instance_users(self, cluster_id: str) -> set[str]:
+        """The OS users the instances of ``cluster_id`` run as (none if not isolated)."""
+        return {str(r["os_user"]) for r in self._instance_rows(cluster_id) if r.get("os_user")}
+
+    def instance_logs(self, cluster_id: str) -> list[Path]:
+        """The ``instance.log`` files the server keeps for the instances of ``cluster_id``."""
+        return [
+            self.data_dir / "instances" / str(r["id"]) / "instance.log"
+            for r in self._instance_rows(cluster_id)
+        ]
+
     def live_instance_pids(self, cluster_id: str | None = None) -> list[int]:
         return [p for p in self.instance_pids(cluster_id) if pid_alive(p)]
 
+    @property
+    def multi_tenant(self) -> bool:
+        """Whether the server isolates tenants (and so accepts a second user)."""
+        return "one unprivileged OS user per owner" in self.log_path.read_text()
+
+    def env_caches(self) -> list[Path]:
+        """Where instances build environments: the shared cache, or each owner's."""
+        caches = [self.data_dir / "envs"]
+        if self.instance_dir is not None:
+            caches += sorted((self.instance_dir / "users").glob("*/envs"))
+        return [c for c in caches if c.is_dir()]
+
     def kill_instances(self) -> None:
-        for pid in self.live_instance_pids():
+        """SIGKILL every live instance; once the server is stopped too, delete what it
+        made outside its root (the instance directory, the OS users of its tenants)."""
+        pids = self.live_instance_pids()
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        if self.proc is None or self.proc.poll() is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not [p for p in pids if pid_alive(p)], 10, "instances gone")
+        db = self.data_dir / "instances" / "instances.db"
+        if db.exists():
+            with (
+                contextlib.closing(sqlite3.connect(db)) as conn,
+                contextlib.suppress(sqlite3.OperationalError),  # a db made before accounts
+            ):
+                for (name,) in conn.execute("SELECT name FROM accounts").fetchall():
+                    subprocess.run(["userdel", "--force", name], capture_output=True)
+        if self.instance_dir is not None:
+            shutil.rmtree(self.instance_dir, ignore_errors=True)
 
 
 # moto_server with one request at a time. The threaded moto_server applies a

@@ -50,6 +50,15 @@ SECRET_NAMES = (
 # The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
 ENVIRON_SECRETS = "environ-secrets"
 
+SINGLE_TENANT = (
+    "this server is single-tenant: it cannot isolate one user's instances from another's "
+    "(they would run as the same OS user as the server and could read its secrets), so "
+    "it serves one user only. To serve several users, run `billow server` as root, with "
+    "billow installed where unprivileged users can read it (each user's instances then "
+    "run as an OS user of their own; the server's log says what is missing), or run one "
+    "server per user."
+)
+
 
 class ControlPlane:
     """The control plane's use cases over the one ``Ports`` bundle of a runtime."""
@@ -80,11 +89,18 @@ class ControlPlane:
         return user, token
 
     def add_user(self, admin: User, name: str) -> dict[str, Any]:
-        """Admins create users; the new token is in the answer and nowhere else."""
+        """Admins create users; the new token is in the answer and nowhere else.
+
+        A single-tenant deployment (``ControlSettings.multi_tenant`` off: its instances
+        could read one another's files and the control plane's) refuses any user beyond
+        the first with ``Conflict``.
+        """
         if not admin.is_admin:
             raise Forbidden("only admins can create users")
         if not name or len(name) > 64:
             raise Invalid("name must be 1 to 64 characters", field="name")
+        if not self.ports.settings.multi_tenant and self.ports.store.count_users() > 0:
+            raise Conflict(SINGLE_TENANT)
         user, token = self.create_user(name)
         return {**user.model_dump(), "token": token}
 

@@ -52,6 +52,12 @@ class ControlSettings(BaseModel):
     orphan_grace: float = 300.0
     gpu_utilization_threshold: float = 0.1
     gpu_idle_warning: float = 900.0
+    # Whether the instances of one user are isolated from another's. Cloud instances are
+    # machines of their own; the embedded server turns this off when its processes would
+    # share an OS user (it is not root), and then refuses a second user.
+    multi_tenant: bool = Field(
+        default=True, description="whether this deployment may serve more than one user"
+    )
     # The instance kit (``ControlPlane.instance_kit``): objects of the deployment's object
     # store that bare instances bootstrap from; scripts/upload-instance-kit.sh makes them.
     agent_wheel: str | None = Field(

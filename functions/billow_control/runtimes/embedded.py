@@ -1,11 +1,21 @@
 """Composition root of the embedded control plane: SQLite, local processes, threads,
 wired into one ``Ports`` bundle, plus the timer that stands in for the scheduled
-watchdog function."""
+watchdog function.
+
+Run as root (and with an agent interpreter unprivileged users can run), the server runs
+each owner's instances as an OS user of their own (``adapters.local.tenant_users``), with
+working directories in ``instance_dir`` (default ``/var/lib/billow-instances``: outside
+the data directory, which stays 0700 root). Otherwise it is single-tenant
+(``ControlSettings.multi_tenant`` off: a second user is refused) and instance directories
+default to ``<data_dir>/instances``; the log says why.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +26,23 @@ from ..adapters.clock import SystemClock
 from ..adapters.local.event_log import JsonLinesEventBus
 from ..adapters.local.fernet_box import FernetSecretBox
 from ..adapters.local.object_store import LocalObjectStore
-from ..adapters.local.process_provider import LocalProcessProvider
+from ..adapters.local.process_provider import (
+    USERS,
+    LocalProcessProvider,
+    agent_pythonpath,
+    instance_environment,
+    prepare_workspace,
+)
 from ..adapters.local.sqlite_store import SqliteStore
+from ..adapters.local.tenant_users import TenantAccounts, isolation_problem
 from ..adapters.local.thread_orchestrator import LocalOrchestrator
 from ..core.ports import Ports
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
 
 log = logging.getLogger(__name__)
+
+ISOLATED_INSTANCE_DIR = Path("/var/lib/billow-instances")
 
 
 @dataclass
@@ -41,14 +60,19 @@ class EmbeddedRuntime:
     _timer: threading.Thread | None = None
 
     @classmethod
-    def create(cls, data_dir: Path, settings: ControlSettings) -> EmbeddedRuntime:
+    def create(
+        cls, data_dir: Path, settings: ControlSettings, instance_dir: Path | None = None
+    ) -> EmbeddedRuntime:
+        """The runtime over ``data_dir``; ``settings.multi_tenant`` is turned off unless
+        the provider isolates tenants. ``instance_dir``: where instances work (see the
+        module's docstring for the default)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         clock = SystemClock()
-        provider = LocalProcessProvider(
-            data_dir / "instances", settings.deployment, clock, env_cache=data_dir / "envs"
-        )
+        provider = _local_provider(data_dir, settings.deployment, clock, instance_dir)
+        if settings.multi_tenant and not provider.isolates_tenants:
+            settings = settings.model_copy(update={"multi_tenant": False})
         orchestrator = LocalOrchestrator()
         objects = LocalObjectStore(
             data_dir / "objects", settings.control_url, data_dir / "objects.key"
@@ -69,6 +93,12 @@ class EmbeddedRuntime:
         )
         plane = ControlPlane(ports)
         orchestrator.reconcile = plane.lifecycle.reconcile
+        if not settings.multi_tenant and ports.store.count_users() > 1:
+            log.warning(
+                "this single-tenant server has %d users from an earlier run: their "
+                "instances are not isolated from one another",
+                ports.store.count_users(),
+            )
         return cls(data_dir, ports, plane, orchestrator, provider, objects)
 
     def start(self) -> None:
@@ -98,6 +128,49 @@ class EmbeddedRuntime:
                 continue
             if report.acted:
                 log.info("watchdog: %s", report.summary())
+
+
+def _local_provider(
+    data_dir: Path, deployment: str, clock: SystemClock, instance_dir: Path | None
+) -> LocalProcessProvider:
+    """The local-process provider, isolating tenants when it can (and saying why not)."""
+    accounts: TenantAccounts | None = None
+    workspace = Path(instance_dir) if instance_dir is not None else None
+    if os.geteuid() == 0:
+        workspace = workspace or ISOLATED_INSTANCE_DIR
+        made = not workspace.exists()
+        prepare_workspace(workspace)
+        probe_env = {
+            **instance_environment(sys.executable, agent_pythonpath()),
+            "HOME": "/nonexistent",
+        }
+        problem = isolation_problem(sys.executable, probe_env, workspace)
+        if problem is not None and made:  # leave no empty directory behind
+            with contextlib.suppress(OSError):
+                (workspace / USERS).rmdir()
+                workspace.rmdir()
+            workspace = Path(instance_dir) if instance_dir is not None else None
+    else:
+        problem = "the server does not run as root"
+    if problem is None:
+        accounts = TenantAccounts()
+        log.info("instances run as one unprivileged OS user per owner, in %s", workspace)
+    else:
+        workspace = workspace or data_dir / "instances"
+        log.warning(
+            "single-tenant: instances run as the server's own user (%s); a second user is "
+            "refused. Run `billow server` as root with billow installed where unprivileged "
+            "users can read it to serve several users.",
+            problem,
+        )
+    return LocalProcessProvider(
+        data_dir / "instances",
+        deployment,
+        clock,
+        env_cache=data_dir / "envs",
+        workspace=workspace,
+        accounts=accounts,
+    )
 
 
 def write_login(path: Path, server: str, token: str) -> None:

@@ -20,11 +20,17 @@ log = logging.getLogger("billow.server")
 
 
 def serve(
-    data_dir: Path, host: str, port: int, login_file: Path | None, settings: ControlSettings
+    data_dir: Path,
+    host: str,
+    port: int,
+    login_file: Path | None,
+    settings: ControlSettings,
+    instance_dir: Path | None = None,
 ) -> None:
     """Bind, start the runtime, write the admin login on first start, serve until stopped.
 
     ``port=0`` picks a free port; the URL and PID are written to ``<data_dir>/server.json``.
+    ``instance_dir``: where instances work (``EmbeddedRuntime.create``).
     """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that declare it, and
     # without it every response waits ~40 ms on the client's delayed ACK.
@@ -34,7 +40,7 @@ def serve(
     sock.listen(512)
     url = f"http://{host}:{sock.getsockname()[1]}"
     settings = settings.model_copy(update={"control_url": url})
-    runtime = EmbeddedRuntime.create(data_dir, settings)
+    runtime = EmbeddedRuntime.create(data_dir, settings, instance_dir)
     token = runtime.plane.bootstrap_admin()
     if token is not None and login_file is not None:
         write_login(login_file, url, token)

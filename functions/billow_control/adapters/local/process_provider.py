@@ -6,33 +6,52 @@ from ``/proc`` (pid plus start time, so a reused pid is never mistaken for an in
 Terminating sends SIGTERM to the group, and SIGKILL once the grace period has passed on a
 later call; that keeps ``terminate`` idempotent and crash-safe.
 
-Instances that run a cluster's own software build (or reuse) its environment under
-``env_cache``, shared by the instances of this machine and keyed by the spec's hash.
+An instance inherits nothing of the server but what ``instance_environment`` lists: the
+bootstrap variables of its spec, a ``PATH`` of the interpreter's and the system's
+directories, the locale, the TLS trust paths, and ``PYTHONPATH`` only when the server
+imports billow through it (a source checkout). Its one-time token comes
+through an inherited pipe (``BILLOW_INSTANCE_TOKEN_FD``), never its environment, so that
+``/proc/<pid>/environ`` shows no secret.
 
-Each instance gets a directory of its own (its working directory, ``instance.log``,
-``exit_code``) and, inside it, ``scratch/``: Dask's temporary directory, where workers
-spill. ``sweep_cluster_resources`` deletes the scratch directories of finished clusters
-(a killed worker never cleans up after itself); logs stay.
+Each instance gets a working directory of its own under ``workspace`` (``home/``, its
+``HOME``; ``scratch/``, Dask's and ``tempfile``'s temporary directory, where workers
+spill; ``exit_code``). Its ``instance.log`` is kept apart, under ``root/<id>/`` (the
+server's state), where the instance cannot replace it with a link to something else.
+``sweep_cluster_resources`` deletes the scratch directories of finished clusters (a killed
+worker never cleans up after itself); logs stay.
+
+With ``accounts`` (the server is root, see ``tenant_users``), each instance runs as its
+owner's unprivileged OS user: its working directory is that user's, mode 0700, in a
+``workspace`` of mode 0711 that other users cannot list; environments of a cluster's own
+software are built by the owner's instances in the owner's cache
+(``workspace/users/<os user>/envs``), never shared with another owner, whose instances
+could otherwise plant code in them. Without ``accounts`` instances run as the server's
+user and share ``env_cache``, keyed by the spec's hash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ...core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState, new_id
 from ...core.ports import Clock
+from ...core.tags import OWNER
+from .tenant_users import Account, IsolationError, TenantAccounts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -49,10 +68,99 @@ CREATE TABLE IF NOT EXISTS instances (
     gone INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_cluster ON instances(cluster_id);
+CREATE TABLE IF NOT EXISTS accounts (
+    owner TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    first_used_at TEXT NOT NULL
+);
 """
+# Columns added after the first release: ALTER TABLE'd into older instances.db files.
+_ADDED_COLUMNS = {"workdir": "TEXT", "os_user": "TEXT"}
 
 SCRATCH = "scratch"
+HOME = "home"
+USERS = "users"  # workspace/users/<os user>/envs: each owner's environment cache
+LOG = "instance.log"
 _COLUMNS = "id, cluster_id, name, role, tags, pid, pid_start, launched_at, terminate_requested_at"
+
+TOKEN_VARIABLE = "BILLOW_INSTANCE_TOKEN"  # in the spec (EC2 user data exports it)
+TOKEN_FD_VARIABLE = "BILLOW_INSTANCE_TOKEN_FD"  # what local instances get instead
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The only variables of the server's environment an instance gets (none is a secret).
+PASSED_THROUGH = ("LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_AGENT_PACKAGES = ("billow", "billow_control")
+
+
+def agent_pythonpath(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The entries of ``environ``'s ``PYTHONPATH`` this process imports billow and
+    billow_control from (a source checkout run with ``PYTHONPATH=functions:sdk``), or
+    ``None`` when they come from the interpreter's own site-packages: the agent must
+    import the same code as the server, and nothing else of the server's path."""
+    entries = [e for e in environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    needed: list[str] = []
+    for package in _AGENT_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        for location in locations:
+            parent = Path(location).resolve().parent
+            needed += [e for e in entries if Path(e).resolve() == parent and e not in needed]
+    return os.pathsep.join(needed) or None
+
+
+def instance_environment(python: str, pythonpath: str | None) -> dict[str, str]:
+    """What every instance process starts with, before its spec's variables.
+
+    ``PATH``: the bin directories of the agent's interpreter ``python`` (as named, and
+    resolved: its venv's and its installation's, where uv finds the server's own Python
+    for a cluster's environment) and the system's; the server's locale; its TLS trust
+    (``SSL_CERT_FILE``, ``SSL_CERT_DIR``: paths of CA bundles, which uv and httpx need
+    where a private CA signs the package index or the control plane); ``PYTHONPATH``
+    only when the agent needs it to import billow; ``PYTHONUNBUFFERED``. Nothing else of
+    the server's environment.
+    """
+    directories = [os.path.dirname(python), os.path.dirname(os.path.realpath(python))]
+    directories += SAFE_PATH.split(os.pathsep)
+    env = {"PATH": os.pathsep.join(dict.fromkeys(d for d in directories if d))}
+    env["LANG"] = os.environ.get("LANG") or "C.UTF-8"
+    for name in PASSED_THROUGH:
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def prepare_workspace(workspace: Path) -> None:
+    """Make ``workspace`` (and its ``users/``) root-owned directories of mode 0711: every
+    instance user can reach its own directory inside, none can list them.
+
+    Raises ``IsolationError`` if either is a symbolic link or not a directory.
+    """
+    workspace.mkdir(parents=True, exist_ok=True)
+    for directory in (workspace, workspace / USERS):
+        directory.mkdir(exist_ok=True)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise IsolationError(f"{directory} must be a directory, not a link or a file")
+        os.chown(directory, 0, 0)
+        os.chmod(directory, 0o711)
+
+
+def _read_small(path: Path, limit: int = 64) -> str | None:
+    """The first ``limit`` bytes of a regular file, without following a link or blocking
+    on a FIFO (an instance user owns the directory), or ``None``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -68,7 +176,12 @@ def process_start_time(pid: int) -> str | None:
 
 
 class LocalProcessProvider:
-    """Implements ``billow_control.core.ports.Provider`` with local processes."""
+    """Implements ``billow_control.core.ports.Provider`` with local processes.
+
+    ``root`` holds the provider's state (``instances.db``, the instance logs); instance
+    working directories go to ``workspace`` (default ``root``). With ``accounts``,
+    instances run as their owner's OS user (see the module's docstring).
+    """
 
     def __init__(
         self,
@@ -78,6 +191,8 @@ class LocalProcessProvider:
         grace_period: float = 5.0,
         python: str = sys.executable,
         env_cache: Path | None = None,
+        workspace: Path | None = None,
+        accounts: TenantAccounts | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -86,10 +201,27 @@ class LocalProcessProvider:
         self.grace_period = grace_period
         self.python = python
         self.env_cache = Path(env_cache) if env_cache is not None else self.root / "envs"
+        self.workspace = Path(workspace) if workspace is not None else self.root
+        self.accounts = accounts
+        if accounts is not None:
+            prepare_workspace(self.workspace)
+        else:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        self.pythonpath = agent_pythonpath()
         self._children: dict[int, subprocess.Popen] = {}
+        self._recorded_owners: set[str] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._db().executescript(SCHEMA)
+        columns = {row[1] for row in self._db().execute("PRAGMA table_info(instances)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in columns:
+                self._db().execute(f"ALTER TABLE instances ADD COLUMN {column} {kind}")
+
+    @property
+    def isolates_tenants(self) -> bool:
+        """Whether each owner's instances run as an OS user of their own."""
+        return self.accounts is not None
 
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -101,7 +233,17 @@ class LocalProcessProvider:
         return conn
 
     def instance_dir(self, instance_id: str) -> Path:
-        return self.root / instance_id
+        """The instance's working directory (``root/<id>`` for instances recorded before
+        working directories were)."""
+        row = (
+            self._db()
+            .execute("SELECT workdir FROM instances WHERE id=?", (instance_id,))
+            .fetchone()
+        )
+        return Path(row[0]) if row and row[0] else self.root / instance_id
+
+    def log_path(self, instance_id: str) -> Path:
+        return self.root / instance_id / LOG
 
     # -- Provider ----------------------------------------------------------------------
 
@@ -116,11 +258,13 @@ class LocalProcessProvider:
             )
             if row is not None:
                 return self._info(row)
+            account = self._account(spec)
             instance_id = new_id("i")
+            workdir = self.workspace / instance_id
             now = self.clock.now().isoformat()
             self._db().execute(
                 "INSERT INTO instances (id, client_token, cluster_id, name, role, tags, "
-                "launched_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "launched_at, workdir, os_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     instance_id,
                     spec.client_token,
@@ -129,31 +273,47 @@ class LocalProcessProvider:
                     spec.role.value,
                     json.dumps(spec.tags),
                     now,
+                    str(workdir),
+                    account.name if account else None,
                 ),
             )
-            directory = self.instance_dir(instance_id)
-            directory.mkdir(parents=True, exist_ok=True)
+            self._make_workdir(workdir, account)
+            log = self.log_path(instance_id)
+            log.parent.mkdir(parents=True, exist_ok=True)
             env = {
-                **os.environ,
-                **spec.environment,
+                **instance_environment(self.python, self.pythonpath),
+                **{k: v for k, v in spec.environment.items() if k != TOKEN_VARIABLE},
+                "HOME": str(workdir / HOME),
+                "TMPDIR": str(workdir / SCRATCH),
                 "BILLOW_INSTANCE_ID": instance_id,
-                "BILLOW_INSTANCE_DIR": str(directory),
+                "BILLOW_INSTANCE_DIR": str(workdir),
                 "BILLOW_INSTANCE_NAME": spec.name,
                 "BILLOW_DEPLOYMENT": self.deployment,
-                "DASK_TEMPORARY_DIRECTORY": str(directory / SCRATCH),
-                "BILLOW_ENV_CACHE": str(self.env_cache),
-                "PYTHONUNBUFFERED": "1",
+                "DASK_TEMPORARY_DIRECTORY": str(workdir / SCRATCH),
+                "BILLOW_ENV_CACHE": str(self._env_cache(account)),
             }
-            with open(directory / "instance.log", "ab") as logfile:
-                proc = subprocess.Popen(
-                    [self.python, "-m", "billow.agent"],
-                    env=env,
-                    cwd=directory,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            if account is not None:
+                env["USER"] = env["LOGNAME"] = account.name
+            token = spec.environment.get(TOKEN_VARIABLE)
+            token_fd = _token_pipe(token) if token else None
+            if token_fd is not None:
+                env[TOKEN_FD_VARIABLE] = str(token_fd)
+            try:
+                with open(log, "ab") as logfile:
+                    proc = subprocess.Popen(
+                        [self.python, "-m", "billow.agent"],
+                        env=env,
+                        cwd=workdir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logfile,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        pass_fds=() if token_fd is None else (token_fd,),
+                        **_identity(account),
+                    )
+            finally:
+                if token_fd is not None:
+                    os.close(token_fd)
             self._children[proc.pid] = proc
             self._db().execute(
                 "UPDATE instances SET pid=?, pid_start=? WHERE id=?",
@@ -198,7 +358,7 @@ class LocalProcessProvider:
                 self._signal(pid, signal.SIGKILL)
 
     def tail_logs(self, instance_id: str, lines: int = 50) -> list[str]:
-        path = self.instance_dir(instance_id) / "instance.log"
+        path = self.log_path(instance_id)
         try:
             with open(path, errors="replace") as f:
                 return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
@@ -233,6 +393,51 @@ class LocalProcessProvider:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _account(self, spec: InstanceSpec) -> Account | None:
+        """The OS user the instance runs as (``None``: the server's own), recorded in
+        ``accounts`` the first time this provider uses it."""
+        if self.accounts is None:
+            return None
+        owner = spec.tags.get(OWNER)
+        if not owner:
+            raise IsolationError(f"instance {spec.client_token} has no {OWNER} tag")
+        account = self.accounts.account_for(owner)
+        if owner not in self._recorded_owners:
+            self._db().execute(
+                "INSERT OR IGNORE INTO accounts (owner, name, uid, first_used_at) "
+                "VALUES (?, ?, ?, ?)",
+                (owner, account.name, account.uid, self.clock.now().isoformat()),
+            )
+            self._recorded_owners.add(owner)
+        return account
+
+    def _make_workdir(self, workdir: Path, account: Account | None) -> None:
+        """The instance's working directory with ``home/`` and ``scratch/``, mode 0700,
+        owned by ``account`` (children first: the owner's other instances never see a
+        directory of theirs that root still fills)."""
+        directories = (workdir, workdir / HOME, workdir / SCRATCH)
+        for directory in directories:
+            directory.mkdir(mode=0o700, parents=directory is workdir, exist_ok=True)
+            os.chmod(directory, 0o700)
+        if account is not None:
+            for directory in reversed(directories):
+                os.chown(directory, account.uid, account.gid)
+
+    def _env_cache(self, account: Account | None) -> Path:
+        """Where the instance builds or finds its cluster's environments: the owner's
+        own cache when isolated, else the shared ``env_cache``."""
+        if account is None:
+            return self.env_cache
+        mine = self.workspace / USERS / account.name
+        try:
+            mine.mkdir(mode=0o700)
+            os.chown(mine, account.uid, account.gid)
+        except FileExistsError:
+            st = os.lstat(mine)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != account.uid:
+                raise IsolationError(f"{mine} is not a directory of {account.name}") from None
+        return mine / "envs"
+
     def describe_live(self, cluster_id: str) -> list[InstanceInfo]:
         return [i for i in self.describe(cluster_id) if i.state != InstanceState.terminated]
 
@@ -259,9 +464,10 @@ class LocalProcessProvider:
         child = self._children.get(pid) if pid is not None else None
         if child is not None and child.returncode is not None:
             return child.returncode
+        text = _read_small(self.instance_dir(instance_id) / "exit_code")
         try:
-            return int((self.instance_dir(instance_id) / "exit_code").read_text())
-        except (FileNotFoundError, ValueError):
+            return int(text) if text is not None else None
+        except ValueError:
             return None
 
     def _info(self, row: tuple) -> InstanceInfo:
@@ -289,3 +495,22 @@ class LocalProcessProvider:
             if state == InstanceState.terminated
             else None,
         )
+
+
+def _token_pipe(token: str) -> int:
+    """The read end of a pipe that holds ``token`` (and nothing more: the write end is
+    closed). Non-inheritable, except by the child it is passed to with ``pass_fds``."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, token.encode())
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+def _identity(account: Account | None) -> dict[str, Any]:
+    """``Popen`` arguments that start the process as ``account``, without the server's
+    supplementary groups, and with files private to it by default."""
+    if account is None:
+        return {"umask": 0o077}
+    return {"user": account.uid, "group": account.gid, "extra_groups": [], "umask": 0o077}
