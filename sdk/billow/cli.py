@@ -59,8 +59,10 @@ def server(
     import dask.config
     from pydantic import ValidationError
 
+    from billow_control.core.models import parse_duration
     from billow_control.core.settings import ControlSettings
     from billow_control.runtimes.embedded_server import serve
+    from billow_control.runtimes.http_proxy import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -70,7 +72,20 @@ def server(
         key = str(first["loc"][0]).replace("_", "-") if first["loc"] else "?"
         console.print(f"[red]error:[/red] billow.{key}: {first['msg']}")
         raise typer.Exit(2) from None
-    serve(data_dir or config.data_dir(), host, port, login_file or config.login_file(), settings)
+    try:
+        read_timeout = parse_duration(dask.config.get("billow.request-read-timeout", "30s"))
+    except ValueError as e:
+        console.print(f"[red]error:[/red] billow.request-read-timeout: {e}")
+        raise typer.Exit(2) from None
+    limits = ServerLimits(read_timeout=read_timeout or ServerLimits.read_timeout)
+    serve(
+        data_dir or config.data_dir(),
+        host,
+        port,
+        login_file or config.login_file(),
+        settings,
+        limits,
+    )
 
 
 @app.command()
