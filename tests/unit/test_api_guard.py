@@ -277,6 +277,29 @@ def test_json_numbers_out_of_range_are_422(api: Api, number: str) -> None:
     assert_error(error, "invalid")
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00x", "a\\ud83d"])
+def test_half_a_surrogate_pair_is_400(api: Api, escape: str) -> None:
+    status, _, error = api.call("POST", "/v1/clusters", f'{{"tags": {{"k": "{escape}"}}}}', JSON)
+    assert status == 400, error
+    assert_error(error, "bad-request")
+
+
+def test_whole_surrogate_pairs_are_text(api: Api) -> None:
+    status, _, error = api.call("POST", "/v1/users", '{"name": "\\ud83d\\ude00"}', JSON)
+    assert status == 422, error
+    assert error["detail"][0]["field"] == "name"  # the pattern refused it: it was read
+
+
+def test_a_whole_number_with_a_fraction_is_an_integer(api: Api) -> None:
+    status, _, cluster = api.call(
+        "POST", "/v1/clusters", '{"n_workers": 2.0, "worker_cpu": 1e0}', JSON
+    )
+    assert status == 201, cluster
+    assert cluster["request"]["n_workers"] == 2 and cluster["request"]["worker_cpu"] == 1
+    status, _, error = api.call("POST", "/v1/clusters", '{"n_workers": 2.5}', JSON)
+    assert status == 422 and "n_workers" in error["message"]
+
+
 @pytest.mark.parametrize("memory", ["1e309", "inf", "nan", "-inf", "1e30 GiB", "9" * 400])
 def test_memory_out_of_range_is_422_naming_the_field(api: Api, memory: str) -> None:
     status, _, error = api.call("POST", "/v1/clusters", {"worker_memory": memory}, JSON)
@@ -284,6 +307,15 @@ def test_memory_out_of_range_is_422_naming_the_field(api: Api, memory: str) -> N
     assert_error(error, "invalid")
     assert "worker_memory" in error["message"]
     assert api.clusters() == 0
+
+
+def test_an_unknown_query_parameter_is_422_naming_it(api: Api) -> None:
+    status, _, error = api.call("GET", "/v1/clusters", query="activ=true")
+    assert status == 422, error
+    assert_error(error, "invalid")
+    assert error["field"] == "activ" and "active, name" in error["message"]
+    assert api.call("GET", "/v1/clusters", query="active=true&name=x")[0] == 200
+    assert api.call("GET", "/v1/whoami", query="x=1")[0] == 422
 
 
 # -- methods ---------------------------------------------------------------------------

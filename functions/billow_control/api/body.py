@@ -5,9 +5,13 @@ the parser itself fail: every refusal is an ``ApiError`` with its own status.
 
 * 415: a body (or a route that takes one) with a content type other than
   ``application/json`` (an optional ``charset`` must be UTF-8).
-* 400: bytes that are not UTF-8, or JSON nested deeper than ``MAX_DEPTH``.
+* 400: bytes that are not UTF-8, a string escaping half a surrogate pair (not Unicode
+  either), or JSON nested deeper than ``MAX_DEPTH``.
 * 422: text that is not JSON, ``NaN``/``Infinity``, or a number that no float or int of
   the API can hold (``1e309``, an integer of thousands of digits).
+
+JSON has one number type: ``3.0`` is the integer 3 (as JSON Schema's ``integer`` says),
+so a whole number written with a fraction or exponent parses as an ``int``.
 """
 
 from __future__ import annotations
@@ -70,11 +74,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _finite_float(text: str) -> float:
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent: finite, and an ``int`` when whole."""
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is out of range")
-    return value
+    return int(value) if value.is_integer() else value
 
 
 def parse_json(text: str) -> Any:
@@ -83,7 +88,7 @@ def parse_json(text: str) -> Any:
     if nesting_depth(text) > MAX_DEPTH:
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_number)
     except json.JSONDecodeError as e:
         raise Invalid(
             f"body: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="body"
@@ -91,3 +96,9 @@ def parse_json(text: str) -> Any:
     except ValueError as e:  # NaN/Infinity, 1e309, integers over Python's digit limit
         message = str(e).split(";")[0]
         raise Invalid(f"body: not valid JSON: {message}", field="body") from None
+    if "\\u" in text:  # only an escape can make a lone surrogate of UTF-8 text
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("the request body escapes half a surrogate pair") from None
+    return value

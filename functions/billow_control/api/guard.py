@@ -5,8 +5,9 @@ then whether its body can be read.
 every route of the table: a route is authenticated by API token unless it says otherwise
 with ``security=`` (``PUBLIC``, or the agent's own tokens, which its route checks). So
 a caller without a valid token gets 401 whatever the body, and learns nothing about the
-fields of a request it may not make. Then the body is read (``api.body``): 415, 400 or
-422 before powertools parses it, so no body can make the parser fail. Routes find the
+fields of a request it may not make. Then a query parameter the route does not take is
+422, and the body is read (``api.body``): 415, 400 or 422 before powertools parses it,
+so no body can make the parser fail. Routes find the
 authenticated user with ``caller``.
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.event_handler.middlewares import BaseMiddlewareHandler
 
 from ..core.auth import bearer
+from ..core.errors import Invalid
 from ..core.models import User
 from ..core.service import ControlPlane
 from .body import JSON_MEDIA_TYPE, check_content_type, decode_utf8
@@ -83,10 +85,24 @@ class RequestGuard(BaseMiddlewareHandler):
             if needs_api_token(route):
                 token = bearer(app.current_event.headers.get("authorization"))
                 app.append_context(**{_CALLER: self.plane().authenticate(token)})
+            self._refuse_unknown_query(app, route)
             self._read_body(app, route)
         if self.validation is None:
             return next_middleware(app)
         return self.validation.handler(app, next_middleware)
+
+    @staticmethod
+    def _refuse_unknown_query(app: EventHandlerInstance, route: Route) -> None:
+        """A query parameter the route does not take is a mistake (422), not ignored, as
+        unknown body fields are (``extra="forbid"``)."""
+        known = {param.alias for param in route.dependant.query_params}
+        for name in app.current_event.query_string_parameters or {}:
+            if name not in known:
+                takes = ", ".join(sorted(known)) or "none"
+                raise Invalid(
+                    f"{name[:40]}: unknown query parameter (this route takes {takes})",
+                    field=name[:40],
+                )
 
     @staticmethod
     def _read_body(app: EventHandlerInstance, route: Route) -> None:

@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
+from ..core.idempotency import MAX_KEY_LENGTH
 from ..core.models import ClusterRequest, NewUser, ScaleRequest
 from ..core.service import ControlPlane
 from .guard import caller
@@ -32,7 +33,9 @@ def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.post("/v1/clusters", responses=created("The cluster an Idempotency-Key created"))
     def create_cluster(
         request: ClusterRequest,
-        idempotency_key: Annotated[str | None, Header(alias="idempotency-key")] = None,
+        idempotency_key: Annotated[
+            str | None, Header(alias="idempotency-key", min_length=1, max_length=MAX_KEY_LENGTH)
+        ] = None,
     ) -> Response[dict[str, Any]]:
         cluster, is_new = plane().create_cluster(caller(router), request, idempotency_key)
         return json_response(cluster, 201 if is_new else 200)
@@ -61,7 +64,9 @@ def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
         return plane().client_credentials(caller(router), cluster_id)
 
     @router.get("/v1/clusters/<cluster_id>/logs")
-    def cluster_logs(cluster_id: str, lines: Annotated[int, Query()] = 200) -> dict[str, Any]:
+    def cluster_logs(
+        cluster_id: str, lines: Annotated[int, Query(ge=1, le=10_000)] = 200
+    ) -> dict[str, Any]:
         return plane().cluster_logs(caller(router), cluster_id, lines)
 
     return router

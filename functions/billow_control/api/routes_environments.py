@@ -12,20 +12,22 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from ..core.service import ControlPlane
-from ..core.software import EnvironmentRequest
+from ..core.software import NAME_PATTERN, EnvironmentRequest
 from .guard import caller
 from .openapi import created
 from .responses import json_response
+
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="Lower-case letters, digits, dashes")]
 
 
 def environment_router(plane: Callable[[], ControlPlane]) -> Router:
     router = Router()
 
     @router.post("/v1/environments/<name>", responses=created("The latest revision: same spec"))
-    def create_environment(name: str, request: EnvironmentRequest) -> Response[dict[str, Any]]:
+    def create_environment(name: Name, request: EnvironmentRequest) -> Response[dict[str, Any]]:
         """A new revision of the environment (201), or its latest revision when that one
         has the same spec (200); ``created`` says which."""
         env, is_new = plane().software.create_environment(caller(router), name, request.spec)
@@ -38,13 +40,13 @@ def environment_router(plane: Callable[[], ControlPlane]) -> Router:
 
     @router.get("/v1/environments/<name>")
     def get_environment(
-        name: str, revision: Annotated[int | None, Query()] = None
+        name: Name, revision: Annotated[int | None, Query(ge=1)] = None
     ) -> dict[str, Any]:
         """One environment with its spec: the latest revision, or ``?revision=N``."""
         return plane().software.get_environment(caller(router), name, revision)
 
     @router.delete("/v1/environments/<name>")
-    def delete_environment(name: str) -> dict[str, Any]:
+    def delete_environment(name: Name) -> dict[str, Any]:
         """Delete every revision; running clusters keep the spec they started with."""
         return plane().software.delete_environment(caller(router), name)
 
