@@ -14,14 +14,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.support.processes import EmbeddedServer
 
@@ -31,6 +45,7 @@ READ_TIMEOUT = 3.0
 HELD = "fuzz-held"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_FUZZ_CASES = 1000
+FUZZ_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "60"))  # per route and mode
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +259,92 @@ def test_the_server_survived(hostile_server: EmbeddedServer) -> None:
     log = Path(hostile_server.log_path).read_text()
     assert "Exception in ASGI application" not in log
     assert "unhandled error" not in log
+
+
+# -- schemathesis over every route -------------------------------------------------------
+
+# Robustness and conformance of responses, and refusal of what the schema forbids. Not
+# positive_data_acceptance: a request the schema allows may still break a rule no JSON
+# Schema can state (memory sizes, durations, packages an environment must have): 422.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+STATUSES: Counter[int] = Counter()
+CASES: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module")
+def held_cluster(admin: httpx.Client) -> Iterator[str]:
+    """An active cluster named ``HELD`` (no workers), so fuzzed creates conflict with it."""
+    cluster = admin.post("/v1/clusters", json={"name": HELD, "n_workers": 0})
+    assert cluster.status_code == 201, cluster.text
+    try:
+        yield cluster.json()["id"]
+    finally:
+        admin.post(f"/v1/clusters/{cluster.json()['id']}/stop")
+
+
+def fuzz_route(server: EmbeddedServer, operation: Any, mode: GenerationMode, examples: int) -> None:
+    """``examples`` cases of ``mode`` for one operation: each sent with the admin's token,
+    counted, and validated against the schema (all of schemathesis' checks)."""
+
+    @hypothesis.settings(
+        max_examples=examples,
+        derandomize=True,  # the same cases on every run: `make test` stays reproducible
+        deadline=None,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: schemathesis.Case) -> None:
+        label = f"{case.operation.method.upper()} {case.operation.path}"
+        if label == "POST /v1/clusters" and isinstance(case.body, dict):
+            name = case.body.get("name")
+            if name is None or (isinstance(name, str) and NAME.match(name)):
+                case.body["name"] = HELD  # a create that passes every check meets a 409
+        response = case.call(headers={"Authorization": f"Bearer {server.token}"}, timeout=30)
+        CASES[label] += 1
+        STATUSES[response.status_code] += 1
+        assert not (label == "POST /v1/clusters" and response.status_code == 201), case.body
+        case.validate_response(response, checks=CHECKS)
+
+    run()
+
+
+def test_fuzz_every_route(hostile_server: EmbeddedServer, held_cluster: str) -> None:
+    """Schemathesis, from the server's own /v1/openapi.json, on every route: positive and
+    negative cases; no 5xx, and every response as the schema says."""
+    schema = schemathesis.openapi.from_url(f"{hostile_server.url}/v1/openapi.json")
+    # The token is the admin's, sent with every case: never generated, never mutated.
+    schema.config.generation.update(with_security_parameters=False)
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                fuzz_route(hostile_server, operation, mode, FUZZ_EXAMPLES)
+            except hypothesis.errors.Unsatisfiable:
+                if mode is GenerationMode.POSITIVE:
+                    raise
+                # The schema leaves nothing to get wrong (no parameters, or only free text):
+                # no negative case exists.
+            except (Exception, BaseExceptionGroup) as e:  # every route runs; all are reported
+                failures.append(f"{operation.label} ({mode.value}): {e}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_fuzz_figures(hostile_server: EmbeddedServer, admin: httpx.Client) -> None:
+    """What the fuzz ran: enough cases, on every route, with no 5xx; no cluster but one."""
+    schema = httpx.get(f"{hostile_server.url}/v1/openapi.json").json()
+    routes = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}
+    print(f"\nfuzz: {sum(CASES.values())} cases; statuses {dict(sorted(STATUSES.items()))}")
+    print("fuzz cases per route: " + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())))
+    assert sum(CASES.values()) >= MIN_FUZZ_CASES
+    assert set(CASES) == routes
+    assert not [s for s in STATUSES if s >= 500]
+    assert [c["name"] for c in admin.get("/v1/clusters").json()["clusters"]] == [HELD]
