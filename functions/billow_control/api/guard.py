@@ -118,5 +118,6 @@ class RequestGuard(BaseMiddlewareHandler):
             # powertools picks its parser by a case-sensitive prefix of the header.
             event.raw_event["headers"]["content-type"] = JSON_MEDIA_TYPE
         if raw:
-            decode_utf8(base64.b64decode(raw) if event.is_base64_encoded else raw.encode())
+            if event.is_base64_encoded:  # bytes that were not UTF-8 (or a binary type)
+                decode_utf8(base64.b64decode(raw))
             event.json_body  # noqa: B018  (parsed once, cached for powertools)

@@ -141,8 +141,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._in_head = True  # reading a request line and headers
-        self._head_bytes = 0
-        self._refusal: tuple[int, str, str] | None = None
+        self._head_bytes = 0  # read while in the head (bounds what httptools buffers)
+        self._head_size = 0  # request line and headers as parsed (the exact limit)
         self._deadline: asyncio.TimerHandle | None = None
         self._arm_deadline()
 
@@ -158,20 +158,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # plus one read, however long the header a client sends.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(
-                    431,
-                    "headers-too-large",
-                    f"request line and headers exceed {self.limits.max_header_bytes} bytes",
-                )
+                self._refuse(*self._head_too_large())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
         self._arm_deadline()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_size > self.limits.max_header_bytes:
+            # Before uvicorn starts the app; the parse error it raises is answered 431.
+            self._refuse(*self._head_too_large())
+            raise ValueError("request head too large")
         super().on_headers_complete()
         length = dict(self.headers).get(b"content-length", b"")
         if length.isdigit():
@@ -185,6 +193,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """What uvicorn answers when httptools cannot parse the request."""
         self._refuse(400, "bad-request", "invalid HTTP request")
+
+    def _head_too_large(self) -> tuple[int, str, str]:
+        limit = self.limits.max_header_bytes
+        return 431, "headers-too-large", f"request line and headers exceed {limit} bytes"
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         if not self.transport.is_closing():
