@@ -143,6 +143,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # reading a request line and headers
         self._head_bytes = 0  # read while in the head (bounds what httptools buffers)
         self._head_size = 0  # request line and headers as parsed (the exact limit)
+        self._progress = 0  # heads and requests completed on this connection
         self._deadline: asyncio.TimerHandle | None = None
         self._arm_deadline()
 
@@ -151,11 +152,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._in_head
+        progress = self._progress
         super().data_received(data)
-        if in_head and self._in_head and not self.transport.is_closing():
-            # Counted per read, after httptools saw it: memory stays within the limit
-            # plus one read, however long the header a client sends.
+        if self._in_head and self._progress == progress and not self.transport.is_closing():
+            # A read that completed no head and no request is head bytes only. Counted
+            # after httptools saw it: memory stays within the limit plus one read,
+            # however long the header a client sends.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(*self._head_too_large())
@@ -176,6 +178,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._progress += 1
         if self._head_size > self.limits.max_header_bytes:
             # Before uvicorn starts the app; the parse error it raises is answered 431.
             self._refuse(*self._head_too_large())
@@ -189,6 +192,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._disarm_deadline()
         self._in_head = True  # what comes next is the next request
+        self._progress += 1
 
     def send_400_response(self, msg: str) -> None:
         """What uvicorn answers when httptools cannot parse the request."""
