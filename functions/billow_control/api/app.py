@@ -78,13 +78,14 @@ def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
         event = app.current_event
         path, method = event.path, event.http_method.upper()
         allow = sorted({r.method for r in registered_routes(app) if r.rule.match(path)})
+        shown = path if len(path) <= 200 else path[:200] + "..."  # never echo a huge path
         if allow:
             return api_error(
                 MethodNotAllowed(
-                    f"{method} is not allowed on {path}; use {', '.join(allow)}", allow=allow
+                    f"{method} is not allowed on {shown}; use {', '.join(allow)}", allow=allow
                 )
             )
-        return json_response({"error": "not-found", "message": f"no route {path}"}, 404)
+        return json_response({"error": "not-found", "message": f"no route {shown}"}, 404)
 
     @app.exception_handler(Exception)
     def internal(e: Exception) -> Response:
