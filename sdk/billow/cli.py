@@ -67,8 +67,10 @@ def server(
     import dask.config
     from pydantic import ValidationError
 
+    from billow_control.core.models import parse_duration
     from billow_control.core.settings import ControlSettings
     from billow_control.runtimes.embedded_server import serve
+    from billow_control.runtimes.http_proxy import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -79,6 +81,12 @@ def server(
         console.print(f"[red]error:[/red] billow.{key}: {first['msg']}")
         raise typer.Exit(2) from None
     instance_dir = instance_dir or config.get("instance-dir")
+    try:
+        read_timeout = parse_duration(dask.config.get("billow.request-read-timeout", "30s"))
+    except ValueError as e:
+        console.print(f"[red]error:[/red] billow.request-read-timeout: {e}")
+        raise typer.Exit(2) from None
+    limits = ServerLimits(read_timeout=read_timeout or ServerLimits.read_timeout)
     serve(
         data_dir or config.data_dir(),
         host,
@@ -86,6 +94,7 @@ def server(
         login_file or config.login_file(),
         settings,
         Path(instance_dir).expanduser() if instance_dir else None,
+        limits,
     )
 
 

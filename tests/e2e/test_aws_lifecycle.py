@@ -474,7 +474,7 @@ def crash_env(crash_deployment: Deployment) -> Iterator[tuple[aws_runtime.AwsRun
     """A fresh deployment name each time, so the first cluster builds the network."""
     env = {**crash_deployment.env, "BILLOW_DEPLOYMENT": f"crash-{uuid.uuid4().hex[:8]}"}
     with functions_env(env) as rt:
-        _, token = rt.plane.create_user("admin", is_admin=True)
+        _, token = rt.plane.create_user(f"admin-{uuid.uuid4().hex[:6]}", is_admin=True)
         yield rt, token
 
 

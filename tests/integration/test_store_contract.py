@@ -43,6 +43,7 @@ from billow_control.core.ports import (
     NameTakenError,
     StaleRecordError,
     Store,
+    UserNameTakenError,
 )
 from billow_control.core.software import PackagePin, SoftwareEnvironment, SoftwareSpec
 from tests.support.stores import STORE_KINDS, dynamodb_store, store_of_kind
@@ -424,6 +425,36 @@ def test_users_and_api_tokens(store: Store) -> None:
     assert store.user_for_token("hash-a") == alice
     assert store.user_for_token("hash-b") == bob
     assert store.user_for_token("hash-unknown") is None
+
+
+def test_user_names_are_unique(store: Store) -> None:
+    alice = User(id="u-alice", name="alice")
+    store.put_user(alice)
+    with pytest.raises(UserNameTakenError):
+        store.put_user(User(id="u-other", name="alice"))
+    assert store.get_user("u-other") is None
+    assert store.count_users() == 1
+    store.put_user(alice.model_copy(update={"is_admin": True}))  # the same user, replaced
+    assert store.get_user("u-alice") == alice.model_copy(update={"is_admin": True})
+    store.put_user(User(id="u-alice", name="alicia"))  # renamed: "alice" is free again
+    store.put_user(User(id="u-other", name="alice"))
+    with pytest.raises(UserNameTakenError):
+        store.put_user(User(id="u-third", name="alicia"))
+    assert store.count_users() == 2
+    names = {u.name for u in map(store.get_user, ["u-alice", "u-other"]) if u is not None}
+    assert names == {"alicia", "alice"}
+
+
+def test_concurrent_users_of_one_name_have_one_winner(atomic_store: Store) -> None:
+    def put(i: int) -> bool:
+        try:
+            atomic_store.put_user(User(id=f"u-{i}", name="same"))
+        except UserNameTakenError:
+            return False
+        return True
+
+    assert sum(concurrently(put)) == 1
+    assert atomic_store.count_users() == 1
 
 
 def test_cluster_token_is_replaced(store: Store) -> None:

@@ -90,6 +90,32 @@ def test_parse_bytes_names_what_it_could_not_read(text: str) -> None:
         parse_bytes(text)
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("1e309", "not a finite number"),
+        ("inf", "Could not interpret 'inf'"),
+        ("nan GiB", "Could not interpret 'nanGiB'"),
+        (float("nan"), "not a finite number"),
+        (float("inf"), "not a finite number"),
+        ("9" * 400, "not a finite number"),
+        ("1e30 GiB", "more than"),
+        (2**70, "more than"),
+    ],
+)
+def test_parse_bytes_refuses_numbers_no_integer_holds(value: str | float, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_bytes(value)
+
+
+@pytest.mark.parametrize("memory", ["1e309", "nan", "1e30 GiB", "2 PiB"])
+def test_memory_out_of_range_is_a_validation_error_of_the_field(memory: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        ClusterRequest(worker_memory=memory)
+    (error,) = e.value.errors()
+    assert error["loc"] == ("worker_memory",)
+
+
 def test_models_do_not_import_dask() -> None:
     """The control plane runs in Lambda functions that carry no dask."""
     import subprocess

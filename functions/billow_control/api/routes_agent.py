@@ -1,5 +1,6 @@
 """Routes called from cluster instances: kit and bootstrap (instance token), heartbeat
-(cluster token)."""
+(cluster token). Each checks its own token (``security=`` tells the guard not to ask for
+an API token)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from ..core.auth import bearer
 from ..core.models import Heartbeat
 from ..core.service import ControlPlane
+from .guard import CLUSTER, INSTANCE
 
 
 def agent_router(plane: Callable[[], ControlPlane]) -> Router:
@@ -19,16 +21,16 @@ def agent_router(plane: Callable[[], ControlPlane]) -> Router:
     def token() -> str | None:
         return bearer(router.current_event.headers.get("authorization"))
 
-    @router.post("/v1/agent/kit")
+    @router.post("/v1/agent/kit", security=INSTANCE)
     def kit() -> dict[str, Any]:
         """What a bare instance downloads to start the agent (the token stays unused)."""
         return plane().instance_kit(token())
 
-    @router.post("/v1/agent/bootstrap")
+    @router.post("/v1/agent/bootstrap", security=INSTANCE)
     def bootstrap() -> dict[str, Any]:
         return plane().bootstrap_instance(token())
 
-    @router.post("/v1/clusters/<cluster_id>/heartbeat")
+    @router.post("/v1/clusters/<cluster_id>/heartbeat", security=CLUSTER)
     def heartbeat(cluster_id: str, beat: Heartbeat) -> dict[str, Any]:
         return plane().heartbeat(cluster_id, token(), beat)
 

@@ -1,4 +1,5 @@
-"""Cluster routes: each one authenticates, calls one ControlPlane method, and returns."""
+"""Cluster and user routes: each one calls one ControlPlane method for the caller the
+guard authenticated (``api.guard``), and returns."""
 
 from __future__ import annotations
 
@@ -9,59 +10,63 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
-from ..core.auth import bearer
-from ..core.models import ClusterRequest, NewUser, ScaleRequest, User
+from ..core.idempotency import MAX_KEY_LENGTH
+from ..core.models import ClusterRequest, NewUser, ScaleRequest
 from ..core.service import ControlPlane
+from .guard import caller
+from .openapi import created
 from .responses import json_response
 
 
 def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
     router = Router()
 
-    def user() -> User:
-        return plane().authenticate(bearer(router.current_event.headers.get("authorization")))
-
     @router.get("/v1/whoami")
     def whoami() -> dict[str, Any]:
-        return user().model_dump()
+        return caller(router).model_dump()
 
-    @router.post("/v1/users")
+    @router.post("/v1/users", responses=created())
     def add_user(new_user: NewUser) -> Response[dict[str, Any]]:
-        return json_response(plane().add_user(user(), new_user.name), 201)
+        """A new user (admins only) and its API token, shown once."""
+        return json_response(plane().add_user(caller(router), new_user.name), 201)
 
-    @router.post("/v1/clusters")
+    @router.post("/v1/clusters", responses=created("The cluster an Idempotency-Key created"))
     def create_cluster(
         request: ClusterRequest,
-        idempotency_key: Annotated[str | None, Header(alias="idempotency-key")] = None,
+        idempotency_key: Annotated[
+            str | None, Header(alias="idempotency-key", min_length=1, max_length=MAX_KEY_LENGTH)
+        ] = None,
     ) -> Response[dict[str, Any]]:
-        cluster, created = plane().create_cluster(user(), request, idempotency_key)
-        return json_response(cluster, 201 if created else 200)
+        cluster, is_new = plane().create_cluster(caller(router), request, idempotency_key)
+        return json_response(cluster, 201 if is_new else 200)
 
     @router.get("/v1/clusters")
     def list_clusters(
         active: Annotated[bool, Query()] = False,
         name: Annotated[str | None, Query()] = None,
     ) -> dict[str, Any]:
-        return {"clusters": plane().list_clusters(user(), active_only=active, name=name)}
+        return {"clusters": plane().list_clusters(caller(router), active_only=active, name=name)}
 
     @router.get("/v1/clusters/<cluster_id>")
     def get_cluster(cluster_id: str) -> dict[str, Any]:
-        return plane().get_cluster(user(), cluster_id)
+        return plane().get_cluster(caller(router), cluster_id)
 
     @router.post("/v1/clusters/<cluster_id>/scale")
     def scale_cluster(cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
-        return plane().scale_cluster(user(), cluster_id, scale)
+        return plane().scale_cluster(caller(router), cluster_id, scale)
 
     @router.post("/v1/clusters/<cluster_id>/stop")
     def stop_cluster(cluster_id: str) -> dict[str, Any]:
-        return plane().stop_cluster(user(), cluster_id)
+        return plane().stop_cluster(caller(router), cluster_id)
 
     @router.get("/v1/clusters/<cluster_id>/credentials")
     def client_credentials(cluster_id: str) -> dict[str, Any]:
-        return plane().client_credentials(user(), cluster_id)
+        return plane().client_credentials(caller(router), cluster_id)
 
     @router.get("/v1/clusters/<cluster_id>/logs")
-    def cluster_logs(cluster_id: str, lines: Annotated[int, Query()] = 200) -> dict[str, Any]:
-        return plane().cluster_logs(user(), cluster_id, lines)
+    def cluster_logs(
+        cluster_id: str, lines: Annotated[int, Query(ge=1, le=10_000)] = 200
+    ) -> dict[str, Any]:
+        return plane().cluster_logs(caller(router), cluster_id, lines)
 
     return router

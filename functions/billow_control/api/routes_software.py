@@ -7,9 +7,9 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from ..core.auth import bearer
 from ..core.service import ControlPlane
 from ..core.software import UploadRequest
+from .guard import caller
 
 
 def software_router(plane: Callable[[], ControlPlane]) -> Router:
@@ -18,8 +18,6 @@ def software_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.post("/v1/software/uploads")
     def uploads(request: UploadRequest) -> dict[str, Any]:
         """Pre-signed ``PUT`` URLs for the wheels the object store does not have yet."""
-        control = plane()
-        user = control.authenticate(bearer(router.current_event.headers.get("authorization")))
-        return control.software.uploads(user, request.files)
+        return plane().software.uploads(caller(router), request.files)
 
     return router

@@ -26,6 +26,13 @@ class ApiError(Exception):
         return body
 
 
+class BadRequest(ApiError):
+    """The request cannot be read at all (not UTF-8, nested too deeply)."""
+
+    status = 400
+    code = "bad-request"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
@@ -39,6 +46,17 @@ class Forbidden(ApiError):
 class NotFound(ApiError):
     status = 404
     code = "not-found"
+
+
+class MethodNotAllowed(ApiError):
+    """A known path asked with a method it does not have; ``allow`` lists those it has."""
+
+    status = 405
+    code = "method-not-allowed"
+
+    def __init__(self, message: str, *, allow: list[str]):
+        super().__init__(message)
+        self.allow = allow
 
 
 class Conflict(ApiError):
@@ -62,6 +80,11 @@ class Invalid(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload-too-large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported-media-type"
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

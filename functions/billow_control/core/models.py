@@ -6,6 +6,7 @@ return it verbatim and the SDK can raise it as a typed exception.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -67,12 +68,17 @@ _BYTE_UNITS = {
 }
 
 
+MAX_BYTES = 2**63 - 1  # what a signed 64-bit integer (SQLite, DynamoDB, Dask) can hold
+MAX_MEMORY = 2**50  # 1 PiB: more than any machine a cluster can ask for
+
+
 def parse_bytes(value: str | int | float) -> int:
     """Bytes from ``"4 GiB"``, ``"500MB"``, ``"1e9"`` or a number: the rules of
     ``dask.utils.parse_bytes``, here so the control plane (and its Lambda functions) never
-    imports dask. Raises ``ValueError`` naming the part it could not read."""
+    imports dask. Raises ``ValueError`` naming the part it could not read, and for a
+    number that is not finite (``"1e309"``, ``"nan"``) or more than ``MAX_BYTES``."""
     if isinstance(value, int | float):
-        return int(value)
+        return _whole_bytes(value, str(value))
     text = value.replace(" ", "")
     if not any(c.isdigit() for c in text):
         text = "1" + text
@@ -85,9 +91,18 @@ def parse_bytes(value: str | int | float) -> int:
     except ValueError as e:
         raise ValueError(f"Could not interpret '{number}' as a number") from e
     try:
-        return int(n * _BYTE_UNITS[unit.lower()])
+        multiplier = _BYTE_UNITS[unit.lower()]
     except KeyError as e:
         raise ValueError(f"Could not interpret '{unit}' as a byte unit") from e
+    return _whole_bytes(n * multiplier, value)
+
+
+def _whole_bytes(n: float, shown: str) -> int:
+    if not math.isfinite(n):
+        raise ValueError("not a finite number")
+    if abs(n) > MAX_BYTES:
+        raise ValueError(f"more than {MAX_BYTES} bytes")
+    return int(n)
 
 
 def utcnow() -> datetime:
@@ -217,9 +232,11 @@ class ClusterRequest(BaseModel):
         try:
             n = parse_bytes(v)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{v!r} is not a memory size such as '4 GiB'") from e
+            raise ValueError(f"{v[:40]!r} is not a memory size such as '4 GiB' ({e})") from None
         if n < 256 * 2**20:
             raise ValueError("must be at least 256 MiB")
+        if n > MAX_MEMORY:
+            raise ValueError("must be at most 1 PiB")
         return v
 
     @field_validator("idle_timeout", "no_client_timeout", "cluster_timeout")

@@ -40,6 +40,10 @@ class NameTakenError(Exception):
     """An active cluster of this owner already has that name."""
 
 
+class UserNameTakenError(Exception):
+    """Another user already has that name. Nothing was written."""
+
+
 class IdempotencyMismatch(Exception):
     """An Idempotency-Key was reused with a different request body."""
 
@@ -105,7 +109,14 @@ class Store(Protocol):
 
     def get_secret(self, cluster_id: str, name: str) -> bytes | None: ...
 
-    def put_user(self, user: User) -> None: ...
+    def put_user(self, user: User) -> None:
+        """Insert ``user``, or replace the user with its id (a new name frees the old one).
+
+        User names are unique: raises ``UserNameTakenError``, writing nothing, when
+        another user has ``user.name``. Atomic: of concurrent puts of one name by
+        different users, one wins.
+        """
+        ...
 
     def get_user(self, user_id: str) -> User | None: ...
 

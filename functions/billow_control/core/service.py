@@ -35,7 +35,13 @@ from .models import (
     User,
     new_id,
 )
-from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
+from .ports import (
+    IdempotencyMismatch,
+    NameTakenError,
+    Ports,
+    StaleRecordError,
+    UserNameTakenError,
+)
 from .watchdog import Watchdog
 
 SECRET_NAMES = (
@@ -81,9 +87,15 @@ class ControlPlane:
         return user
 
     def create_user(self, name: str, is_admin: bool = False) -> tuple[User, str]:
-        """A new user and its first API token (returned once, stored hashed)."""
+        """A new user and its first API token (returned once, stored hashed).
+
+        Raises ``Conflict`` on ``name`` when another user has that name.
+        """
         user = User(id=new_id("u"), name=name, is_admin=is_admin)
-        self.ports.store.put_user(user)
+        try:
+            self.ports.store.put_user(user)
+        except UserNameTakenError:
+            raise Conflict(f"a user named {name!r} already exists", field="name") from None
         token = new_token(API_TOKEN_PREFIX)
         self.ports.store.put_api_token(hash_token(token), user.id)
         return user, token

@@ -14,7 +14,7 @@ from ..adapters.local.object_store import ObjectStoreApp
 from ..api.app import build_app
 from ..core.settings import ControlSettings
 from .embedded import EmbeddedRuntime, write_login
-from .http_proxy import ProxyASGIApp
+from .http_proxy import LimitedHttpToolsProtocol, ProxyASGIApp, ServerLimits
 
 log = logging.getLogger("billow.server")
 
@@ -26,11 +26,13 @@ def serve(
     login_file: Path | None,
     settings: ControlSettings,
     instance_dir: Path | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Bind, start the runtime, write the admin login on first start, serve until stopped.
 
     ``port=0`` picks a free port; the URL and PID are written to ``<data_dir>/server.json``.
     ``instance_dir``: where instances work (``EmbeddedRuntime.create``).
+    ``limits`` bound the size of request heads and the time to read a request.
     """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that declare it, and
     # without it every response waits ~40 ms on the client's delayed ACK.
@@ -52,7 +54,13 @@ def serve(
     runtime.start()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, access_log=False
+            app,
+            http=LimitedHttpToolsProtocol.with_limits(limits or ServerLimits()),
+            ws="none",  # no WebSocket routes: an upgrade request is a plain request
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            access_log=False,
         )
     )
     log.info("billow control plane listening on %s (data in %s)", url, data_dir)

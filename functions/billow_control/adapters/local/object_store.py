@@ -107,7 +107,8 @@ class LocalObjectStore:
         if not SHA256.match(sha256):
             return None, "not an object name"
         expected = self._signature(method, sha256, size, expires)
-        if not hmac.compare_digest(expected, given):
+        # Bytes: compare_digest raises on a str with non-ASCII characters (a 500).
+        if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape")):
             return None, "bad signature"
         if self.clock() > expires:
             return None, "the URL has expired"

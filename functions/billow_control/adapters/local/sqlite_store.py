@@ -37,6 +37,7 @@ from ...core.ports import (
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
+    UserNameTakenError,
 )
 from ...core.software import SoftwareEnvironment, SoftwareSpec
 
@@ -300,10 +301,24 @@ class SqliteStore:
         return bytes(row[0]) if row else None
 
     def put_user(self, user: User) -> None:
-        self._conn().execute(
-            "INSERT OR REPLACE INTO users (id, doc) VALUES (?, ?)",
-            (user.id, user.model_dump_json()),
-        )
+        """Insert or replace ``user``; ``UserNameTakenError`` when another user has its name.
+
+        The check and the write are one ``BEGIN IMMEDIATE`` transaction, so concurrent
+        puts of one name are serialized (files written before names were unique may hold
+        duplicates: they stay, and no new one is added).
+        """
+        with self._tx() as db:
+            taken = db.execute(
+                "SELECT 1 FROM users WHERE json_extract(doc, '$.name') = ? AND id != ?",
+                (user.name, user.id),
+            ).fetchone()
+            if taken:
+                raise UserNameTakenError(user.name)
+            db.execute(
+                "INSERT INTO users (id, doc) VALUES (?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                (user.id, user.model_dump_json()),
+            )
 
     def get_user(self, user_id: str) -> User | None:
         row = self._one("SELECT doc FROM users WHERE id=?", user_id)

@@ -14,6 +14,8 @@ table (suffix)              key                             holds
 ``heartbeats``              ``cluster_id``                  the latest heartbeat (overwritten)
 ``secrets``                 ``cluster_id`` + ``name``       encrypted blobs (binary)
 ``users``                   ``id``                          users
+``user-names``              ``name``                        ``user_id``: the lock that keeps
+                                                            user names unique
 ``api-tokens``              ``token_hash``                  ``user_id`` of an API token
 ``cluster-tokens``          ``cluster_id``                  the cluster's heartbeat token hash
 ``instance-credentials``    ``token_hash``                  one-time bootstrap tokens
@@ -127,6 +129,11 @@ class UserItem(Model):
     doc = UnicodeAttribute()
 
 
+class UserNameItem(Model):
+    name = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+
+
 class ApiTokenItem(Model):
     token_hash = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
@@ -165,6 +172,7 @@ class Models:
     heartbeat: type[HeartbeatItem]
     secret: type[SecretItem]
     user: type[UserItem]
+    user_name: type[UserNameItem]
     api_token: type[ApiTokenItem]
     cluster_token: type[ClusterTokenItem]
     credential: type[CredentialItem]
@@ -178,6 +186,7 @@ class Models:
             self.heartbeat,
             self.secret,
             self.user,
+            self.user_name,
             self.api_token,
             self.cluster_token,
             self.credential,
@@ -212,6 +221,7 @@ def bind_models(prefix: str, region: str, host: str | None) -> Models:
         heartbeat=bind(HeartbeatItem, "heartbeats"),
         secret=bind(SecretItem, "secrets"),
         user=bind(UserItem, "users"),
+        user_name=bind(UserNameItem, "user-names"),
         api_token=bind(ApiTokenItem, "api-tokens"),
         cluster_token=bind(ClusterTokenItem, "cluster-tokens"),
         credential=bind(CredentialItem, "instance-credentials"),

@@ -41,6 +41,7 @@ from ....core.ports import (
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
+    UserNameTakenError,
 )
 from .environments import EnvironmentRevisions
 from .items import ClusterItem, CredentialItem, M, bind_models, share_connection
@@ -316,7 +317,40 @@ class DynamoDBStore(EnvironmentRevisions):
         return bytes(item.value) if item is not None else None
 
     def put_user(self, user: User) -> None:
-        self.models.user(user.id, doc=user.model_dump_json()).save()
+        """Write the user and its name lock (``user-names``) in one transaction.
+
+        The lock is conditional on being free or this user's, the user item on being
+        unchanged since it was read; a new name deletes the user's old lock in the same
+        transaction. Raises ``UserNameTakenError`` when another user holds the name, and
+        ``StaleRecordError`` when concurrent writes kept cancelling the transaction.
+        """
+        m = self.models
+        delay = 0.02
+        for _ in range(_CREATE_ATTEMPTS):
+            stored = self._get(m.user, user.id)
+            old_name = User.model_validate_json(stored.doc).name if stored is not None else None
+            try:
+                with TransactWrite(connection=self.connection) as tx:
+                    lock = m.user_name(user.name, user_id=user.id)
+                    free = m.user_name.name.does_not_exist() | (m.user_name.user_id == user.id)
+                    tx.save(lock, condition=free)
+                    unchanged = (
+                        m.user.id.does_not_exist() if stored is None else m.user.doc == stored.doc
+                    )
+                    tx.save(m.user(user.id, doc=user.model_dump_json()), condition=unchanged)
+                    if old_name is not None and old_name != user.name:
+                        tx.delete(m.user_name(old_name), condition=m.user_name.user_id == user.id)
+            except TransactWriteError as e:
+                if e.cause_response_code != _TX_CANCELLED:
+                    raise
+                holder = self._get(m.user_name, user.name)
+                if holder is not None and holder.user_id != user.id:
+                    raise UserNameTakenError(user.name) from None
+                time.sleep(delay * (1 + random.random()))
+                delay *= 2
+                continue
+            return
+        raise StaleRecordError(f"could not write user {user.id}: concurrent writes")
 
     def get_user(self, user_id: str) -> User | None:
         item = self._get(self.models.user, user_id)

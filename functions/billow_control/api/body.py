@@ -1,0 +1,104 @@
+"""Reading a request body: only JSON, only UTF-8, never nested deeper than ``MAX_DEPTH``.
+
+The API reads bodies here, before powertools validates them, so that no body can make
+the parser itself fail: every refusal is an ``ApiError`` with its own status.
+
+* 415: a body (or a route that takes one) with a content type other than
+  ``application/json`` (an optional ``charset`` must be UTF-8).
+* 400: bytes that are not UTF-8, a string escaping half a surrogate pair (not Unicode
+  either), or JSON nested deeper than ``MAX_DEPTH``.
+* 422: text that is not JSON, ``NaN``/``Infinity``, or a number that no float or int of
+  the API can hold (``1e309``, an integer of thousands of digits).
+
+JSON has one number type: ``3.0`` is the integer 3 (as JSON Schema's ``integer`` says),
+so a whole number written with a fraction or exponent parses as an ``int``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from itertools import accumulate
+from typing import Any
+
+from ..core.errors import BadRequest, Invalid, UnsupportedMediaType
+
+MAX_DEPTH = 64
+JSON_MEDIA_TYPE = "application/json"
+
+# A JSON string, or what is left of an unterminated one. Possessive loops: linear time on
+# any input (an unterminated string simply runs to the end of the text).
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def check_content_type(header: str | None) -> None:
+    """Accept ``application/json`` with at most a UTF-8 ``charset``; else 415."""
+    media_type, *params = (header or "").split(";")
+    ok = media_type.strip().lower() == JSON_MEDIA_TYPE
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset" or value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            ok = False
+    if not ok:
+        shown = f"'{header[:100]}'" if header else "none"
+        raise UnsupportedMediaType(
+            f"the request body must be JSON sent as Content-Type: {JSON_MEDIA_TYPE} (got {shown})"
+        )
+
+
+def decode_utf8(raw: bytes) -> str:
+    """The body as text; 400 when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the request body is not UTF-8 (byte {e.start} is not)") from None
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text``, brackets inside strings aside.
+
+    Linear in ``len(text)`` and done in C (regular expressions, ``accumulate``), so it is
+    safe to run on any body before parsing it.
+    """
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent: finite, and an ``int`` when whole."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return int(value) if value.is_integer() else value
+
+
+def parse_json(text: str) -> Any:
+    """Parse a request body, refusing depth over ``MAX_DEPTH`` (400) and anything that is
+    not strict JSON or holds numbers out of range (422, on the field ``body``)."""
+    if nesting_depth(text) > MAX_DEPTH:
+        raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_number)
+    except json.JSONDecodeError as e:
+        raise Invalid(
+            f"body: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="body"
+        ) from None
+    except ValueError as e:  # NaN/Infinity, 1e309, integers over Python's digit limit
+        message = str(e).split(";")[0]
+        raise Invalid(f"body: not valid JSON: {message}", field="body") from None
+    if "\\u" in text:  # only an escape can make a lone surrogate of UTF-8 text
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("the request body escapes half a surrogate pair") from None
+    return value
