@@ -67,8 +67,8 @@ def server(
     import dask.config
     from pydantic import ValidationError
 
-    from billow_control.core.models import parse_duration
     from billow_control.core.settings import ControlSettings
+    from billow_control.core.units import parse_duration
     from billow_control.runtimes.embedded_server import serve
     from billow_control.runtimes.http_proxy import ServerLimits
 

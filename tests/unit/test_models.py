@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from billow_control.core.models import ClusterRequest, parse_bytes, parse_duration
+from billow_control.core.models import ClusterRequest
+from billow_control.core.units import parse_bytes, parse_duration
 
 pytestmark = pytest.mark.unit
 

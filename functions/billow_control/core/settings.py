@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .models import parse_duration
+from .units import parse_duration
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _AGENT_WHEEL = re.compile(r"^[0-9a-f]{64}/[A-Za-z0-9_.+!-]+\.whl$")

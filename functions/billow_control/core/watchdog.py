@@ -23,10 +23,10 @@ from .models import (
     ClusterTarget,
     HeartbeatRecord,
     InstanceInfo,
-    parse_duration,
 )
 from .ports import Ports, StaleRecordError
 from .settings import ControlSettings
+from .units import parse_duration
 
 log = logging.getLogger(__name__)
 
