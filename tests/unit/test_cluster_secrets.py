@@ -21,6 +21,7 @@ from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.local.event_log import JsonLinesEventBus
 from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.adapters.local.sqlite_store import SqliteStore
+from billow_control.core.agents import ENVIRON_SECRETS
 from billow_control.core.errors import Conflict, describe_validation_errors
 from billow_control.core.idempotency import request_hash
 from billow_control.core.models import (
@@ -31,7 +32,7 @@ from billow_control.core.models import (
     User,
 )
 from billow_control.core.ports import Ports
-from billow_control.core.service import ENVIRON_SECRETS, ControlPlane
+from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.unit.fakes import MemoryProvider, RecordingOrchestrator
 
@@ -113,7 +114,7 @@ def test_values_reach_the_bootstrap_exchange_and_nothing_else(world: World) -> N
     world.plane.lifecycle.reconcile(cluster["id"])  # launches: provisioning event
     spec_envs = [json.dumps(s.environment) for s in world.provider.specs.values()]
     assert spec_envs and not any(value in e for e in spec_envs)  # not in instance launch data
-    config = world.plane.bootstrap_instance(world.token_of(cluster["id"], InstanceRole.scheduler))
+    config = world.plane.agents.bootstrap(world.token_of(cluster["id"], InstanceRole.scheduler))
     assert config["environ"] == {"PLAIN": plain, "TOKEN": value, "API_KEY": "k"}
 
     world.plane.stop_cluster(world.user, cluster["id"])
@@ -134,7 +135,7 @@ def test_a_cluster_without_secrets_reads_no_sealed_blob(world: World) -> None:
     assert cluster["secrets"] == []
     assert world.store.get_secret(cluster["id"], ENVIRON_SECRETS) is None
     world.plane.lifecycle.reconcile(cluster["id"])
-    config = world.plane.bootstrap_instance(world.token_of(cluster["id"], InstanceRole.scheduler))
+    config = world.plane.agents.bootstrap(world.token_of(cluster["id"], InstanceRole.scheduler))
     assert config["environ"] == {}
 
 

@@ -88,7 +88,7 @@ def world(tmp_path: Path, objects: MemoryObjects) -> World:
 
 def test_the_kit_names_uv_and_the_agent_wheel_and_leaves_the_token_unused(world: World) -> None:
     token = world.launch()[InstanceRole.scheduler]
-    kit = world.plane.instance_kit(token)
+    kit = world.plane.agents.kit(token)
     assert kit == {
         "uv": {
             "aarch64": {"sha256": UV_ARM, "url": f"mem://get/{UV_ARM}"},
@@ -102,22 +102,22 @@ def test_the_kit_names_uv_and_the_agent_wheel_and_leaves_the_token_unused(world:
         "pip_args": [],
         "python": ">=3.11",
     }
-    assert world.plane.instance_kit(token) == kit  # asked again (a retried download)
-    config = world.plane.bootstrap_instance(token)  # the token is still good for this
+    assert world.plane.agents.kit(token) == kit  # asked again (a retried download)
+    config = world.plane.agents.bootstrap(token)  # the token is still good for this
     assert config["role"] == "scheduler"
     with pytest.raises(Unauthorized, match="unknown, used or expired"):
-        world.plane.instance_kit(token)
+        world.plane.agents.kit(token)
 
 
 def test_the_kit_refuses_bad_expired_or_missing_tokens(world: World) -> None:
     token = world.launch()[InstanceRole.worker]
     with pytest.raises(Unauthorized, match="missing instance token"):
-        world.plane.instance_kit(None)
+        world.plane.agents.kit(None)
     with pytest.raises(Unauthorized, match="unknown, used or expired"):
-        world.plane.instance_kit("bit_not-a-token")
+        world.plane.agents.kit("bit_not-a-token")
     world.clock.advance(world.plane.ports.settings.instance_token_ttl + 1)
     with pytest.raises(Unauthorized, match="unknown, used or expired"):
-        world.plane.instance_kit(token)
+        world.plane.agents.kit(token)
 
 
 def test_instances_of_a_stopping_cluster_are_told_to_exit(world: World) -> None:
@@ -125,7 +125,7 @@ def test_instances_of_a_stopping_cluster_are_told_to_exit(world: World) -> None:
     (record,) = world.store.list_clusters(None, active_only=True)
     world.plane.stop_cluster(world.user, record.id)
     with pytest.raises(Conflict, match="instance should exit"):
-        world.plane.instance_kit(token)
+        world.plane.agents.kit(token)
 
 
 def test_a_cluster_pinning_its_own_billow_wheel_bootstraps_with_it(
@@ -149,7 +149,7 @@ def test_a_cluster_pinning_its_own_billow_wheel_bootstraps_with_it(
         extra_index_urls=["https://extra.test/simple"],
     )
     token = world.launch(ClusterRequest(software=spec))[InstanceRole.scheduler]
-    kit = world.plane.instance_kit(token)
+    kit = world.plane.agents.kit(token)
     assert kit["wheel"] == {
         "sha256": own,
         "filename": "billow-0.2.0.dev1-py3-none-any.whl",
@@ -168,7 +168,7 @@ def test_a_cluster_pinning_its_own_billow_wheel_bootstraps_with_it(
     ).model_dump()
     pinned["packages"].append({"name": "billow", "version": "0.1.0"})
     other = world.launch(ClusterRequest(software=SoftwareSpec.model_validate(pinned)))
-    assert world.plane.instance_kit(other[InstanceRole.worker])["wheel"]["sha256"] == AGENT
+    assert world.plane.agents.kit(other[InstanceRole.worker])["wheel"]["sha256"] == AGENT
 
 
 def test_a_deployment_without_a_kit_says_how_to_make_one(tmp_path: Path) -> None:
@@ -176,12 +176,12 @@ def test_a_deployment_without_a_kit_says_how_to_make_one(tmp_path: Path) -> None
     bare = World(tmp_path / "a", None)
     token = bare.launch()[InstanceRole.scheduler]
     with pytest.raises(Conflict, match="upload-instance-kit.sh"):
-        bare.plane.instance_kit(token)
+        bare.plane.agents.kit(token)
     (tmp_path / "b").mkdir()
     no_wheel = World(tmp_path / "b", MemoryObjects(), uv_sha256=UV_X86)
     token = no_wheel.launch()[InstanceRole.scheduler]
     with pytest.raises(Conflict, match="no agent wheel"):
-        no_wheel.plane.instance_kit(token)
+        no_wheel.plane.agents.kit(token)
 
 
 def test_kit_settings_from_the_environment_name_the_bad_variable() -> None:

@@ -24,14 +24,14 @@ def agent_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.post("/v1/agent/kit", security=INSTANCE)
     def kit() -> dict[str, Any]:
         """What a bare instance downloads to start the agent (the token stays unused)."""
-        return plane().instance_kit(token())
+        return plane().agents.kit(token())
 
     @router.post("/v1/agent/bootstrap", security=INSTANCE)
     def bootstrap() -> dict[str, Any]:
-        return plane().bootstrap_instance(token())
+        return plane().agents.bootstrap(token())
 
     @router.post("/v1/clusters/<cluster_id>/heartbeat", security=CLUSTER)
     def heartbeat(cluster_id: str, beat: Heartbeat) -> dict[str, Any]:
-        return plane().heartbeat(cluster_id, token(), beat)
+        return plane().agents.heartbeat(cluster_id, token(), beat)
 
     return router

@@ -58,7 +58,7 @@ class ControlSettings(BaseModel):
     multi_tenant: bool = Field(
         default=True, description="whether this deployment may serve more than one user"
     )
-    # The instance kit (``ControlPlane.instance_kit``): objects of the deployment's object
+    # The instance kit (``ClusterAgents.kit``): objects of the deployment's object
     # store that bare instances bootstrap from; scripts/upload-instance-kit.sh makes them.
     agent_wheel: str | None = Field(
         default=None, description="'<sha256>/<filename>' of the billow wheel instances start"

@@ -7,7 +7,7 @@ of Billow's:
 
 1. ``POST /v1/agent/kit`` with the token (which stays unused) answers pre-signed URLs and
    sha256s of a pinned uv binary per machine and of the billow wheel to start with
-   (``ControlPlane.instance_kit``).
+   (``ClusterAgents.kit``).
 2. The snippet downloads both to ``$BILLOW_ROOT/opt/billow``, checks their sha256, makes a
    venv with uv (``uv venv --python '>=3.11'``: uv downloads a Python if the image has
    none that fits) and installs the wheel into it.
