@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from billow_control.adapters.clock import SystemClock
-from billow_control.adapters.local.process_provider import LocalProcessProvider, agent_pythonpath
+from billow_control.adapters.local.instance_setup import agent_pythonpath
+from billow_control.adapters.local.process_provider import LocalProcessProvider
 from billow_control.adapters.local.tenant_users import TenantAccounts, account_name
 from billow_control.core.models import InstanceRole, InstanceSpec, InstanceState
 from tests.support.processes import pid_alive, wait_until

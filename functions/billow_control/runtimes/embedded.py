@@ -25,14 +25,14 @@ import yaml
 from ..adapters.clock import SystemClock
 from ..adapters.local.event_log import JsonLinesEventBus
 from ..adapters.local.fernet_box import FernetSecretBox
-from ..adapters.local.object_store import LocalObjectStore
-from ..adapters.local.process_provider import (
+from ..adapters.local.instance_setup import (
     USERS,
-    LocalProcessProvider,
     agent_pythonpath,
     instance_environment,
     prepare_workspace,
 )
+from ..adapters.local.object_store import LocalObjectStore
+from ..adapters.local.process_provider import LocalProcessProvider
 from ..adapters.local.sqlite_store import SqliteStore
 from ..adapters.local.tenant_users import TenantAccounts, isolation_problem
 from ..adapters.local.thread_orchestrator import LocalOrchestrator
