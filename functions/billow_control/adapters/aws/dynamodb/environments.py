@@ -14,12 +14,13 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pynamodb.exceptions import DeleteError, DoesNotExist, TransactWriteError
+from pynamodb.exceptions import DeleteError, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
 from ....core.ports import StaleRecordError
 from ....core.software import SoftwareEnvironment, SoftwareSpec
+from .items import get_item
 
 _LATEST = "latest#"
 _REVISION = "rev#"
@@ -43,10 +44,7 @@ class EnvironmentRevisions:
     connection: Any
 
     def _environment_item(self, owner: str, key: str) -> Any:
-        try:
-            return self.models.environment.get(owner, key, consistent_read=True)
-        except DoesNotExist:
-            return None
+        return get_item(self.models.environment, owner, key)
 
     def put_environment_revision(
         self, owner: str, name: str, spec: SoftwareSpec, now: datetime

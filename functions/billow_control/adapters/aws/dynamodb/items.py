@@ -66,6 +66,7 @@ from pynamodb.attributes import (
     VersionAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.exceptions import DoesNotExist
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -243,3 +244,11 @@ def share_connection(
         connection.add_meta_table(table.get_meta_table())
         table.connection = connection
     return connection
+
+
+def get_item(model: type[M], hash_key: str, range_key: str | None = None) -> M | None:
+    """The item, read with strong consistency, or ``None`` when it does not exist."""
+    try:
+        return model.get(hash_key, range_key, consistent_read=True)
+    except DoesNotExist:
+        return None

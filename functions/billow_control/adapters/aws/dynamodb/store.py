@@ -28,23 +28,22 @@ from typing import Any
 
 from pynamodb.exceptions import (
     DeleteError,
-    DoesNotExist,
     PutError,
     TransactWriteError,
     UpdateError,
 )
 from pynamodb.transactions import TransactWrite
 
-from ....core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ....core.models import ClusterRecord, HeartbeatRecord, InstanceCredential
 from ....core.ports import (
     FinishedClusterError,
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
-    UserNameTakenError,
 )
 from .environments import EnvironmentRevisions
-from .items import ClusterItem, CredentialItem, M, bind_models, share_connection
+from .items import ClusterItem, CredentialItem, M, bind_models, get_item, share_connection
+from .users import UserAccounts
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _TX_CANCELLED = "TransactionCanceledException"
@@ -65,7 +64,7 @@ def _failed(e: PutError | UpdateError | DeleteError) -> bool:
     return e.cause_response_code == _CONDITION_FAILED
 
 
-class DynamoDBStore(EnvironmentRevisions):
+class DynamoDBStore(EnvironmentRevisions, UserAccounts):
     """Implements ``billow_control.core.ports.Store`` on DynamoDB tables.
 
     Constructing one makes no AWS call; the tables must exist (``tables.create_tables``
@@ -219,10 +218,7 @@ class DynamoDBStore(EnvironmentRevisions):
 
     @staticmethod
     def _get(model: type[M], hash_key: str, range_key: str | None = None) -> M | None:
-        try:
-            return model.get(hash_key, range_key, consistent_read=True)
-        except DoesNotExist:
-            return None
+        return get_item(model, hash_key, range_key)
 
     def get_cluster(self, cluster_id: str) -> ClusterRecord | None:
         """The stored record (strongly consistent read), or ``None``."""
@@ -298,7 +294,7 @@ class DynamoDBStore(EnvironmentRevisions):
                 raise StaleRecordError(record.id) from None
         return new
 
-    # -- heartbeats, secrets, users, tokens ----------------------------------------------
+    # -- heartbeats, secrets, tokens ------------------------------------------------------
 
     def put_heartbeat(self, beat: HeartbeatRecord) -> None:
         """Overwrite the latest heartbeat (unconditional; separate from the cluster item)."""
@@ -315,60 +311,6 @@ class DynamoDBStore(EnvironmentRevisions):
     def get_secret(self, cluster_id: str, name: str) -> bytes | None:
         item = self._get(self.models.secret, cluster_id, name)
         return bytes(item.value) if item is not None else None
-
-    def put_user(self, user: User) -> None:
-        """Write the user and its name lock (``user-names``) in one transaction.
-
-        The lock is conditional on being free or this user's, the user item on being
-        unchanged since it was read; a new name deletes the user's old lock in the same
-        transaction. Raises ``UserNameTakenError`` when another user holds the name, and
-        ``StaleRecordError`` when concurrent writes kept cancelling the transaction.
-        """
-        m = self.models
-        delay = 0.02
-        for _ in range(_CREATE_ATTEMPTS):
-            stored = self._get(m.user, user.id)
-            old_name = User.model_validate_json(stored.doc).name if stored is not None else None
-            try:
-                with TransactWrite(connection=self.connection) as tx:
-                    lock = m.user_name(user.name, user_id=user.id)
-                    free = m.user_name.name.does_not_exist() | (m.user_name.user_id == user.id)
-                    tx.save(lock, condition=free)
-                    unchanged = (
-                        m.user.id.does_not_exist() if stored is None else m.user.doc == stored.doc
-                    )
-                    tx.save(m.user(user.id, doc=user.model_dump_json()), condition=unchanged)
-                    if old_name is not None and old_name != user.name:
-                        tx.delete(m.user_name(old_name), condition=m.user_name.user_id == user.id)
-            except TransactWriteError as e:
-                if e.cause_response_code != _TX_CANCELLED:
-                    raise
-                holder = self._get(m.user_name, user.name)
-                if holder is not None and holder.user_id != user.id:
-                    raise UserNameTakenError(user.name) from None
-                time.sleep(delay * (1 + random.random()))
-                delay *= 2
-                continue
-            return
-        raise StaleRecordError(f"could not write user {user.id}: concurrent writes")
-
-    def get_user(self, user_id: str) -> User | None:
-        item = self._get(self.models.user, user_id)
-        return User.model_validate_json(item.doc) if item is not None else None
-
-    def count_users(self) -> int:
-        """Counts with a consistent Scan of the (small) users table, not the stale
-        ``ItemCount`` of DescribeTable."""
-        users = self.models.user
-        return sum(1 for _ in users.scan(attributes_to_get=["id"], consistent_read=True))
-
-    def put_api_token(self, token_hash: str, user_id: str) -> None:
-        self.models.api_token(token_hash, user_id=user_id).save()
-
-    def user_for_token(self, token_hash: str) -> User | None:
-        """The token's user; ``None`` for an unknown token or a deleted user."""
-        token = self._get(self.models.api_token, token_hash)
-        return self.get_user(token.user_id) if token is not None else None
 
     def put_cluster_token(self, cluster_id: str, token_hash: str) -> None:
         """Replace the cluster's heartbeat token hash."""
