@@ -9,36 +9,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import functions.aws as aws
-import httpx
 import pytest
 
 from billow_control.core.models import ClusterRequest
 from billow_control.runtimes.aws import AwsRuntime
-from tests.support.aws import Deployment, FakeLambdaContext, call_api, client, functions_env
+from tests.support.aws import Deployment, FakeLambdaContext, call_api, client
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def deployment(serial_moto_url: str) -> Iterator[Deployment]:
-    config = {"stepfunctions": {"execute_state_machine": True}}
-    httpx.post(f"{serial_moto_url}/moto-api/config", json=config).raise_for_status()
-    created = Deployment.create(serial_moto_url, "http://127.0.0.1:9", machine="noop")
-    try:
-        yield created
-    finally:
-        created.delete()
-
-
-@pytest.fixture
-def rt(deployment: Deployment) -> Iterator[AwsRuntime]:
-    with functions_env(deployment.env) as runtime:
-        yield runtime
 
 
 def command(rt: AwsRuntime, **detail: Any) -> dict[str, Any]:

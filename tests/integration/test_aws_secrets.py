@@ -11,36 +11,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from billow_control.core.auth import INSTANCE_TOKEN_PREFIX, hash_token, new_token
 from billow_control.core.models import InstanceCredential, InstanceRole
 from billow_control.runtimes.aws import AwsRuntime
-from tests.support.aws import Deployment, call_api, client, functions_env
+from tests.support.aws import Deployment, call_api, client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def deployment(serial_moto_url: str) -> Iterator[Deployment]:
-    config = {"stepfunctions": {"execute_state_machine": True}}
-    httpx.post(f"{serial_moto_url}/moto-api/config", json=config).raise_for_status()
-    created = Deployment.create(serial_moto_url, "http://127.0.0.1:9", machine="noop")
-    try:
-        yield created
-    finally:
-        created.delete()
-
-
-@pytest.fixture
-def rt(deployment: Deployment) -> Iterator[AwsRuntime]:
-    with functions_env(deployment.env) as runtime:
-        yield runtime
 
 
 def events_queue(deployment: Deployment) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import pwd
 import shutil
 import site
 import subprocess
@@ -22,21 +21,14 @@ import tempfile
 from pathlib import Path
 
 from billow_control.adapters.local.process_provider import LocalProcessProvider
+from billow_control.adapters.local.tenant_users import nobody
 
 PROBE = "import billow, billow_control, distributed"
 
 
-def _nobody() -> tuple[int, int]:
-    try:
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except KeyError:
-        return 65534, 65534
-
-
 def runs_unprivileged(python: str, env: dict[str, str] | None = None) -> bool:
     """Whether ``nobody`` can run ``python`` and import billow and distributed with it."""
-    uid, gid = _nobody()
+    uid, gid = nobody()
     env = {"PATH": "/usr/bin:/bin", **(env or {})}
     if "PYTHONPATH" in os.environ:
         env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
@@ -90,7 +82,7 @@ def shared_python() -> str | None:
 
 def runs_unprivileged_bare(python: str) -> bool:
     """Whether ``nobody`` can start ``python`` at all."""
-    uid, gid = _nobody()
+    uid, gid = nobody()
     try:
         done = subprocess.run(
             [python, "-c", "pass"],

@@ -141,7 +141,8 @@ def _tool_env() -> dict[str, str]:
     return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
-def _nobody() -> tuple[int, int]:
+def nobody() -> tuple[int, int]:
+    """uid and gid of ``nobody`` (65534 where the system has no such entry)."""
     try:
         entry = pwd.getpwnam("nobody")
         return entry.pw_uid, entry.pw_gid
@@ -160,7 +161,7 @@ def isolation_problem(python: str, environment: Mapping[str, str], workspace: Pa
         return "the server does not run as root"
     if shutil.which("useradd", path=_tool_env()["PATH"]) is None:
         return "useradd is not installed"
-    uid, gid = _nobody()
+    uid, gid = nobody()
     try:
         done = subprocess.run(
             [python, "-c", _PROBE, str(workspace)],
