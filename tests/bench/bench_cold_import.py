@@ -10,8 +10,8 @@ prints, as medians of ROUNDS fresh interpreters measured in the same run:
 * ``import functions.aws`` alone, and ``-X importtime``'s total for it;
 * import plus the first ``GET /v1/health``, minus the baseline: the cold start
   (goal: at most 250 ms);
-* import plus a first ``POST /v1/clusters`` that validation refuses (422): what the first
-  request that validates a body pays, without a store;
+* import plus a first heartbeat that validation refuses (422): what the first request
+  that validates a body pays, without a store;
 * which ports and boto3 clients that request built (none: health needs no adapter, and
   the runtime is not even wired), and those a first ``GET /v1/clusters`` without a token
   builds (none: it is refused before the store is read);
@@ -43,7 +43,10 @@ FIRST_REQUEST_ENV = {  # enough for aws_runtime to build (it makes no AWS call)
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
 }
-INVALID_CREATE = '{"n_workers": -1}'  # refused by validation, before any store read
+# A heartbeat body validation refuses: the heartbeat route validates before it reads the
+# cluster's token from the store (routes with user tokens authenticate first).
+INVALID_HEARTBEAT = '{"workers": "not a list"}'
+HEARTBEAT = "/v1/clusters/c-0000000000000000/heartbeat"
 DASK_LOADED = "print(any(m.split('.')[0] == 'dask' for m in __import__('sys').modules))"
 FIRST_REQUEST = """
 import functions.aws as aws, sys
@@ -119,7 +122,7 @@ def main() -> int:
         ms, built = wall_ms(FIRST_REQUEST, "GET", "/v1/health", "200", "")
         health.append(ms)
         importtime.append(importtime_ms("functions.aws"))
-        invalid.append(wall_ms(FIRST_REQUEST, "POST", "/v1/clusters", "422", INVALID_CREATE)[0])
+        invalid.append(wall_ms(FIRST_REQUEST, "POST", HEARTBEAT, "422", INVALID_HEARTBEAT)[0])
     listed = wall_ms(FIRST_REQUEST, "GET", "/v1/clusters", "401", "")[1]
     base, imp, first = (statistics.median(x) for x in (baseline, handlers, health))
     cold = first - base
@@ -134,7 +137,7 @@ def main() -> int:
     )
     rejected = statistics.median(invalid) - base
     print(
-        f"  import + first POST /v1/clusters, refused 422 by validation (no store)"
+        f"  import + first heartbeat, refused 422 by validation (no store)"
         f"  +{rejected:.0f} ms over the baseline"
     )
     print(f"  built by GET /v1/health: ports {ports}, boto3 clients {clients}")
