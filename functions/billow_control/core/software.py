@@ -30,6 +30,18 @@ MAX_PACKAGES = 2000
 MAX_WHEEL_BYTES = 512 * 2**20
 
 
+def index_arguments(
+    index_url: str | None, extra_index_urls: list[str], find_links: list[str]
+) -> list[str]:
+    """The ``uv pip`` (and pip) options that name these package sources."""
+    args = ["--index-url", index_url] if index_url else []
+    for url in extra_index_urls:
+        args += ["--extra-index-url", url]
+    for url in find_links:
+        args += ["--find-links", url]
+    return args
+
+
 def normalize(name: str) -> str:
     """The canonical form of a distribution name (PEP 503): ``Foo_Bar`` -> ``foo-bar``."""
     return re.sub(r"[-_.]+", "-", name).lower()

@@ -25,7 +25,13 @@ from pathlib import Path
 import httpx
 
 from billow.errors import EnvironmentBuildError
-from billow_control.core.software import MAX_WHEEL_BYTES, PackagePin, SoftwareSpec, normalize
+from billow_control.core.software import (
+    MAX_WHEEL_BYTES,
+    PackagePin,
+    SoftwareSpec,
+    index_arguments,
+    normalize,
+)
 
 COMPLETE = ".complete"
 ERROR_LINES = 40  # lines of uv's stderr quoted in a failure message
@@ -367,12 +373,7 @@ def _install(
         str(_python(tmp)),
     ]
     args += ["--cache-dir", str(cache_dir / "uv-cache"), "-r", str(requirements)]
-    if spec.index_url:
-        args += ["--index-url", spec.index_url]
-    for url in spec.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for url in spec.find_links:
-        args += ["--find-links", url]
+    args += index_arguments(spec.index_url, spec.extra_index_urls, spec.find_links)
     done = _run_uv(spec, uv, args, cache_dir, deadline, "installing packages")
     if done.returncode != 0:
         raise _fail(spec, _resolver_report(spec, done.stderr))

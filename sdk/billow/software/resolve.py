@@ -29,7 +29,13 @@ from urllib.request import url2pathname
 
 from pydantic import ValidationError
 
-from billow_control.core.software import CORE_PACKAGES, PackagePin, SoftwareSpec, normalize
+from billow_control.core.software import (
+    CORE_PACKAGES,
+    PackagePin,
+    SoftwareSpec,
+    index_arguments,
+    normalize,
+)
 
 from ..errors import ResolutionError
 from .environment import mentioned_packages
@@ -129,12 +135,7 @@ def resolve_requirements(
         args = [uv, "pip", "compile", "--no-config", "--color", "never", "--quiet"]
         args += ["--python-version", python, "--python-platform", target]
         args += ["--no-header", "--no-annotate"]
-        if index_url:
-            args += ["--index-url", index_url]
-        for url in extra_index_urls:
-            args += ["--extra-index-url", url]
-        for url in find_links:
-            args += ["--find-links", url]
+        args += index_arguments(index_url, list(extra_index_urls), list(find_links))
         args.append(str(infile))
         started = time.monotonic()
         say(f"resolving {len(requested)} requirement(s) for Python {python} on {platform}")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from billow_control.core.software import PackagePin, SoftwareSpec
+from billow_control.core.software import PackagePin, SoftwareSpec, index_arguments
 
 from ..errors import WheelBuildError
 from .scan import ScanResult, scan_environment
@@ -49,12 +49,7 @@ def dashboard_pins(scan: ScanResult, timeout: float = 120.0) -> tuple[list[Packa
         ]  # fmt: skip
         if scan.target_platform in UV_PLATFORMS:
             command += ["--python-platform", UV_PLATFORMS[scan.target_platform]]
-        if scan.index_url:
-            command += ["--index-url", scan.index_url]
-        for url in scan.extra_index_urls:
-            command += ["--extra-index-url", url]
-        for url in scan.find_links:
-            command += ["--find-links", url]
+        command += index_arguments(scan.index_url, scan.extra_index_urls, scan.find_links)
         proc = subprocess.run(
             command, input=DASHBOARD, capture_output=True, text=True, timeout=timeout
         )
