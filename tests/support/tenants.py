@@ -28,20 +28,30 @@ PROBE = "import billow, billow_control, distributed"
 
 def runs_unprivileged(python: str, env: dict[str, str] | None = None) -> bool:
     """Whether ``nobody`` can run ``python`` and import billow and distributed with it."""
-    uid, gid = nobody()
     env = {"PATH": "/usr/bin:/bin", **(env or {})}
     if "PYTHONPATH" in os.environ:
         env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
+    return _as_nobody([python, "-c", PROBE], env, timeout=120)
+
+
+def runs_unprivileged_bare(python: str) -> bool:
+    """Whether ``nobody`` can start ``python`` at all."""
+    return _as_nobody([python, "-c", "pass"], {"PATH": "/usr/bin:/bin"}, timeout=60)
+
+
+def _as_nobody(command: list[str], env: dict[str, str], timeout: float) -> bool:
+    """Whether ``command`` succeeds run as ``nobody`` (no supplementary groups, in ``/``)."""
+    uid, gid = nobody()
     try:
         done = subprocess.run(
-            [python, "-c", PROBE],
+            command,
             user=uid,
             group=gid,
             extra_groups=[],
             env=env,
             cwd="/",
             capture_output=True,
-            timeout=120,
+            timeout=timeout,
         )
     except (OSError, subprocess.SubprocessError):
         return False
@@ -78,25 +88,6 @@ def shared_python() -> str | None:
             return python
         shutil.rmtree(venv, ignore_errors=True)
     return None
-
-
-def runs_unprivileged_bare(python: str) -> bool:
-    """Whether ``nobody`` can start ``python`` at all."""
-    uid, gid = nobody()
-    try:
-        done = subprocess.run(
-            [python, "-c", "pass"],
-            user=uid,
-            group=gid,
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin"},
-            cwd="/",
-            capture_output=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
 
 
 def remove_accounts(provider: LocalProcessProvider) -> None:

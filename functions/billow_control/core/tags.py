@@ -3,8 +3,6 @@
 The reaper diffs tagged resources against the store, so a crash between "resource
 created" and "record written" leaks nothing. Providers add the per-instance tags
 (``INSTANCE_NAME``, ``ROLE``) to instances; everything else carries ``cluster_tags``.
-GCP labels cannot contain ``:``; its provider spells the same names with ``-``
-(``label_name``).
 """
 
 from __future__ import annotations
@@ -36,8 +34,3 @@ def cluster_tags(
 def is_reserved(key: str) -> bool:
     """Whether a tag key belongs to Billow (users may not set it)."""
     return key.startswith(PREFIX)
-
-
-def label_name(tag: str) -> str:
-    """The GCP label spelling of a tag key (``billow:cluster-id`` -> ``billow-cluster-id``)."""
-    return tag.replace(":", "-")
