@@ -52,12 +52,14 @@ def test_ten_megabyte_body_is_refused(api: httpx.Client) -> None:
     assert count_clusters(api) == before
 
 
-def test_malformed_json_is_refused(api: httpx.Client) -> None:
+def test_malformed_json_is_400_and_creates_nothing(api: httpx.Client) -> None:
+    before = count_clusters(api)
     response = api.post(
         "/v1/clusters", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid"
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad-request"
+    assert count_clusters(api) == before
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ the parser itself fail: every refusal is an ``ApiError`` with its own status.
 * 415: a body (or a route that takes one) with a content type other than
   ``application/json`` (an optional ``charset`` must be UTF-8).
 * 400: bytes that are not UTF-8, a string escaping half a surrogate pair (not Unicode
-  either), or JSON nested deeper than ``MAX_DEPTH``.
-* 422: text that is not JSON, ``NaN``/``Infinity``, or a number that no float or int of
-  the API can hold (``1e309``, an integer of thousands of digits).
+  either), JSON nested deeper than ``MAX_DEPTH``, or text that is not JSON at all (a
+  syntax error, ``NaN``/``Infinity``): nothing could be read, so no field is named.
+* 422: well-formed JSON holding a number that no float or int of the API can hold
+  (``1e309``, an integer of thousands of digits): a value out of range.
 
 JSON has one number type: ``3.0`` is the integer 3 (as JSON Schema's ``integer`` says),
 so a whole number written with a fraction or exponent parses as an ``int``.
@@ -71,7 +72,7 @@ def nesting_depth(text: str) -> int:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
 def _number(text: str) -> float | int:
@@ -83,19 +84,18 @@ def _number(text: str) -> float | int:
 
 
 def parse_json(text: str) -> Any:
-    """Parse a request body, refusing depth over ``MAX_DEPTH`` (400) and anything that is
-    not strict JSON or holds numbers out of range (422, on the field ``body``)."""
+    """Parse a request body, refusing depth over ``MAX_DEPTH`` and anything that is not
+    strict JSON (400), and numbers out of range (422, on the field ``body``)."""
     if nesting_depth(text) > MAX_DEPTH:
         raise BadRequest(f"the request body is nested more than {MAX_DEPTH} levels deep")
     try:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_number)
-    except json.JSONDecodeError as e:
-        raise Invalid(
-            f"body: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="body"
-        ) from None
-    except ValueError as e:  # NaN/Infinity, 1e309, integers over Python's digit limit
+    except json.JSONDecodeError as e:  # a syntax error, NaN, Infinity
+        where = f" (line {e.lineno}, column {e.colno})" if e.doc is text else ""
+        raise BadRequest(f"the request body is not valid JSON: {e.msg}{where}") from None
+    except ValueError as e:  # 1e309, integers over Python's digit limit
         message = str(e).split(";")[0]
-        raise Invalid(f"body: not valid JSON: {message}", field="body") from None
+        raise Invalid(f"body: a number is out of range: {message}", field="body") from None
     if "\\u" in text:  # only an escape can make a lone surrogate of UTF-8 text
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")

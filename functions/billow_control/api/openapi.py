@@ -56,7 +56,7 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 ERRORS = {
-    "400": "The request cannot be read (not UTF-8, nested too deeply).",
+    "400": "The request cannot be read (not UTF-8, not JSON, nested too deeply).",
     "401": "Missing or invalid token.",
     "403": "The token's user may not do this.",
     "404": "No such resource (or not yours).",
