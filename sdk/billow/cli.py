@@ -68,7 +68,7 @@ def server(
     from pydantic import ValidationError
 
     from billow_control.core.settings import ControlSettings
-    from billow_control.core.units import parse_duration
+    from billow_control.core.units import parse_bytes, parse_duration
     from billow_control.runtimes.embedded_server import serve
     from billow_control.runtimes.http_proxy import ServerLimits
 
@@ -82,9 +82,12 @@ def server(
         raise typer.Exit(2) from None
     instance_dir = instance_dir or config.get("instance-dir")
     try:
-        read_timeout = parse_duration(dask.config.get("billow.request-read-timeout", "30s"))
+        key = "request-read-timeout"
+        read_timeout = parse_duration(dask.config.get(f"billow.{key}", "30s"))
+        key = "instance-log-limit"
+        log_limit = parse_bytes(dask.config.get(f"billow.{key}", "16MiB"))
     except ValueError as e:
-        console.print(f"[red]error:[/red] billow.request-read-timeout: {e}")
+        console.print(f"[red]error:[/red] billow.{key}: {e}")
         raise typer.Exit(2) from None
     limits = ServerLimits(read_timeout=read_timeout or ServerLimits.read_timeout)
     serve(
@@ -95,6 +98,7 @@ def server(
         settings,
         Path(instance_dir).expanduser() if instance_dir else None,
         limits,
+        log_limit,
     )
 
 

@@ -27,6 +27,7 @@ STUBBORN = """#!/bin/sh
 # Stands in for `python -m billow.agent`: logs, then ignores SIGTERM if asked to.
 echo "agent $BILLOW_INSTANCE_NAME starting role=$BILLOW_ROLE"
 [ "$IGNORE_TERM" = 1 ] && trap '' TERM
+[ -n "$FLOOD" ] && seq 1 "$FLOOD"
 while true; do sleep 0.1; done
 """
 
@@ -75,6 +76,31 @@ def test_launch_is_idempotent_and_tagged(provider: LocalProcessProvider) -> None
     assert os.getpgid(pid) == pid  # its own process group, signalled as a whole
     wait_until(lambda: provider.tail_logs(first.id) != [], 10, "log line")
     assert provider.tail_logs(first.id) == ["agent worker-0 starting role=worker"]
+
+
+def test_a_flooding_instance_keeps_only_the_newest_output(tmp_path: Path) -> None:
+    """An instance that prints ~15 MB holds at most the limit on disk, in two files, and
+    the newest lines read back whole and in order."""
+    script = tmp_path / "fake-python"
+    script.write_text(STUBBORN)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    limit = 1 << 20
+    provider = LocalProcessProvider(
+        tmp_path / "instances", "test-deploy", SystemClock(), python=str(script), log_limit=limit
+    )
+    try:
+        info = provider.launch(spec("worker-0", FLOOD="2000000"))
+        wait_until(lambda: provider.tail_logs(info.id, 1) == ["2000000"], 60, "flood written")
+        log = provider.log_path(info.id)
+        kept = [p for p in log.parent.iterdir() if p.name.startswith("instance.log")]
+        assert sorted(p.name for p in kept) == ["instance.log", "instance.log.1"]
+        assert sum(p.stat().st_size for p in kept) <= limit + 64 * 1024
+        newest = provider.tail_logs(info.id, 100_000)
+        numbers = [int(line) for line in newest]
+        assert numbers == list(range(numbers[0], 2_000_001))  # whole, in order, no gap
+        assert len(numbers) > 50_000  # both files were read (each holds ~half a MiB)
+    finally:
+        provider.kill_all()
 
 
 def test_terminate_signals_then_escalates_to_kill(provider: LocalProcessProvider) -> None:
@@ -128,6 +154,7 @@ env | sort | sed 's/^/env:/'
 cat "$SECRET_FILE" >/dev/null 2>&1 && echo "read the secret"
 echo "reported"
 [ "$IGNORE_TERM" = 1 ] && trap '' TERM
+[ -n "$FLOOD" ] && seq 1 "$FLOOD"
 while true; do sleep 0.1; done
 """
 # What an instance may inherit: its spec's variables, and those the provider sets.

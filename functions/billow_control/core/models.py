@@ -7,7 +7,7 @@ return it verbatim and the SDK can raise it as a typed exception.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -365,10 +365,6 @@ class InstanceCredential(BaseModel):
 
     def expired(self, now: datetime) -> bool:
         return now >= self.expires_at
-
-
-def default_expiry(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)
 
 
 class ReconcileResult(BaseModel):

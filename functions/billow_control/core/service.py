@@ -23,6 +23,7 @@ from .auth import (
 from .catalog import SoftwareCatalog
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .lifecycle import WRITE_RETRIES, Lifecycle
+from .log_lines import LOG_RESPONSE_BYTES, newest_within
 from .models import (
     ClusterRecord,
     ClusterRequest,
@@ -40,16 +41,6 @@ from .ports import (
     UserNameTakenError,
 )
 from .watchdog import Watchdog
-
-SECRET_NAMES = (
-    "ca.pem",
-    "scheduler.pem",
-    "scheduler.key",
-    "worker.pem",
-    "worker.key",
-    "client.pem",
-    "client.key",
-)
 
 SINGLE_TENANT = (
     "this server is single-tenant: it cannot isolate one user's instances from another's "
@@ -256,6 +247,9 @@ class ControlPlane:
         }
 
     def cluster_logs(self, user: User, cluster_id: str, lines: int) -> dict[str, Any]:
+        """The last ``lines`` lines of each instance's log, scheduler first. The answer
+        holds at most ``LOG_RESPONSE_BYTES`` of lines, shared equally by the instances
+        (each keeps its newest); the provider may also read less of a huge log."""
         record = self._owned(user, cluster_id)
         if not 1 <= lines <= 10_000:
             raise Invalid("lines must be between 1 and 10000", field="lines")
@@ -263,19 +257,18 @@ class ControlPlane:
             self.ports.provider.describe(record.id),
             key=lambda i: (i.role != InstanceRole.scheduler, i.launched_at),
         )
-        return {
-            "cluster_id": record.id,
-            "instances": [
-                {
-                    "id": i.id,
-                    "name": i.name,
-                    "role": i.role.value,
-                    "state": i.state.value,
-                    "lines": self.ports.provider.tail_logs(i.id, lines),
-                }
-                for i in instances
-            ],
-        }
+        share = LOG_RESPONSE_BYTES // max(len(instances), 1)
+        answers = [
+            {
+                "id": i.id,
+                "name": i.name,
+                "role": i.role.value,
+                "state": i.state.value,
+                "lines": newest_within(self.ports.provider.tail_logs(i.id, lines), share),
+            }
+            for i in instances
+        ]
+        return {"cluster_id": record.id, "instances": answers}
 
     # -- helpers ---------------------------------------------------------------------
 

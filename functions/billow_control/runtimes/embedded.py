@@ -25,6 +25,7 @@ import yaml
 from ..adapters.clock import SystemClock
 from ..adapters.local.event_log import JsonLinesEventBus
 from ..adapters.local.fernet_box import FernetSecretBox
+from ..adapters.local.instance_logs import DEFAULT_LOG_LIMIT
 from ..adapters.local.instance_setup import (
     USERS,
     agent_pythonpath,
@@ -61,16 +62,23 @@ class EmbeddedRuntime:
 
     @classmethod
     def create(
-        cls, data_dir: Path, settings: ControlSettings, instance_dir: Path | None = None
+        cls,
+        data_dir: Path,
+        settings: ControlSettings,
+        instance_dir: Path | None = None,
+        instance_log_limit: int | None = None,
     ) -> EmbeddedRuntime:
         """The runtime over ``data_dir``; ``settings.multi_tenant`` is turned off unless
         the provider isolates tenants. ``instance_dir``: where instances work (see the
-        module's docstring for the default)."""
+        module's docstring for the default); ``instance_log_limit``: bytes of output kept
+        per instance (default ``instance_logs.DEFAULT_LOG_LIMIT``)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         clock = SystemClock()
-        provider = _local_provider(data_dir, settings.deployment, clock, instance_dir)
+        provider = _local_provider(
+            data_dir, settings.deployment, clock, instance_dir, instance_log_limit
+        )
         if settings.multi_tenant and not provider.isolates_tenants:
             settings = settings.model_copy(update={"multi_tenant": False})
         orchestrator = LocalOrchestrator()
@@ -131,7 +139,11 @@ class EmbeddedRuntime:
 
 
 def _local_provider(
-    data_dir: Path, deployment: str, clock: SystemClock, instance_dir: Path | None
+    data_dir: Path,
+    deployment: str,
+    clock: SystemClock,
+    instance_dir: Path | None,
+    log_limit: int | None = None,
 ) -> LocalProcessProvider:
     """The local-process provider, isolating tenants when it can (and saying why not)."""
     accounts: TenantAccounts | None = None
@@ -170,6 +182,7 @@ def _local_provider(
         env_cache=data_dir / "envs",
         workspace=workspace,
         accounts=accounts,
+        log_limit=log_limit or DEFAULT_LOG_LIMIT,
     )
 
 

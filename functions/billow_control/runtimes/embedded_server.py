@@ -27,12 +27,14 @@ def serve(
     settings: ControlSettings,
     instance_dir: Path | None = None,
     limits: ServerLimits | None = None,
+    instance_log_limit: int | None = None,
 ) -> None:
     """Bind, start the runtime, write the admin login on first start, serve until stopped.
 
     ``port=0`` picks a free port; the URL and PID are written to ``<data_dir>/server.json``.
     ``instance_dir``: where instances work (``EmbeddedRuntime.create``).
-    ``limits`` bound the size of request heads and the time to read a request.
+    ``limits`` bound the size of request heads and the time to read a request;
+    ``instance_log_limit`` the bytes of output kept per instance.
     """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that declare it, and
     # without it every response waits ~40 ms on the client's delayed ACK.
@@ -42,7 +44,7 @@ def serve(
     sock.listen(512)
     url = f"http://{host}:{sock.getsockname()[1]}"
     settings = settings.model_copy(update={"control_url": url})
-    runtime = EmbeddedRuntime.create(data_dir, settings, instance_dir)
+    runtime = EmbeddedRuntime.create(data_dir, settings, instance_dir, instance_log_limit)
     token = runtime.plane.bootstrap_admin()
     if token is not None and login_file is not None:
         write_login(login_file, url, token)

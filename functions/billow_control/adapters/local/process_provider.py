@@ -12,7 +12,9 @@ environment, its token through a pipe, its OS identity, its working directory).
 Each instance gets a working directory of its own under ``workspace`` (``home/``, its
 ``HOME``; ``scratch/``, Dask's and ``tempfile``'s temporary directory, where workers
 spill; ``exit_code``). Its ``instance.log`` is kept apart, under ``root/<id>/`` (the
-server's state), where the instance cannot replace it with a link to something else.
+server's state), where the instance cannot replace it with a link to something else; the
+instance writes it only through a pipe to a log keeper that holds the newest
+``log_limit`` bytes (``instance_logs``).
 ``sweep_cluster_resources`` deletes the scratch directories of finished clusters (a killed
 worker never cleans up after itself); logs stay.
 
@@ -36,7 +38,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from pathlib import Path
 from ...core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState, new_id
 from ...core.ports import Clock
 from ...core.tags import OWNER
+from .instance_logs import DEFAULT_LOG_LIMIT, open_log_pipe, tail_lines
 from .instance_setup import (
     HOME,
     SCRATCH,
@@ -119,8 +121,10 @@ class LocalProcessProvider:
         env_cache: Path | None = None,
         workspace: Path | None = None,
         accounts: TenantAccounts | None = None,
+        log_limit: int = DEFAULT_LOG_LIMIT,
     ) -> None:
         self.root = Path(root)
+        self.log_limit = log_limit
         self.root.mkdir(parents=True, exist_ok=True)
         self.deployment = deployment
         self.clock = clock
@@ -205,7 +209,6 @@ class LocalProcessProvider:
             )
             make_workdir(workdir, account)
             log = self.log_path(instance_id)
-            log.parent.mkdir(parents=True, exist_ok=True)
             env = {
                 **instance_environment(self.python, self.pythonpath),
                 **{k: v for k, v in spec.environment.items() if k != TOKEN_VARIABLE},
@@ -224,22 +227,24 @@ class LocalProcessProvider:
             token_fd = token_pipe(token) if token else None
             if token_fd is not None:
                 env[TOKEN_FD_VARIABLE] = str(token_fd)
+            output = None
             try:
-                with open(log, "ab") as logfile:
-                    proc = subprocess.Popen(
-                        [self.python, "-m", "billow.agent"],
-                        env=env,
-                        cwd=workdir,
-                        stdin=subprocess.DEVNULL,
-                        stdout=logfile,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        pass_fds=() if token_fd is None else (token_fd,),
-                        **identity(account),
-                    )
+                output = open_log_pipe(log, self.log_limit)
+                proc = subprocess.Popen(
+                    [self.python, "-m", "billow.agent"],
+                    env=env,
+                    cwd=workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=() if token_fd is None else (token_fd,),
+                    **identity(account),
+                )
             finally:
-                if token_fd is not None:
-                    os.close(token_fd)
+                for fd in (token_fd, output):
+                    if fd is not None:
+                        os.close(fd)
             self._children[proc.pid] = proc
             self._db().execute(
                 "UPDATE instances SET pid=?, pid_start=? WHERE id=?",
@@ -284,12 +289,7 @@ class LocalProcessProvider:
                 self._signal(pid, signal.SIGKILL)
 
     def tail_logs(self, instance_id: str, lines: int = 50) -> list[str]:
-        path = self.log_path(instance_id)
-        try:
-            with open(path, errors="replace") as f:
-                return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
-        except FileNotFoundError:
-            return []
+        return tail_lines(self.log_path(instance_id), lines)
 
     def list_deployment_instances(self) -> list[InstanceInfo]:
         rows = self._db().execute(f"SELECT {_COLUMNS} FROM instances WHERE gone=0").fetchall()
