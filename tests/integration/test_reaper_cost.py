@@ -1,8 +1,9 @@
 """The reaper's reads grow with active clusters, not with history.
 
 With 5,000 stopped and 50 active clusters, one ``Watchdog.run_once()`` on DynamoDB reads at
-most 100 items (the active clusters from the sparse index, and one heartbeat each),
-counted from DynamoDB's own responses, and never Scans the clusters table. SQLite does
+most 100 items (the active clusters from the sparse index, and one heartbeat each) in at
+most 3 requests (the index, and one BatchGetItem of the heartbeats), counted from
+DynamoDB's own responses, and never Scans the clusters table. SQLite does
 not report rows read, so there the query the reaper issues is checked to be answered
 from the partial index ``clusters_active``.
 """
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 ACTIVE = 50
 STOPPED = 5_000
 MAX_ITEMS_READ = 100  # the active clusters and their latest heartbeats
+MAX_READ_REQUESTS = 3
 
 
 def test_reaper_pass_on_dynamodb_reads_active_clusters_only(moto_url: str) -> None:
@@ -40,6 +42,8 @@ def test_reaper_pass_on_dynamodb_reads_active_clusters_only(moto_url: str) -> No
         assert report.clusters_read == ACTIVE
         assert reads.table_scans == 0, reads.calls
         assert reads.items <= MAX_ITEMS_READ, (reads.items, reads.calls)
+        assert len(reads.calls) <= MAX_READ_REQUESTS, reads.calls
+        assert "BatchGetItem" in reads.calls and "GetItem" not in reads.calls, reads.calls
         # The meter sees history when it is read: listing everything Scans the table.
         reads.reset()
         history = store.list_clusters(None, active_only=False)

@@ -398,6 +398,22 @@ def test_heartbeat_is_overwritten(store: Store) -> None:
     assert store.get_heartbeat("c-2") is None
 
 
+def test_heartbeats_are_read_together(store: Store) -> None:
+    beats = {
+        f"c-{n}": HeartbeatRecord(
+            cluster_id=f"c-{n}",
+            received_at=T0 + timedelta(seconds=n),
+            heartbeat=Heartbeat(scheduler_address=f"tls://a:{8000 + n}"),
+        )
+        for n in range(130)  # more than one DynamoDB BatchGetItem (100 keys)
+    }
+    for beat in beats.values():
+        store.put_heartbeat(beat)
+    asked = [*beats, "c-none", "c-7"]  # one without a heartbeat, one asked twice
+    assert store.get_heartbeats(asked) == beats
+    assert store.get_heartbeats([]) == {}
+
+
 def test_secrets_round_trip_bytes(store: Store) -> None:
     blob = bytes(range(256))
     store.put_secret("c-1", "ca.pem", blob)

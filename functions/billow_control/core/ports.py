@@ -9,7 +9,7 @@ is passed twice.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, overload
 
@@ -102,6 +102,11 @@ class Store(Protocol):
         ...
 
     def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None: ...
+
+    def get_heartbeats(self, cluster_ids: Sequence[str]) -> dict[str, HeartbeatRecord]:
+        """The latest heartbeat of each of ``cluster_ids`` that has one, in as few reads as
+        the store allows (the reaper's pass: one request per 100 clusters on DynamoDB)."""
+        ...
 
     def put_secret(self, cluster_id: str, name: str, value: bytes) -> None:
         """Store an already-encrypted secret blob."""

@@ -160,9 +160,10 @@ class Watchdog:
         active = store.list_clusters(None, active_only=True)
         report.clusters_read = len(active)
         unconverged: list[ClusterRecord] = []
+        beats = store.get_heartbeats([r.id for r in active])
         for record in active:
             try:
-                beat = store.get_heartbeat(record.id)
+                beat = beats.get(record.id)
                 verdict = judge(record, beat, now, self.ports.settings)
                 self._apply(record, verdict, report)  # a stop or failure submits itself
                 if verdict.action in ("none", "warn") and not converged(record, beat):

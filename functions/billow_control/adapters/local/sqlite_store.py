@@ -26,7 +26,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS software_environments (
 """
 
 SYNCHRONOUS = ("FULL", "NORMAL")
+_SQL_PARAMETERS = 500  # bound parameters of one statement (SQLite allows 32766 since 3.32)
 
 
 class SqliteStore(EnvironmentRevisions):
@@ -289,6 +290,17 @@ class SqliteStore(EnvironmentRevisions):
     def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None:
         row = self._one("SELECT doc FROM heartbeats WHERE cluster_id=?", cluster_id)
         return HeartbeatRecord.model_validate_json(row[0]) if row else None
+
+    def get_heartbeats(self, cluster_ids: Sequence[str]) -> dict[str, HeartbeatRecord]:
+        found: dict[str, HeartbeatRecord] = {}
+        ids = list(dict.fromkeys(cluster_ids))
+        for start in range(0, len(ids), _SQL_PARAMETERS):
+            chunk = ids[start : start + _SQL_PARAMETERS]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT cluster_id, doc FROM heartbeats WHERE cluster_id IN ({marks})"
+            for cluster_id, doc in self._conn().execute(sql, chunk):
+                found[cluster_id] = HeartbeatRecord.model_validate_json(doc)
+        return found
 
     def put_secret(self, cluster_id: str, name: str, value: bytes) -> None:
         self._conn().execute(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -303,6 +303,13 @@ class DynamoDBStore(EnvironmentRevisions, UserAccounts):
     def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None:
         item = self._get(self.models.heartbeat, cluster_id)
         return HeartbeatRecord.model_validate_json(item.doc) if item is not None else None
+
+    def get_heartbeats(self, cluster_ids: Sequence[str]) -> dict[str, HeartbeatRecord]:
+        """BatchGetItem, 100 keys a request (pynamodb retries unprocessed keys)."""
+        items = self.models.heartbeat.batch_get(
+            list(dict.fromkeys(cluster_ids)), consistent_read=True
+        )
+        return {item.cluster_id: HeartbeatRecord.model_validate_json(item.doc) for item in items}
 
     def put_secret(self, cluster_id: str, name: str, value: bytes) -> None:
         """Store (or replace) an already-encrypted blob."""
