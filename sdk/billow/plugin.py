@@ -1,8 +1,19 @@
 """The scheduler plugin that reports to the control plane (see docs/analytics.md).
 
-The first heartbeat carries the scheduler's address; later ones go out every
-``interval`` seconds, and promptly (debounced) whenever a worker joins or leaves so the
-control plane marks the cluster ready without waiting a full interval.
+The first heartbeat carries the scheduler's address. After that the plugin reports
+when the control plane's answer says (``next_heartbeat``: ``interval``, 5 s, while the
+cluster converges; up to a minute once it is steady, since every report is an API
+Gateway request and a Lambda invocation), and sooner on news:
+
+* at once (debounced 50 ms): a worker or client joins or leaves, or work starts after
+  ``next_heartbeat`` seconds without any;
+* ``interval`` seconds after the last task in flight ended, if no work came since and
+  the last report said the cluster was busy (the reaper never stops a busy cluster).
+
+The reaper extrapolates idleness from the last report. These rules keep that exact
+enough: work it has not heard of is never older than ``next_heartbeat``, which the
+control plane keeps at most half the idle timeout, and the end of work is heard of
+within ``interval``.
 
 Idleness is measured on the monotonic clock, so a wall-clock jump cannot make a busy
 cluster look idle. What is sent depends on ``analytics``: ``off`` sends only what the
@@ -23,6 +34,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 log = logging.getLogger("billow.plugin")
 
 ANALYTICS_LEVELS = ("off", "minimal", "full")
+IN_FLIGHT = frozenset({"queued", "no-worker", "processing"})  # what makes a cluster busy
 
 
 class GPUProbe:
@@ -69,10 +81,14 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self.clock = clock
         self.scheduler: Any = None
         self.target = "running"
+        self.next_heartbeat = interval  # until the control plane says otherwise
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._http: httpx.AsyncClient | None = None
         self._last_activity = clock()
+        self._in_flight = 0  # tasks queued or processing, counted from transitions
+        self._went_idle_at: float | None = None  # when the last task in flight ended
+        self._reported_busy = False  # what the last snapshot said
         self._ever_had_client = False
         self._last_client_left: float | None = None
         self._gpu = GPUProbe()
@@ -104,20 +120,40 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             self._ever_had_client = True
             self._last_client_left = None
             self._touch()
+            self._wake.set()
 
     def remove_client(self, scheduler: Any, client: str) -> None:
         if not self._user_clients():
             self._last_client_left = self.clock()
         self._touch()
+        self._wake.set()
 
     def update_graph(self, scheduler: Any, *args: Any, **kw: Any) -> None:
         self._touch()
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
         self._touch()
+        self._in_flight += (finish in IN_FLIGHT) - (start in IN_FLIGHT)
+        if self._in_flight <= 0 and start in IN_FLIGHT:
+            self._in_flight = 0
+            self._went_idle_at = self._last_activity  # reported if nothing follows
 
     def _touch(self) -> None:
-        self._last_activity = self.clock()
+        """Work happened now: news if the control plane last heard of work long ago."""
+        now = self.clock()
+        if now - self._last_activity >= self.next_heartbeat:
+            self._wake.set()
+        self._last_activity = now
+        self._went_idle_at = None
+
+    def seconds_until_due(self, last_sent: float, failures: int = 0) -> float:
+        """Seconds until the next report is due when nothing wakes the plugin: the control
+        plane's ``next_heartbeat`` (``interval`` after a failure), or ``interval`` after
+        the cluster went idle after a report that said busy. Zero or less: due now."""
+        due = last_sent + (self.interval if failures else self.next_heartbeat)
+        if self._went_idle_at is not None and self._reported_busy:
+            due = min(due, self._went_idle_at + self.interval)
+        return due - self.clock()
 
     def _user_clients(self) -> list[str]:
         return [c for c in self.scheduler.clients if not c.startswith("fire-and-forget")]
@@ -132,6 +168,7 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         processing = sum(len(ws.processing) for ws in workers)
         queued = len(getattr(s, "queued", ())) + len(getattr(s, "unrunnable", ()))
         busy = bool(processing or queued)
+        self._reported_busy = busy
         if busy:
             self._last_activity = now
         clients = self._user_clients()
@@ -202,11 +239,19 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         response = await self._http.post(url, json=self.snapshot())
         if response.status_code >= 400:
             raise RuntimeError(f"control plane answered {response.status_code}: {response.text}")
-        self.target = response.json().get("target", "running")
+        self.apply_answer(response.json())
+
+    def apply_answer(self, answer: dict[str, Any]) -> None:
+        """Obey the control plane's answer to a heartbeat: the cluster's target, and when
+        to report next if nothing changes (``interval`` when it does not say)."""
+        self.target = answer.get("target", "running")
+        self.next_heartbeat = float(answer.get("next_heartbeat", self.interval))
 
     async def _loop(self) -> None:
         failures = 0
         while True:
+            last_sent = self.clock()
+            self._went_idle_at = None
             try:
                 await self.send()
                 failures = 0
@@ -218,8 +263,10 @@ class BillowSchedulerPlugin(SchedulerPlugin):
                 await self.scheduler.close()
                 return
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-                await asyncio.sleep(0.05)  # debounce bursts of joins
-            except TimeoutError:
-                pass
+            while (wait := self.seconds_until_due(last_sent, failures)) > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await asyncio.sleep(0.05)  # debounce bursts of joins
+                    break
+                except TimeoutError:
+                    pass

@@ -22,6 +22,7 @@ from .models import (
     InstanceRole,
 )
 from .ports import Ports
+from .watchdog import steady_heartbeat
 
 # The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
 ENVIRON_SECRETS = "environ-secrets"
@@ -152,7 +153,10 @@ class ClusterAgents:
     def heartbeat(self, cluster_id: str, cluster_token: str | None, beat: Heartbeat) -> dict:
         """Record the scheduler's report; wakes the orchestrator while the cluster converges.
 
-        Returns ``{"target": ...}`` so the scheduler learns when it should shut down.
+        Returns ``target`` (so the scheduler learns when it should shut down), ``status``,
+        and ``next_heartbeat``: the seconds after which the scheduler reports again if
+        nothing changes, ``heartbeat_interval`` until the cluster has converged, then
+        ``watchdog.steady_heartbeat`` (the scheduler also reports at once on news).
         """
         record = self.ports.store.get_cluster(cluster_id)
         stored_hash = self.ports.store.get_cluster_token(cluster_id) if record else None
@@ -166,9 +170,16 @@ class ClusterAgents:
             cluster_id=cluster_id, received_at=self.ports.clock.now(), heartbeat=beat
         )
         self.ports.store.put_heartbeat(stored)
+        settings = self.ports.settings
+        next_heartbeat = steady_heartbeat(record, settings)
         if record.active and not converged(record, stored):
             self.ports.orchestrator.submit(cluster_id)
-        return {"target": record.target.value, "status": record.status.value}
+            next_heartbeat = settings.heartbeat_interval
+        return {
+            "target": record.target.value,
+            "status": record.status.value,
+            "next_heartbeat": next_heartbeat,
+        }
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ DURATIONS = (
     "no_client_timeout",
     "heartbeat_loss_timeout",
     "heartbeat_interval",
+    "heartbeat_steady_interval",
     "instance_token_ttl",
     "reconcile_interval",
     "reaper_interval",
@@ -44,7 +45,8 @@ class ControlSettings(BaseModel):
     idle_timeout: float = 1200.0
     no_client_timeout: float = 120.0
     heartbeat_loss_timeout: float = 1200.0
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: float = 5.0  # while a cluster starts or changes
+    heartbeat_steady_interval: float = 60.0  # once ready, when nothing changes
     instance_token_ttl: float = 900.0
     reconcile_interval: float = 0.5
     log_lines_on_failure: int = 30

@@ -47,6 +47,19 @@ def _seconds(value: str | float | None, default: float | None) -> float | None:
     return default if parsed is None else parsed
 
 
+def steady_heartbeat(record: ClusterRecord, settings: ControlSettings) -> float:
+    """How long a converged cluster's scheduler may wait between reports when nothing
+    changes: ``heartbeat_steady_interval``, but at most half the cluster's idle timeout
+    (the scheduler reports work that follows a quiet spell that long at once, so the
+    reaper's extrapolated idleness is never wrong by more than that), and at least
+    ``heartbeat_interval``."""
+    idle_limit = _seconds(record.request.idle_timeout, settings.idle_timeout)
+    steady = settings.heartbeat_steady_interval
+    if idle_limit is not None:
+        steady = min(steady, idle_limit / 2)
+    return max(settings.heartbeat_interval, steady)
+
+
 def judge(
     record: ClusterRecord,
     beat: HeartbeatRecord | None,
