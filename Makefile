@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench.bench_cold_import
 	$(BIN)/python -m tests.bench.bench_watchdog
 	$(BIN)/python -m tests.bench.bench_package_sync
+	$(BIN)/python -m tests.bench.bench_cost
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ import pytest
 from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.adapters.local.sqlite_store import SqliteStore
+from billow_control.core.auth import hash_token
 from billow_control.core.models import (
     ClusterRequest,
     ClusterStatus,
@@ -92,6 +93,39 @@ def test_rerun_is_idempotent_and_ready_waits_for_workers(world: World) -> None:
     world.beat(cid, ["worker-0", "worker-1"])
     assert world.reconciler.reconcile(cid).done
     assert world.status(cid) == ClusterStatus.ready
+
+
+def test_a_heartbeat_that_counts_the_workers_marks_the_cluster_ready_at_once(
+    world: World,
+) -> None:
+    """Ready does not wait for the reconcile loop's next look, however long its wait."""
+    cid = world.create(2)
+    world.reconciler.reconcile(cid)
+    world.store.put_cluster_token(cid, hash_token("bwc_t"))
+
+    def report(workers: list[str]) -> dict:
+        beat = Heartbeat(scheduler_address="tls://127.0.0.1:1", workers=workers)
+        return world.plane.agents.heartbeat(cid, "bwc_t", beat)
+
+    assert report(["worker-0"])["status"] == "provisioning"
+    answer = report(["worker-0", "worker-1"])
+    assert answer["status"] == "ready" and world.status(cid) == ClusterStatus.ready
+    record = world.store.get_cluster(cid)
+    assert record is not None and record.scheduler_address == "tls://127.0.0.1:1"
+    assert world.reconciler.reconcile(cid).done  # the loop confirms it
+    assert world.bus.events.count(("ready", cid)) == 1
+
+
+def test_the_loop_looks_less_often_the_longer_instances_take(world: World) -> None:
+    """Each look is billed on AWS (a Step Functions transition or three): from
+    ``reconcile_interval`` the wait grows with the quiet time, up to 10 s."""
+    cid = world.create(1)
+    first = world.reconciler.reconcile(cid).wait
+    assert first == world.settings.reconcile_interval
+    world.clock.advance(8)
+    assert world.reconciler.reconcile(cid).wait == 2.0
+    world.clock.advance(120)
+    assert world.reconciler.reconcile(cid).wait == 10.0
 
 
 def test_scheduler_exit_fails_with_its_logs_and_tears_down(world: World) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .auth import CLUSTER_TOKEN_PREFIX, hash_token, new_token, same_hash
 from .errors import Conflict, NotFound, NotReady, Unauthorized
-from .lifecycle import converged
+from .lifecycle import Lifecycle, converged
 from .models import (
     ClusterRecord,
     ClusterTarget,
@@ -39,8 +39,9 @@ def unseal(ports: Ports, cluster_id: str, name: str) -> str:
 class ClusterAgents:
     """What agents and scheduler plugins call, over the ports of one runtime."""
 
-    def __init__(self, ports: Ports) -> None:
+    def __init__(self, ports: Ports, lifecycle: Lifecycle) -> None:
         self.ports = ports
+        self.lifecycle = lifecycle
 
     def kit(self, instance_token: str | None) -> dict[str, Any]:
         """What a bare instance downloads to start the agent: a uv binary per machine and
@@ -170,6 +171,7 @@ class ClusterAgents:
             cluster_id=cluster_id, received_at=self.ports.clock.now(), heartbeat=beat
         )
         self.ports.store.put_heartbeat(stored)
+        record = self.lifecycle.observe(record, stored)
         settings = self.ports.settings
         next_heartbeat = steady_heartbeat(record, settings)
         if record.active and not converged(record, stored):

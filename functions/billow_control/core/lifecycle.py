@@ -51,6 +51,7 @@ INSTANCE_BASE_ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 WRITE_RETRIES = 20  # re-reads after a lost conditional write before giving up
+MAX_POLL_WAIT = 10.0  # seconds between reconcile steps while instances boot
 
 
 def converged(record: ClusterRecord, beat: HeartbeatRecord | None) -> bool:
@@ -113,6 +114,21 @@ class Lifecycle:
             return self._bring_up(record, instances)
         except StaleRecordError:
             return ReconcileResult(done=False, wait=0.0, status=record.status)
+
+    def observe(self, record: ClusterRecord, beat: HeartbeatRecord) -> ClusterRecord:
+        """What a heartbeat shows at once: a starting cluster whose scheduler counts its
+        workers is ready. The one transition a report makes, so that a start is never
+        slower than the reconcile loop's polling (which then only confirms it). A lost
+        race with the loop is left to the loop."""
+        starting = record.status in (ClusterStatus.pending, ClusterStatus.provisioning)
+        if not starting or record.target != ClusterTarget.running:
+            return record
+        if len(beat.heartbeat.workers) < record.desired_workers:
+            return record
+        try:
+            return self._mark_ready(record, beat)
+        except StaleRecordError:
+            return record
 
     def fail(
         self, cluster_id: str, reason: str, message: str, logs: list[str] | None = None
@@ -245,9 +261,7 @@ class Lifecycle:
         for i in range(record.desired_workers - len(rest)):
             self._launch(record, f"worker-{next_index + i}", InstanceRole.worker)
 
-        waiting = ReconcileResult(
-            done=False, wait=settings.reconcile_interval, status=record.status
-        )
+        waiting = ReconcileResult(done=False, wait=self._poll_wait(record), status=record.status)
         if record.status != ClusterStatus.ready:
             beat = self.ports.store.get_heartbeat(record.id)
             if beat is None or len(beat.heartbeat.workers) < record.desired_workers:
@@ -339,6 +353,17 @@ class Lifecycle:
         return ReconcileResult(done=False, wait=0.0, status=status)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _poll_wait(self, record: ClusterRecord) -> float:
+        """How long to wait before looking again at a cluster that waits for instances:
+        ``reconcile_interval`` at first, then a quarter of the time since its record last
+        changed, up to ``MAX_POLL_WAIT``. Each look is a Step Functions transition or
+        three on AWS, billed; what the wait delays is only noticing a failed instance,
+        since a heartbeat that shows the cluster ready marks it ready (``observe``) and
+        wakes the loop."""
+        quiet = (self.ports.clock.now() - record.updated_at).total_seconds()
+        interval = self.ports.settings.reconcile_interval
+        return min(max(interval, quiet / 4), max(interval, MAX_POLL_WAIT))
 
     def _logs_of(self, instance: InstanceInfo) -> list[str]:
         return self.ports.provider.tail_logs(instance.id, self.ports.settings.log_lines_on_failure)

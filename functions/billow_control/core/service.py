@@ -58,8 +58,8 @@ class ControlPlane:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
         self.software = SoftwareCatalog(ports)
-        self.agents = ClusterAgents(ports)
         self.lifecycle = Lifecycle(ports)
+        self.agents = ClusterAgents(ports, self.lifecycle)
         self.watchdog = Watchdog(ports, self.lifecycle)
 
     # -- users and tokens ------------------------------------------------------------
