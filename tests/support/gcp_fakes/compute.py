@@ -71,7 +71,7 @@ _REGEX = re.compile(r'^(\w+) eq "(.*)"$')
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -8,7 +8,8 @@ merged into each entry as Logging does. Entries are kept in memory for the fake'
 
 Not modelled: authentication, quotas, sinks, buckets and retention, ``partialSuccess``,
 pagination (one page of at most ``pageSize``), and filters other than ``key="value"``
-terms joined by ``AND`` (``logName``, ``resource.type``, ``labels."<key>"``); ordering
+terms joined by ``AND`` (``logName``, ``resource.type``, ``labels."<key>"``) and
+``timestamp>="<RFC 3339>"`` (the client library adds one when a filter has none); ordering
 is by ``timestamp`` (then arrival).
 """
 
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import datetime
 from typing import Any
 
 from google.cloud.logging_v2 import types as logging_types
 
 from tests.support.gcp_fakes.server import FakeServer, HttpError, parse
 
-_TERM = re.compile(r'^([A-Za-z_.]+(?:"[^"]+")?)\s*=\s*"([^"]*)"$')
+_TERM = re.compile(r'^([A-Za-z_.]+(?:"[^"]+")?)\s*(=|>=)\s*"([^"]*)"$')
 
 
 def _field(entry: dict[str, Any], path: str) -> Any:
@@ -34,12 +36,20 @@ def _field(entry: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def matches(entry: dict[str, Any], expression: str) -> bool:
     for term in (t.strip() for t in expression.split(" AND ") if t.strip()):
         found = _TERM.match(term)
         if found is None:
             raise HttpError(400, f"unsupported filter term {term!r}")
-        if _field(entry, found.group(1)) != found.group(2):
+        value, wanted = _field(entry, found.group(1)), found.group(3)
+        if found.group(2) == ">=":  # timestamps: compare as instants
+            if value is None or _instant(value) < _instant(wanted):
+                return False
+        elif value != wanted:
             return False
     return True
 

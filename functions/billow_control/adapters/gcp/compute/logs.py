@@ -3,16 +3,22 @@ write): the newest entries of the deployment's agent log for one instance name."
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 RESOURCE_NAME_LABEL = "compute.googleapis.com/resource_name"  # set by the Ops Agent
+# How far back to read: Logging's default retention. Without a timestamp term the client
+# library reads only the last 24 hours, and a finished cluster's logs would vanish then.
+LOOKBACK = timedelta(days=30)
 
 
-def log_filter(project: str, log_name: str, instance: str) -> str:
-    """The Logging filter of the agent log of the instance called ``instance``."""
+def log_filter(project: str, log_name: str, instance: str, now: datetime | None = None) -> str:
+    """The Logging filter of the agent log of the instance called ``instance``, over the
+    last ``LOOKBACK``."""
+    since = ((now or datetime.now(UTC)) - LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
     return (
         f'logName="projects/{project}/logs/{log_name}" '
-        f'AND labels."{RESOURCE_NAME_LABEL}"="{instance}"'
+        f'AND labels."{RESOURCE_NAME_LABEL}"="{instance}" AND timestamp>="{since}"'
     )
 
 

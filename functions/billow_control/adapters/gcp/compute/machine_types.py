@@ -5,7 +5,8 @@ The choice is the smallest type (CPUs, then memory) of the most preferred family
 ``GceSettings.machine_families`` that has at least the CPUs and memory asked for; shared-
 core and deprecated types are never chosen. With a GPU (``worker_gpu``) it is either a
 type that comes with exactly those accelerators (A2, G2, A3...), or an N1 type with the
-accelerators attached (``guestAccelerators``), whichever is smaller.
+accelerators attached (``guestAccelerators``; T4, V100, P100 and P4 only), whichever is
+smaller.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from ....core.models import InstanceRole
 from ....core.units import parse_bytes
 
 GIB = 2**30
-ATTACH_FAMILY = "n1"  # the family that takes attached GPUs
+ATTACH_FAMILY = "n1"  # the family that takes attached GPUs, of these kinds only:
+ATTACHABLE_GPUS = frozenset(
+    f"nvidia-tesla-{kind}{suffix}"
+    for kind in ("t4", "v100", "p100", "p4")
+    for suffix in ("", "-vws")
+)
 
 
 class MachineTypeError(ValueError):
@@ -78,7 +84,11 @@ def choose(
     where = f" in zone {zone}" if zone else ""
     if gpu is not None:
         bundled = [t for t in fits if t.accelerators == (gpu,)]
-        attachable = [t for t in fits if t.family == ATTACH_FAMILY and not t.accelerators]
+        attachable = [
+            t
+            for t in fits
+            if gpu[0] in ATTACHABLE_GPUS and t.family == ATTACH_FAMILY and not t.accelerators
+        ]
         best = sorted([*bundled, *attachable], key=lambda t: (t.cpus, t.memory_mb))
         if not best:
             raise MachineTypeError(

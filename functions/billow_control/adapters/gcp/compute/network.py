@@ -25,6 +25,7 @@ from .labels import BILLOW_LABELS
 from .settings import GceSettings
 
 log = logging.getLogger(__name__)
+BILLOW_NAMES = 'name eq "billow-.*"'  # a list filter: resources Billow names
 OPERATION_TIMEOUT = 120.0  # seconds to wait for a firewall or template operation
 _DEPLOYMENT = BILLOW_LABELS[billow_tags.DEPLOYMENT]
 _CLUSTER = BILLOW_LABELS[billow_tags.CLUSTER]
@@ -109,7 +110,8 @@ class Firewalls:
     def clusters(self) -> dict[str, str]:
         """``{rule name: cluster id}`` of the per-cluster rules of this deployment."""
         found = {}
-        for rule in self.client.list(project=self.project, filter='name eq "billow-.*"'):
+        request = compute_v1.ListFirewallsRequest(project=self.project, filter=BILLOW_NAMES)
+        for rule in self.client.list(request=request):
             labels = owner_labels(rule)
             if labels.get(_DEPLOYMENT) == self.settings.deployment and labels.get(_CLUSTER):
                 found[rule.name] = labels[_CLUSTER]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.cloud import compute_v1
 
 from ....core import tags as billow_tags
 from ....core.models import InstanceInfo, InstanceSpec
@@ -23,7 +24,7 @@ from .labels import BILLOW_LABELS
 from .launcher import Launcher, template_name
 from .logs import InstanceLogs
 from .machine_types import MachineType, MachineTypeCatalog
-from .network import OPERATION_TIMEOUT, Firewalls
+from .network import BILLOW_NAMES, OPERATION_TIMEOUT, Firewalls, cluster_tag
 from .settings import GceSettings
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,8 @@ class GceProvider:
             self.templates.delete(
                 project=self.settings.project, instance_template=template_name(cluster_id)
             ).result(timeout=OPERATION_TIMEOUT)
-        self.firewalls.delete(f"billow-{cluster_id}"[:63].rstrip("-"))
-        return not remaining
+        self.firewalls.delete(cluster_tag(cluster_id))
+        return not self.reader.matching(cluster_id)  # deletions may still be under way
 
     def sweep_cluster_resources(self, is_active: Callable[[str], bool]) -> list[str]:
         """Run ``cleanup_cluster`` for every cluster of this deployment that still owns an
@@ -124,9 +125,10 @@ class GceProvider:
         ``is_active(cluster_id)`` is false. Returns the ids of the clusters now fully
         cleaned up, sorted; the others are tried again on the next call."""
         clusters = set(self.firewalls.clusters().values())
-        for template in self.templates.list(
-            project=self.settings.project, filter='name eq "billow-.*"'
-        ):
+        request = compute_v1.ListInstanceTemplatesRequest(
+            project=self.settings.project, filter=BILLOW_NAMES
+        )
+        for template in self.templates.list(request=request):
             labels = template.properties.labels
             if labels.get(_DEPLOYMENT) == self.settings.deployment:
                 clusters.add(labels.get(_CLUSTER, ""))
