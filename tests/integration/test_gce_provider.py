@@ -176,7 +176,8 @@ def test_launch_describe_and_terminate_by_label(
     assert [i.id for i in gce.describe(cluster)] == [scheduler.id]
     assert f"billow-{cluster}" in compute.templates  # the scheduler still lives
     gce.terminate([scheduler.id])
-    assert gce.describe(cluster) == []
+    assert gce.reader.infos(cluster) == []  # no instance labelled with the cluster
+    assert {i.state for i in gce.describe(cluster)} <= {InstanceState.terminated}
     assert f"billow-{cluster}" not in compute.templates
     assert f"billow-{cluster}" not in compute.firewalls
     assert f"billow-{deployment}" in compute.firewalls  # shared: never deleted
@@ -289,7 +290,12 @@ def test_logs_are_written_to_cloud_logging_and_outlive_the_instance(
     last = "billow: agent exited with code 1"
     wait_until(lambda: gce.tail_logs(launched.id, 1) == [last], 10, "logs shipped")
     gce.terminate([launched.id])
-    assert gce.describe(cluster) == []
+    assert launched.id not in compute.instances
+    # Compute Engine forgot it; its first log line still names it (billow cluster logs).
+    gone = gce.describe(cluster)
+    assert [(i.id, i.name, i.role, i.state) for i in gone] == [
+        (launched.id, "scheduler", InstanceRole.scheduler, InstanceState.terminated)
+    ]
 
     lines = gce.tail_logs(launched.id, 50)
     assert any("kit refused: HTTP 409" in line for line in lines), lines
@@ -299,4 +305,5 @@ def test_logs_are_written_to_cloud_logging_and_outlive_the_instance(
     assert entry["labels"]["billow-role"] == "scheduler"
     assert entry["logName"] == f"projects/{PROJECT}/logs/billow-agent"
     assert gce.tail_logs("billow-c-unknown-scheduler") == []
+    assert gce.describe("c-unknown") == []
     assert Path(compute.booted[launched.id].root, "var/log/billow-agent.log").exists()

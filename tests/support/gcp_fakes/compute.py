@@ -18,8 +18,8 @@ the instance is RUNNING while the script runs and TERMINATED (stopped) once it e
 its ``shutdown -h now`` would; deleting an instance stops its process group by PID
 (SIGTERM, then SIGKILL after ``grace``). Given a Logging fake, the fake plays the Ops Agent
 the script configures: new lines of the configured file go to the configured log through
-``entries:write``, labelled as the script's processor says plus
-``compute.googleapis.com/resource_name``.
+``entries:write`` (each line as ``jsonPayload.message``), labelled as the script's
+processor says plus ``compute.googleapis.com/resource_name``.
 
 Not modelled: regions other than the one zone, quotas, machine-type validation against
 the zone, IAM, networks and subnetworks (rules are stored, never enforced), operation
@@ -425,6 +425,6 @@ class ComputeFake:
                 "labels": {"instance_id": instance.get("id", ""), "zone": self.zone},
             },
             "labels": labels,
-            "entries": [{"textPayload": line, "timestamp": _now()} for line in lines],
+            "entries": [{"jsonPayload": {"message": line}, "timestamp": _now()} for line in lines],
         }
         httpx.post(f"{self.logging_url}/v2/entries:write", json=body, timeout=10).raise_for_status()

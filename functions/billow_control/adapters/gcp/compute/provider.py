@@ -73,9 +73,15 @@ class GceProvider:
 
     def describe(self, cluster_id: str) -> list[InstanceInfo]:
         """Every instance labelled with this cluster and deployment, oldest first, stopped
-        ones (``TERMINATED``: the agent exited, or spot preemption) as terminated. Deleted
-        instances are gone from Compute Engine, and from this list."""
-        return self.reader.infos(cluster_id)
+        ones (``TERMINATED``: the agent exited, or spot preemption) as terminated.
+
+        Compute Engine forgets deleted instances at once (EC2 lists terminated ones for
+        about an hour). When none of the cluster's instances is listed any more, the
+        instances it had are read back from their first log line, as terminated, so
+        ``billow cluster logs`` of a finished cluster still finds them (one Logging
+        read; best effort). While any instance is listed, deleted ones are not shown."""
+        listed = self.reader.infos(cluster_id)
+        return listed or self.logs.gone_instances(cluster_id)
 
     def terminate(self, instance_ids: list[str]) -> None:
         """Delete those of ``instance_ids`` (instance names) that are this deployment's

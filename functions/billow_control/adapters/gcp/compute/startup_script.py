@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from ....core import tags as billow_tags
 from ...instance_bootstrap import AGENT_LOG, BOOTSTRAP_ENV, bootstrap_script, check_environment
 from .labels import label_value
+from .logs import STARTED
 from .settings import GceSettings
 
 __all__ = ["AGENT_LOG", "BOOTSTRAP_ENV", "MAX_STARTUP_SCRIPT", "OPS_AGENT_CONFIG", "render"]
@@ -53,6 +54,7 @@ def render(environment: Mapping[str, str], settings: GceSettings) -> str:
         _ops_agent_config(environment, settings.log_name),
         "BILLOW_LOGS",
         'if [ -z "$R" ]; then systemctl restart google-cloud-ops-agent || true; fi',
+        f'echo "{STARTED}"  # GceProvider.describe finds deleted instances by this line',
     ]
     return bootstrap_script(
         environment,
