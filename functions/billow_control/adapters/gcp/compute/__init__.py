@@ -57,6 +57,7 @@ from pydantic import ValidationError
 
 from ....core.ports import Provider
 from ....core.settings import ControlSettings
+from ..clients import client_options
 from .instances import instance_name
 from .labels import label_filter, labels_of_tags, tags_of_labels
 from .launcher import CAPACITY_ERRORS, GceLaunchError, request_id, template_name
@@ -128,19 +129,6 @@ def gce_settings_from_env(settings: ControlSettings, env: Mapping[str, str]) -> 
         first = e.errors()[0]
         field = str(first["loc"][0]) if first.get("loc") else ""
         raise GceConfigError(f"{VARIABLES.get(field, field)}: {first['msg']}") from None
-
-
-def client_options(endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(client kwargs, client_options)`` of a Google client: anonymous credentials for an
-    ``http://`` endpoint (a loopback fake), ADC otherwise."""
-    if not endpoint:
-        return {}, {}
-    kwargs: dict[str, Any] = {}
-    if endpoint.startswith("http://"):
-        from google.auth.credentials import AnonymousCredentials
-
-        kwargs["credentials"] = AnonymousCredentials()
-    return kwargs, {"api_endpoint": endpoint.rstrip("/")}
 
 
 def compute_provider_from_env(
