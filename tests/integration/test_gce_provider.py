@@ -1,10 +1,11 @@
 """``GceProvider`` through the real ``google-cloud-compute`` and ``google-cloud-logging``
 clients (REST) against the loopback fakes of ``tests/support/gcp_fakes``: launch,
 describe and terminate by label, idempotent bulkInsert, spot fallback, GPUs, the sweep,
-and logs that outlive their instance."""
+logs that outlive their instance, and the core watchdog's orphan sweep by label."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,14 +14,21 @@ from typing import Any
 
 import pytest
 
+from billow_control.adapters.clock import SystemClock
 from billow_control.adapters.gcp.compute import (
     GceLaunchError,
     GceProvider,
     compute_provider_from_env,
     request_id,
 )
+from billow_control.adapters.local.event_log import JsonLinesEventBus
+from billow_control.adapters.local.fernet_box import FernetSecretBox
+from billow_control.adapters.local.sqlite_store import SqliteStore
+from billow_control.adapters.local.thread_orchestrator import LocalOrchestrator
 from billow_control.core import tags
 from billow_control.core.models import InstanceRole, InstanceSpec, InstanceState
+from billow_control.core.ports import Ports
+from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.support.gcp_fakes.compute import ComputeFake
 from tests.support.gcp_fakes.logging import LoggingFake
@@ -81,8 +89,6 @@ def refusing_control_plane() -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    import threading
-
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -307,3 +313,29 @@ def test_logs_are_written_to_cloud_logging_and_outlive_the_instance(
     assert gce.tail_logs("billow-c-unknown-scheduler") == []
     assert gce.describe("c-unknown") == []
     assert Path(compute.booted[launched.id].root, "var/log/billow-agent.log").exists()
+
+
+def test_the_watchdog_terminates_instances_no_record_backs(
+    compute: ComputeFake, logging_fake: LoggingFake, tmp_path: Path
+) -> None:
+    """The core watchdog over this provider: an instance labelled with the deployment
+    but with no cluster record (a crash between launch and write) is found by its labels
+    and deleted, and its cluster's template and firewall rule are released."""
+    deployment, orphan = new_ids()
+    gce = provider(compute, logging_fake, deployment)
+    launched = gce.launch(spec(deployment, orphan))
+    settings = ControlSettings(deployment=deployment, orphan_grace=0)
+    ports = Ports(
+        store=SqliteStore(tmp_path / "billow.db"),
+        provider=gce,
+        orchestrator=LocalOrchestrator(),
+        secrets=FernetSecretBox.from_key_file(tmp_path / "secret.key"),
+        events=JsonLinesEventBus(tmp_path / "events.jsonl"),
+        clock=SystemClock(),
+        settings=settings,
+    )
+    report = ControlPlane(ports).watchdog.run_once()
+    assert report.orphans_terminated == [launched.id]
+    assert launched.id not in compute.instances
+    assert f"billow-{orphan}" not in compute.templates
+    assert f"billow-{orphan}" not in compute.firewalls
