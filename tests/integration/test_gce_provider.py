@@ -214,8 +214,9 @@ def test_a_retried_launch_makes_no_second_instance(
 # -- spot, standard, GPUs --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("refusal", ["operation", "request"])
 def test_spot_by_default_and_standard_when_spot_is_refused(
-    compute: ComputeFake, logging_fake: LoggingFake
+    compute: ComputeFake, logging_fake: LoggingFake, refusal: str
 ) -> None:
     deployment, cluster = new_ids()
     gce = provider(compute, logging_fake, deployment)
@@ -224,7 +225,7 @@ def test_spot_by_default_and_standard_when_spot_is_refused(
         "provisioningModel": "SPOT",
         "instanceTerminationAction": "STOP",
     }
-    compute.refuse_spot = True
+    compute.refuse_spot = refusal
     try:
         fallback = gce.launch(spec(deployment, cluster, "worker-1"))
         assert scheduling(compute, fallback.id) == {"provisioningModel": "STANDARD"}
@@ -234,7 +235,7 @@ def test_spot_by_default_and_standard_when_spot_is_refused(
         assert refused.value.codes == ["ZONE_RESOURCE_POOL_EXHAUSTED"]
         assert [i.name for i in gce.describe(cluster)] == ["worker-0", "worker-1"]
     finally:
-        compute.refuse_spot = False
+        compute.refuse_spot = None
     gce.terminate([i.id for i in gce.describe(cluster)])
 
 

@@ -11,8 +11,9 @@ served to ``google.cloud.compute_v1`` clients through ``api_endpoint``:
   ``delete``; a repeated ``requestId`` answers the first operation and creates nothing;
 * operations: every answer is a DONE ``Operation``; ``get`` and ``wait`` serve them again.
 
-With ``refuse_spot`` a SPOT bulkInsert ends in ``ZONE_RESOURCE_POOL_EXHAUSTED`` (503), as
-GCE reports no spot capacity. Given an ``InstanceKit``, each new instance boots: its
+With ``refuse_spot`` a SPOT bulkInsert fails with ``ZONE_RESOURCE_POOL_EXHAUSTED`` (503),
+as GCE reports no spot capacity: in the operation (``"operation"``) or as the request's
+HTTP answer (``"request"``). Given an ``InstanceKit``, each new instance boots: its
 metadata ``startup-script`` runs through the shared harness (``tests/support/instances``),
 the instance is RUNNING while the script runs and TERMINATED (stopped) once it ends, as
 its ``shutdown -h now`` would; deleting an instance stops its process group by PID
@@ -123,7 +124,7 @@ class ComputeFake:
     ) -> None:
         self.project, self.zone = project, zone
         self.kit, self.workdir, self.logging_url, self.grace = kit, workdir, logging_url, grace
-        self.refuse_spot = False
+        self.refuse_spot: str | None = None  # "operation" or "request": how to refuse
         self.instances: dict[str, dict[str, Any]] = {}
         self.templates: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
@@ -310,6 +311,8 @@ class ComputeFake:
             (template or {}).get("properties", {}), request.get("instanceProperties", {})
         )
         model = properties.get("scheduling", {}).get("provisioningModel", "STANDARD")
+        if model == "SPOT" and self.refuse_spot == "request":
+            raise HttpError(503, f"no SPOT capacity in {self.zone}", CAPACITY_ERROR)
         if model == "SPOT" and self.refuse_spot:
             return self._operation(
                 "bulkInsert",

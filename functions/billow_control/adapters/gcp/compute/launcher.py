@@ -143,18 +143,17 @@ class Launcher:
         messages: list[str] = []
         for model in _ATTEMPTS[s.purchase]:
             resource = _bulk_resource(name, template, labels, script, choice, model)
-            op = self.instances.bulk_insert(
-                request=compute_v1.BulkInsertInstanceRequest(
-                    project=s.project,
-                    zone=s.zone,
-                    bulk_insert_instance_resource_resource=resource,
-                    request_id=request_id(spec.client_token, model),
-                )
-            )
             try:
-                op.result(timeout=OPERATION_TIMEOUT)
-            except gexc.GoogleAPICallError as e:
-                found = _operation_codes(op)
+                self.instances.bulk_insert(
+                    request=compute_v1.BulkInsertInstanceRequest(
+                        project=s.project,
+                        zone=s.zone,
+                        bulk_insert_instance_resource_resource=resource,
+                        request_id=request_id(spec.client_token, model),
+                    )
+                ).result(timeout=OPERATION_TIMEOUT)
+            except gexc.GoogleAPICallError as e:  # refused at once, or the operation failed
+                found = error_codes(e)
                 if "RESOURCE_ALREADY_EXISTS" in found or isinstance(e, gexc.Conflict):
                     started = self.reader.get(name)
                     info = instance_info(started) if started is not None else None
@@ -274,9 +273,12 @@ def _bulk_resource(
     )
 
 
-def _operation_codes(op: Any) -> list[str]:
-    """The error codes of a finished operation (``[]`` when it has none)."""
-    try:
-        return [str(e.code) for e in op.error.errors]
-    except AttributeError:
-        return []
+def error_codes(error: gexc.GoogleAPICallError) -> list[str]:
+    """Compute Engine's error codes of a refusal: the ``code`` of each error of a failed
+    operation, or the ``reason`` of each error of an HTTP error answer."""
+    codes = []
+    for item in error.errors or []:
+        code = item.get("reason") if isinstance(item, dict) else getattr(item, "code", None)
+        if code:
+            codes.append(str(code))
+    return codes

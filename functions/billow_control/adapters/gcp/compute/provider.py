@@ -85,16 +85,19 @@ class GceProvider:
 
     def terminate(self, instance_ids: list[str]) -> None:
         """Delete those of ``instance_ids`` (instance names) that are this deployment's
-        instances, in any state but already being deleted; unknown and foreign names are
-        ignored. Does not wait for the deletions; once a cluster has no live instance
-        left, its template and firewall rule are deleted too (``cleanup_cluster``)."""
+        instances (one label-filtered list, then one delete each), in any state but
+        ``STOPPING`` (being deleted already; a stopped one the sweep deletes); unknown and
+        foreign names are ignored. Does not wait for the deletions; once a cluster has no
+        live instance left, its template and firewall rule are deleted too
+        (``cleanup_cluster``)."""
+        wanted = set(instance_ids)
         clusters: set[str] = set()
-        for name in dict.fromkeys(i for i in instance_ids if i):
-            instance = self.reader.get(name)
-            if instance is None:
+        for instance in self.reader.matching() if wanted else []:
+            if instance.name not in wanted:
                 continue
             clusters.add(instance.labels.get(_CLUSTER, ""))
-            self._delete(name)
+            if instance.status != "STOPPING":  # being deleted (or stopped) already
+                self._delete(instance.name)
         for cluster_id in sorted(c for c in clusters if c):
             self.cleanup_cluster(cluster_id)
 
