@@ -68,7 +68,7 @@ def gce_control_plane(root: Path, kit: InstanceKit, deployment: str) -> Iterator
     thread: threading.Thread | None = None
     try:
         settings = ControlSettings.from_values(
-            kit.settings_env_values(),
+            kit.settings_values(),
             deployment=deployment,
             control_url=url,
             reconcile_interval=0.5,

@@ -136,7 +136,7 @@ class InstanceKit:
         """``{sha256: path}`` of uv and the wheel, as an object store names them."""
         return {sha256_of(path): path for path in (self.uv, self.wheel)}
 
-    def settings_env_values(self) -> dict[str, str]:
+    def settings_values(self) -> dict[str, str]:
         """The ``ControlSettings`` values naming uv and the wheel by sha256."""
         return {
             "uv_sha256": f"{platform.machine()}={sha256_of(self.uv)}",
@@ -145,7 +145,7 @@ class InstanceKit:
 
     def settings_env(self) -> dict[str, str]:
         """The deployment variables naming uv and the wheel by sha256."""
-        return {f"BILLOW_{k.upper()}": v for k, v in self.settings_env_values().items()}
+        return {f"BILLOW_{k.upper()}": v for k, v in self.settings_values().items()}
 
     def upload(self, s3: Any, bucket: str, prefix: str = "objects/") -> dict[str, str]:
         """Put uv and the wheel into the env bucket by sha256, with the checksum S3

@@ -19,7 +19,7 @@ from google.cloud import compute_v1
 
 from ....core import tags as billow_tags
 from ....core.models import InstanceInfo, InstanceSpec
-from .instances import LIVE, InstanceReader
+from .instances import LIVE, InstanceReader, instance_info
 from .labels import BILLOW_LABELS
 from .launcher import Launcher, template_name
 from .logs import InstanceLogs
@@ -153,8 +153,6 @@ class GceProvider:
 
     def list_deployment_instances(self) -> list[InstanceInfo]:
         """Live (provisioning, staging, running) instances labelled with this deployment."""
-        from .instances import instance_info
-
         live = [instance_info(i) for i in self.reader.matching() if i.status in LIVE]
         return [i for i in live if i is not None]
 
