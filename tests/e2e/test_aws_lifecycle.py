@@ -74,12 +74,6 @@ def gateway() -> Iterator[ApiGateway]:
         gw.stop()
 
 
-@pytest.fixture(scope="session")
-def instance_kit(tmp_path_factory: pytest.TempPathFactory) -> InstanceKit:
-    """uv and a billow wheel built from this checkout; a uv cache warmed once."""
-    return InstanceKit.build(tmp_path_factory.mktemp("instance-kit"))
-
-
 @pytest.fixture(scope="module")
 def live_deployment(
     aws_url: str, gateway: ApiGateway, instance_kit: InstanceKit

@@ -13,7 +13,8 @@ What moto does not do, and what each harness here does in its place:
   ``functions.aws.api_handler``, one at a time (one warm container).
 * Instances never boot: ``InstanceRunner`` reads each tagged instance's user data from
   EC2, checks it is Billow's bootstrap script, and runs that very script with ``bash``
-  in its own session, as a bare instance would: under its own root (``BILLOW_ROOT``),
+  in its own session (``tests/support/instances.py``, shared with the Compute Engine
+  fake), as a bare instance would: under its own root (``BILLOW_ROOT``),
   with a ``python3`` on ``PATH`` that cannot import billow, so the script must fetch the
   kit (``POST /v1/agent/kit``), download uv and the billow wheel through pre-signed S3
   URLs from moto, check them, build its venv and run the agent from it. One machine
@@ -33,23 +34,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import re
-import shlex
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +52,19 @@ import boto3
 
 from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.adapters.aws.ec2 import AGENT_LOG
-from billow_control.core.software import CORE_PACKAGES
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
+from tests.support.instances import (
+    InstanceKit,
+    RunningInstance,
+    boot_script,
+    exported_env,
+    sha256_of,
+    stop_instances,
+)
 from tests.support.processes import ROOT
+
+__all__ = ["InstanceKit", "RunningInstance", "exported_env", "sha256_of"]
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -104,114 +108,6 @@ def lifecycle_on_sqs(queue_url: str) -> str:
 
 
 NOOP_MACHINE = json.dumps({"StartAt": "Noop", "States": {"Noop": {"Type": "Succeed"}}})
-# What the harness removes from its own environment before it runs an instance's script:
-# anything that would let the image's python3 import this checkout's packages, and the
-# test process's AWS and Billow configuration (a real instance has neither).
-FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class InstanceKit:
-    """The uv binary and billow wheel bare instances bootstrap with, and what every
-    "instance" on this machine shares: a uv cache, and a ``bin`` directory whose
-    ``python3`` is the base interpreter (billow is not importable there)."""
-
-    root: Path
-    uv: Path
-    wheel: Path
-
-    @property
-    def uv_cache(self) -> Path:
-        return self.root / "uv-cache"
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.root / "bin"
-
-    @property
-    def constraints(self) -> Path:
-        return self.root / "constraints.txt"
-
-    @classmethod
-    def build(cls, root: Path) -> InstanceKit:
-        """Build the wheel from this repository with the ``uv`` package's binary, make
-        the bare ``python3``, and warm the shared uv cache by installing the wheel once
-        (instances then install billow's dependencies from it in seconds)."""
-        import uv as uv_package
-
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        uv = Path(uv_package.find_uv_bin())
-        kit = cls(root, uv, Path())
-        # The instances' Dask is the client's (this process's): no version skew in tests.
-        pins = [f"{name}=={version(name)}" for name in (*CORE_PACKAGES, "numpy")]
-        kit.constraints.write_text("\n".join(pins) + "\n")
-        env = kit.bare_env({"UV_CACHE_DIR": str(kit.uv_cache)})
-        dist = root / "dist"
-        _check_run([str(uv), "build", "--wheel", "--out-dir", str(dist), str(ROOT)], env)
-        (kit.wheel,) = dist.glob("billow-*.whl")
-        kit.bin_dir.mkdir(exist_ok=True)
-        python3 = kit.bin_dir / "python3"
-        if not python3.exists():
-            python3.symlink_to(Path(sys.base_prefix) / "bin" / "python3")
-        probe = subprocess.run(["python3", "-c", "import billow"], env=env, capture_output=True)
-        if probe.returncode == 0:
-            raise RuntimeError(f"billow is importable by {python3}: instances would not be bare")
-        warm = root / "warm"
-        _check_run([str(uv), "venv", "-q", "--python", ">=3.11", str(warm)], env)
-        _check_run(
-            [str(uv), "pip", "install", "-q", "--python", str(warm / "bin/python"), str(kit.wheel)],
-            env,
-        )
-        return kit
-
-    def bare_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """This process's environment as a bare instance would have it: no Python paths,
-        AWS or Billow settings; ``PATH`` finds the bare ``python3`` first."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in FOREIGN_ENV and not k.startswith(("AWS_", "BILLOW_", "UV_"))
-        }
-        env |= {
-            "PATH": f"{self.bin_dir}:/usr/bin:/bin",
-            "PYTHONNOUSERSITE": "1",
-            "UV_PYTHON_DOWNLOADS": "never",  # this machine reaches PyPI only
-            "UV_CONSTRAINT": str(self.constraints),
-        }
-        return env | (extra or {})
-
-    def upload(self, s3: Any, bucket: str, prefix: str = "objects/") -> dict[str, str]:
-        """Put uv and the wheel into the env bucket by sha256, with the checksum S3
-        verifies; return the deployment variables naming them."""
-        shas = {}
-        for path in (self.uv, self.wheel):
-            sha = shas[path] = sha256_of(path)
-            s3.put_object(
-                Bucket=bucket,
-                Key=f"{prefix}{sha}",
-                Body=path.read_bytes(),
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
-            )
-        return {
-            "BILLOW_UV_SHA256": f"{platform.machine()}={shas[self.uv]}",
-            "BILLOW_AGENT_WHEEL": f"{shas[self.wheel]}/{self.wheel.name}",
-        }
-
-
-def _check_run(command: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
 
 
 @dataclass
@@ -348,16 +244,6 @@ def user_data_of(ec2: Any, instance_id: str) -> str:
     return base64.b64decode(value["UserData"]["Value"]).decode()
 
 
-def exported_env(script: str) -> dict[str, str]:
-    """The variables a bootstrap script exports (``export K=V`` lines, shell-quoted)."""
-    env = {}
-    for line in script.splitlines():
-        if line.startswith("export "):
-            key, _, value = shlex.split(line[len("export ") :])[0].partition("=")
-            env[key] = value
-    return env
-
-
 def _answer(sfn: Any, token: str, output: Any = None, error: BaseException | None = None) -> None:
     if error is None:
         sfn.send_task_success(taskToken=token, output=json.dumps(output))
@@ -472,31 +358,6 @@ class ApiGateway:
         self._thread.join(10)
 
 
-@dataclass
-class RunningInstance:
-    instance_id: str
-    proc: subprocess.Popen
-    root: Path
-    log_path: Path
-    log_group: str
-    shipped: int = 0
-    killed_at: float | None = None
-    shut_down: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-
-    def alive(self) -> bool:
-        """Whether any process of the instance's session is left (the script, or the
-        agent it started, which outlives a killed script for a moment)."""
-        self.proc.poll()  # reap the script, so a dead one is not counted
-        try:
-            os.killpg(self.proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 class InstanceRunner:
     """Boots the deployment's EC2 instances by running their user data with ``bash`` (see
     the module docstring)."""
@@ -534,16 +395,7 @@ class InstanceRunner:
         """Stop polling, then SIGTERM every instance's process group, SIGKILL after grace."""
         self._stop.set()
         self._thread.join(30)
-        for inst in self.instances.values():
-            self._signal(inst, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        for inst in self.instances.values():
-            while inst.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if inst.alive():
-                self._signal(inst, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    inst.proc.wait(5)
+        stop_instances(list(self.instances.values()), self.grace)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -563,13 +415,13 @@ class InstanceRunner:
             elif known is not None and state in ("shutting-down", "terminated"):
                 if known.killed_at is None and known.alive():
                     known.killed_at = time.monotonic()
-                    self._signal(known, signal.SIGTERM)
+                    known.signal(signal.SIGTERM)
                 elif (
                     known.killed_at is not None
                     and known.alive()
                     and time.monotonic() - known.killed_at > self.grace
                 ):
-                    self._signal(known, signal.SIGKILL)
+                    known.signal(signal.SIGKILL)
         for inst in self.instances.values():
             self._ship_logs(inst)
             if inst.proc.poll() is not None and inst.killed_at is None and not inst.shut_down:
@@ -582,43 +434,15 @@ class InstanceRunner:
             raise RuntimeError(f"{instance_id}: user data is not Billow's bootstrap:\n{script}")
         group = re.search(r'"log_group_name": "([^"]+)"', script)
         file_path = re.search(r'"file_path": "([^"]+)"', script)
-        root = self.workdir / instance_id
-        root.mkdir(parents=True)
-        (root / "user-data").write_text(script)
-        # One machine hosts every "instance": loopback only, ports the OS picks, one uv
-        # cache; the script's last line (shutdown) becomes `true`, the runner terminates.
-        overrides = {
-            "BILLOW_ROOT": str(root),
-            "BILLOW_SHUTDOWN": "true",
-            "BILLOW_SHUTDOWN_DELAY": "0",
-            "BILLOW_HOST": "127.0.0.1",
-            "BILLOW_SCHEDULER_PORT": "0",
-            "BILLOW_DASHBOARD_PORT": "0",
-            "UV_CACHE_DIR": str(self.kit.uv_cache),
-        }
-        with open(root / "console.log", "wb") as console:  # before the script's redirect
-            proc = subprocess.Popen(
-                ["bash", str(root / "user-data")],
-                env=self.kit.bare_env(overrides),
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        log_path = root / (file_path.group(1) if file_path else AGENT_LOG).lstrip("/")
-        self.instances[instance_id] = RunningInstance(
+        inst = boot_script(
+            self.kit,
+            self.workdir / instance_id,
             instance_id,
-            proc,
-            root,
-            log_path,
-            group.group(1) if group else "",
-            env=exported_env(script) | overrides,
+            script,
+            file_path.group(1) if file_path else AGENT_LOG,
         )
-
-    def _signal(self, inst: RunningInstance, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(inst.proc.pid, sig)
+        inst.log_group = group.group(1) if group else ""
+        self.instances[instance_id] = inst
 
     def _ship_logs(self, inst: RunningInstance) -> None:
         """What the CloudWatch agent of the bootstrap script does: new lines to the stream
