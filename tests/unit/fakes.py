@@ -19,8 +19,11 @@ class MemoryProvider:
         self.specs: dict[str, InstanceSpec] = {}
         self.launches = 0
         self.logs: dict[str, list[str]] = {}
+        self.refuse_role: tuple[str, Exception] | None = None  # (role, what launch raises)
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
+        if self.refuse_role is not None and spec.role.value == self.refuse_role[0]:
+            raise self.refuse_role[1]
         if spec.client_token in self.by_token:
             return self.instances[self.by_token[spec.client_token]]
         self.launches += 1

@@ -18,7 +18,7 @@ from billow_control.core.models import (
     InstanceRole,
     User,
 )
-from billow_control.core.ports import Ports
+from billow_control.core.ports import LaunchRefused, Ports
 from billow_control.core.service import ControlPlane
 from billow_control.core.settings import ControlSettings
 from tests.unit.fakes import MemoryBus, MemoryProvider, RecordingOrchestrator
@@ -126,6 +126,24 @@ def test_the_loop_looks_less_often_the_longer_instances_take(world: World) -> No
     assert world.reconciler.reconcile(cid).wait == 2.0
     world.clock.advance(120)
     assert world.reconciler.reconcile(cid).wait == 10.0
+
+
+def test_a_launch_the_provider_can_never_make_fails_the_cluster_at_once(world: World) -> None:
+    """No retries until the start timeout: the message names the field, and what was
+    launched already is torn down."""
+    world.provider.refuse_role = (
+        "worker",
+        LaunchRefused("no machine type has 512 vCPUs (the largest has 96)", "worker_cpu"),
+    )
+    cid = world.create(2)
+    for _ in range(5):
+        if world.reconciler.reconcile(cid).done:
+            break
+    record = world.store.get_cluster(cid)
+    assert record is not None and record.status == ClusterStatus.failed
+    assert record.stop_reason == "launch-refused"
+    assert record.error == "worker_cpu: no machine type has 512 vCPUs (the largest has 96)"
+    assert world.provider.live(cid) == []  # the scheduler launched first is gone
 
 
 def test_scheduler_exit_fails_with_its_logs_and_tears_down(world: World) -> None:

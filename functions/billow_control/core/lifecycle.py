@@ -35,7 +35,7 @@ from .models import (
     InstanceState,
     ReconcileResult,
 )
-from .ports import Ports, StaleRecordError
+from .ports import LaunchRefused, Ports, StaleRecordError
 from .settings import ControlSettings
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class Lifecycle:
             return self._bring_up(record, instances)
         except StaleRecordError:
             return ReconcileResult(done=False, wait=0.0, status=record.status)
+        except LaunchRefused as e:
+            where = f"{e.field}: " if e.field else ""
+            return self._failed(record.id, "launch-refused", f"{where}{e}", [])
 
     def observe(self, record: ClusterRecord, beat: HeartbeatRecord) -> ClusterRecord:
         """What a heartbeat shows at once: a starting cluster whose scheduler counts its

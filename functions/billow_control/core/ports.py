@@ -44,6 +44,16 @@ class UserNameTakenError(Exception):
     """Another user already has that name. Nothing was written."""
 
 
+class LaunchRefused(ValueError):
+    """``Provider.launch`` cannot ever launch this spec (no machine type fits it, a type
+    the region does not have): retrying will not help, so the cluster fails at once with
+    this message. ``field`` names the request field at fault, when one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class IdempotencyMismatch(Exception):
     """An Idempotency-Key was reused with a different request body."""
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ....core.models import InstanceRole
+from ....core.ports import LaunchRefused
 from ....core.units import parse_bytes
 
 GIB = 2**30
@@ -27,13 +28,15 @@ ATTACHABLE_GPUS = frozenset(
 )
 
 
-class MachineTypeError(ValueError):
+class MachineTypeError(LaunchRefused):
     """No machine type of the zone fits the request. ``field`` names what the user asked
-    for (``worker_cpu``, ``scheduler_memory``, ``worker_gpu``). Retrying cannot help."""
+    for (``worker_cpu``, ``scheduler_memory``, ``worker_gpu``). Retrying cannot help: the
+    lifecycle fails the cluster with this message."""
+
+    field: str
 
     def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field)
 
 
 @dataclass(frozen=True)
