@@ -61,6 +61,52 @@ def take_instance_token(environ: Any = os.environ) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
+def await_assignment(stream: Any = None) -> str | None:
+    """A pooled agent (``--pooled``, started by the embedded server's warm pool): import
+    what any role runs, say so on ``BILLOW_POOL_READY_FD``, then wait for one line of
+    JSON on standard input and become that instance: its working directory, its OS user
+    (the server runs as root when it isolates tenants: the agent drops to the user
+    before it reads anything of the cluster), its environment, and its one-time token,
+    which it returns. ``None``: the pool closed this agent's input (exit quietly)."""
+    import distributed  # noqa: F401
+    from distributed import Scheduler, Worker  # noqa: F401
+
+    from .plugin import BillowSchedulerPlugin  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # the scheduler's dashboard, when installed
+        import distributed.dashboard.scheduler  # noqa: F401
+    ready = os.environ.pop("BILLOW_POOL_READY_FD", None)
+    if ready:
+        os.write(int(ready), b"warm\n")
+        os.close(int(ready))
+    log.info("pooled agent warm; waiting for an instance")
+    line = (stream or sys.stdin.buffer).readline()
+    if not line:
+        return None
+    assignment = json.loads(line)
+    os.chdir(assignment["workdir"])
+    if assignment.get("uid") is not None:
+        os.setgroups([])
+        os.setgid(assignment["gid"])
+        os.setuid(assignment["uid"])
+        _dumpable_again()
+    os.environ.clear()
+    os.environ.update(assignment["environ"])
+    tempfile.tempdir = None  # TMPDIR is the instance's now
+    return assignment.get("token")
+
+
+def _dumpable_again() -> None:
+    """After ``setuid`` Linux makes a process undumpable: its ``/proc/<pid>`` entries stay
+    root's, and Dask's system monitor could not count its own open files. A process
+    started as the user is dumpable; make this one the same."""
+    import ctypes
+
+    pr_set_dumpable = 4
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 1, 0, 0, 0)
+
+
 def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE) -> dict[str, Any]:
     """POST the instance token; retry while the control plane is unreachable or says
     "not ready" (a worker waiting for its scheduler), up to ``deadline`` seconds."""
@@ -215,11 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--config"] and len(argv) == 2:
         config = read_config(argv[1])  # second stage: already in the cluster's environment
     else:
-        try:
-            token = take_instance_token(os.environ)  # one-time: kept out of user code
-        except (OSError, ValueError) as e:
-            print(f"billow agent: cannot read the instance token: {e}", file=sys.stderr)
-            return 2
+        if argv == ["--pooled"]:
+            token = await_assignment()
+            if token is None:
+                exit_code = 0
+                return 0
+            log.info("pooled agent assigned to %s", os.environ.get("BILLOW_INSTANCE_NAME"))
+        else:
+            try:
+                token = take_instance_token(os.environ)  # one-time: kept out of user code
+            except (OSError, ValueError) as e:
+                print(f"billow agent: cannot read the instance token: {e}", file=sys.stderr)
+                return 2
         url = os.environ.get("BILLOW_CONTROL_URL")
         if not url or not token:
             missing = "BILLOW_CONTROL_URL" if not url else f"{TOKEN_VARIABLE} (or _FD)"

@@ -69,6 +69,7 @@ def server(
 
     from billow_control.core.settings import ControlSettings
     from billow_control.core.units import parse_bytes, parse_duration
+    from billow_control.runtimes.embedded import InstanceOptions
     from billow_control.runtimes.embedded_server import serve
     from billow_control.runtimes.http_proxy import ServerLimits
 
@@ -86,6 +87,10 @@ def server(
         read_timeout = parse_duration(dask.config.get(f"billow.{key}", "30s"))
         key = "instance-log-limit"
         log_limit = parse_bytes(dask.config.get(f"billow.{key}", "16MiB"))
+        key = "warm-pool.size"
+        warm_pool = int(dask.config.get(f"billow.{key}", 0))
+        if warm_pool < 0:
+            raise ValueError(f"must be 0 or more, not {warm_pool}")
     except ValueError as e:
         console.print(f"[red]error:[/red] billow.{key}: {e}")
         raise typer.Exit(2) from None
@@ -98,7 +103,7 @@ def server(
         settings,
         Path(instance_dir).expanduser() if instance_dir else None,
         limits,
-        log_limit,
+        InstanceOptions(log_limit=log_limit, warm_pool=warm_pool),
     )
 
 

@@ -46,6 +46,16 @@ log = logging.getLogger(__name__)
 ISOLATED_INSTANCE_DIR = Path("/var/lib/billow-instances")
 
 
+@dataclass(frozen=True)
+class InstanceOptions:
+    """How the embedded server runs local instances: the bytes of output kept per
+    instance (``billow.instance-log-limit``) and the pooled agents kept warm
+    (``billow.warm-pool.size``; 0: none)."""
+
+    log_limit: int = DEFAULT_LOG_LIMIT
+    warm_pool: int = 0
+
+
 @dataclass
 class EmbeddedRuntime:
     """The one ``Ports`` of ``billow server``, the ``ControlPlane`` over it, and the
@@ -66,18 +76,17 @@ class EmbeddedRuntime:
         data_dir: Path,
         settings: ControlSettings,
         instance_dir: Path | None = None,
-        instance_log_limit: int | None = None,
+        instances: InstanceOptions | None = None,
     ) -> EmbeddedRuntime:
         """The runtime over ``data_dir``; ``settings.multi_tenant`` is turned off unless
         the provider isolates tenants. ``instance_dir``: where instances work (see the
-        module's docstring for the default); ``instance_log_limit``: bytes of output kept
-        per instance (default ``instance_logs.DEFAULT_LOG_LIMIT``)."""
+        module's docstring for the default); ``instances``: their log limit and warm pool."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         clock = SystemClock()
         provider = _local_provider(
-            data_dir, settings.deployment, clock, instance_dir, instance_log_limit
+            data_dir, settings.deployment, clock, instance_dir, instances or InstanceOptions()
         )
         if settings.multi_tenant and not provider.isolates_tenants:
             settings = settings.model_copy(update={"multi_tenant": False})
@@ -112,8 +121,9 @@ class EmbeddedRuntime:
     def start(self) -> None:
         """Start the reconcile threads, resubmit every unfinished cluster that has not
         converged (the watchdog's resync, as after any lost submit), and start the
-        watchdog timer."""
+        watchdog timer and the warm pool's filling."""
         self.orchestrator.start()
+        self.provider.pool.start()
         report = self.plane.watchdog.run_once()
         if report.resubmitted:
             log.info("resuming %d cluster(s): %s", len(report.resubmitted), report.resubmitted)
@@ -125,6 +135,7 @@ class EmbeddedRuntime:
         if self._timer is not None:
             self._timer.join(10)
         self.orchestrator.stop()
+        self.provider.pool.stop()
 
     def _watch(self) -> None:
         """The embedded stand-in for the scheduled watchdog function."""
@@ -143,7 +154,7 @@ def _local_provider(
     deployment: str,
     clock: SystemClock,
     instance_dir: Path | None,
-    log_limit: int | None = None,
+    options: InstanceOptions,
 ) -> LocalProcessProvider:
     """The local-process provider, isolating tenants when it can (and saying why not)."""
     accounts: TenantAccounts | None = None
@@ -182,7 +193,8 @@ def _local_provider(
         env_cache=data_dir / "envs",
         workspace=workspace,
         accounts=accounts,
-        log_limit=log_limit or DEFAULT_LOG_LIMIT,
+        log_limit=options.log_limit,
+        warm_pool=options.warm_pool,
     )
 
 

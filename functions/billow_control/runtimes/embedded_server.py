@@ -13,7 +13,7 @@ import uvicorn
 from ..adapters.local.object_store import ObjectStoreApp
 from ..api.app import build_app
 from ..core.settings import ControlSettings
-from .embedded import EmbeddedRuntime, write_login
+from .embedded import EmbeddedRuntime, InstanceOptions, write_login
 from .http_proxy import LimitedHttpToolsProtocol, ProxyASGIApp, ServerLimits
 
 log = logging.getLogger("billow.server")
@@ -27,14 +27,14 @@ def serve(
     settings: ControlSettings,
     instance_dir: Path | None = None,
     limits: ServerLimits | None = None,
-    instance_log_limit: int | None = None,
+    instances: InstanceOptions | None = None,
 ) -> None:
     """Bind, start the runtime, write the admin login on first start, serve until stopped.
 
     ``port=0`` picks a free port; the URL and PID are written to ``<data_dir>/server.json``.
     ``instance_dir``: where instances work (``EmbeddedRuntime.create``).
     ``limits`` bound the size of request heads and the time to read a request;
-    ``instance_log_limit`` the bytes of output kept per instance.
+    ``instances``: the log limit and warm pool of local instances.
     """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that declare it, and
     # without it every response waits ~40 ms on the client's delayed ACK.
@@ -44,7 +44,7 @@ def serve(
     sock.listen(512)
     url = f"http://{host}:{sock.getsockname()[1]}"
     settings = settings.model_copy(update={"control_url": url})
-    runtime = EmbeddedRuntime.create(data_dir, settings, instance_dir, instance_log_limit)
+    runtime = EmbeddedRuntime.create(data_dir, settings, instance_dir, instances)
     token = runtime.plane.bootstrap_admin()
     if token is not None and login_file is not None:
         write_login(login_file, url, token)

@@ -29,7 +29,7 @@ def open_log_pipe(path: Path, limit: int = DEFAULT_LOG_LIMIT, python: str = sys.
     read_end, write_end = os.pipe()
     try:
         subprocess.Popen(
-            [python, "-I", "-S", log_keeper.__file__, str(path), str(limit)],
+            [python, "-I", "-S", log_keeper.__file__, path.name, str(limit)],
             stdin=read_end,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

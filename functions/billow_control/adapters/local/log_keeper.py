@@ -1,6 +1,8 @@
 """Keep one instance's log: copy standard input to ``LOG``, holding at most ``LIMIT`` bytes.
 
-Run as a process of its own, by the server's user, beside each local instance::
+Run as a process of its own, by the server's user, beside each local instance, in the
+log's directory (``LOG`` is a name in it, so the directory may be renamed under it: a
+pooled process's log directory becomes its instance's)::
 
     python -I -S log_keeper.py LOG LIMIT
 

@@ -45,20 +45,18 @@ from pathlib import Path
 from ...core.models import InstanceInfo, InstanceRole, InstanceSpec, InstanceState, new_id
 from ...core.ports import Clock
 from ...core.tags import OWNER
-from .instance_logs import DEFAULT_LOG_LIMIT, open_log_pipe, tail_lines
+from .agent_process import WarmPool, start_agent
+from .instance_logs import DEFAULT_LOG_LIMIT, tail_lines
 from .instance_setup import (
     HOME,
     SCRATCH,
-    TOKEN_FD_VARIABLE,
     TOKEN_VARIABLE,
     agent_pythonpath,
-    identity,
     instance_environment,
     make_workdir,
     owner_env_cache,
     prepare_workspace,
     read_small,
-    token_pipe,
 )
 from .tenant_users import Account, IsolationError, TenantAccounts
 
@@ -122,6 +120,7 @@ class LocalProcessProvider:
         workspace: Path | None = None,
         accounts: TenantAccounts | None = None,
         log_limit: int = DEFAULT_LOG_LIMIT,
+        warm_pool: int = 0,
     ) -> None:
         self.root = Path(root)
         self.log_limit = log_limit
@@ -138,6 +137,7 @@ class LocalProcessProvider:
         else:
             self.workspace.mkdir(parents=True, exist_ok=True)
         self.pythonpath = agent_pythonpath()
+        self.pool = WarmPool(warm_pool, self.root, python, self.pythonpath, log_limit)
         self._children: dict[int, subprocess.Popen] = {}
         self._recorded_owners: set[str] = set()
         self._lock = threading.Lock()
@@ -224,27 +224,11 @@ class LocalProcessProvider:
             if account is not None:
                 env["USER"] = env["LOGNAME"] = account.name
             token = spec.environment.get(TOKEN_VARIABLE)
-            token_fd = token_pipe(token) if token else None
-            if token_fd is not None:
-                env[TOKEN_FD_VARIABLE] = str(token_fd)
-            output = None
-            try:
-                output = open_log_pipe(log, self.log_limit)
-                proc = subprocess.Popen(
-                    [self.python, "-m", "billow.agent"],
-                    env=env,
-                    cwd=workdir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=() if token_fd is None else (token_fd,),
-                    **identity(account),
-                )
-            finally:
-                for fd in (token_fd, output):
-                    if fd is not None:
-                        os.close(fd)
+            pooled = None if "BILLOW_SOFTWARE_KEY" in env else self.pool.take()
+            if pooled is not None:
+                proc = self.pool.assign(pooled, log.parent, workdir, env, token, account)
+            else:
+                proc = start_agent(self.python, env, workdir, log, self.log_limit, token, account)
             self._children[proc.pid] = proc
             self._db().execute(
                 "UPDATE instances SET pid=?, pid_start=? WHERE id=?",
