@@ -135,7 +135,7 @@ class FirestoreStore(EnvironmentRevisions, UserAccounts):
             refs = [lock_ref, cluster_ref] + ([idem_ref] if idempotency_key else [])
             snaps = {s.reference.path: s for s in self.client.get_all(refs)}
             lock, mine = snaps[lock_ref.path], snaps[cluster_ref.path]
-            idem = snaps.get(idem_ref.path)
+            idem: Any = snaps.get(idem_ref.path)
             if mine.exists:  # our own commit, whose response was lost and retried
                 return self._record(mine), True
             batch = self.client.batch()
