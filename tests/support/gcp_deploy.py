@@ -13,6 +13,7 @@ Every process is started in its own session and stopped by PID (process group).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -197,10 +198,8 @@ class GcpDeployment:
         with sqlite3.connect(db) as conn:
             pids = [r[0] for r in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def pubsub_data(payload: dict[str, Any]) -> str:
