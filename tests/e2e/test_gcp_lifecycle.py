@@ -9,6 +9,7 @@ its fake are merged; ``provider_kind`` parametrizes the tests for that switch.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,3 +127,52 @@ def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -
         assert attributes["type"] == data["detail-type"]
         assert attributes["cluster_id"] == cluster_id
         assert attributes["deployment"] == gcp.env["BILLOW_DEPLOYMENT"]
+
+
+CRASH_POINTS = ("claimed", "stepped", "published", "advanced")
+
+
+@pytest.fixture
+def crashing(
+    tmp_path: Path, firestore_host: str, pubsub_host: str, provider_kind: str
+) -> Iterator[GcpDeployment]:
+    """A deployment whose reconcile function dies once at each point of a step (between
+    its claim, the step, the next step's publish and the advance) and is restarted at
+    once, as Cloud Functions replaces a crashed instance."""
+    points = ",".join(CRASH_POINTS)
+    for gcp in deployment(
+        tmp_path, firestore_host, pubsub_host, provider_kind, BILLOW_TEST_CRASH_POINTS=points
+    ):
+        stop = threading.Event()
+
+        def supervise() -> None:
+            while not stop.wait(0.2) and gcp.reconcile.starts <= 2 * len(CRASH_POINTS):
+                if gcp.reconcile.exited():
+                    gcp.reconcile.start()
+
+        supervisor = threading.Thread(target=supervise, daemon=True)
+        supervisor.start()
+        try:
+            yield gcp
+        finally:
+            stop.set()
+            supervisor.join(30)
+
+
+def test_a_crash_at_any_point_of_a_step_converges(crashing: GcpDeployment) -> None:
+    gcp = crashing
+    token = gcp.admin_token()
+    response = api(gcp, token, "POST", "/v1/clusters", json={"n_workers": 1})
+    assert response.status_code == 201, response.text
+    cluster_id = response.json()["id"]
+    wait_for(gcp, token, cluster_id, "ready", 120)
+    assert api(gcp, token, "POST", f"/v1/clusters/{cluster_id}/stop").status_code == 200
+    wait_for(gcp, token, cluster_id, "stopped", 60)
+    assert sorted(p.name for p in gcp.crash_dir.iterdir()) == sorted(CRASH_POINTS)
+    # functions-framework's gunicorn master replaces a dead worker at once; without
+    # gunicorn the supervisor above restarts the process.
+    assert gcp.reconcile.log.read_text().count("test crash at ") == len(CRASH_POINTS)
+    # Every step re-run after a crash found the instances it had launched.
+    instances = gcp.instances(cluster_id)
+    assert sorted(i.name for i in instances) == ["scheduler", "worker-0"]
+    assert all(i.state.value == "terminated" for i in instances)

@@ -227,6 +227,14 @@ class PubSubOrchestrator:
             now, snap = self.clock(), ref.get()
             doc = snap.to_dict() if snap.exists else {}
             if doc.get("loop") != loop or doc.get("state") != "running" or doc["seq"] > seq:
+                log.info(
+                    "dropping step %d of %s: the loop is %s at step %s (%s)",
+                    seq,
+                    loop,
+                    doc.get("loop"),
+                    doc.get("seq"),
+                    doc.get("state"),
+                )
                 return None
             if doc["seq"] < seq:
                 raise Busy(f"step {seq} of {loop} came before step {doc['seq']} was recorded")
