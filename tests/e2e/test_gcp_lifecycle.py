@@ -132,6 +132,13 @@ def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -
 CRASH_POINTS = ("claimed", "stepped", "published", "advanced")
 
 
+def supervise(gcp: GcpDeployment, stop: threading.Event) -> None:
+    """Restart the reconcile function whenever its process exits (bounded)."""
+    while not stop.wait(0.2) and gcp.reconcile.starts <= 2 * len(CRASH_POINTS):
+        if gcp.reconcile.exited():
+            gcp.reconcile.start()
+
+
 @pytest.fixture
 def crashing(
     tmp_path: Path, firestore_host: str, pubsub_host: str, provider_kind: str
@@ -144,13 +151,7 @@ def crashing(
         tmp_path, firestore_host, pubsub_host, provider_kind, BILLOW_TEST_CRASH_POINTS=points
     ):
         stop = threading.Event()
-
-        def supervise() -> None:
-            while not stop.wait(0.2) and gcp.reconcile.starts <= 2 * len(CRASH_POINTS):
-                if gcp.reconcile.exited():
-                    gcp.reconcile.start()
-
-        supervisor = threading.Thread(target=supervise, daemon=True)
+        supervisor = threading.Thread(target=supervise, args=(gcp, stop), daemon=True)
         supervisor.start()
         try:
             yield gcp
