@@ -85,7 +85,7 @@ def api(request: Any) -> Any:
 
 @functions_framework.cloud_event
 def reconcile(cloud_event: Any) -> None:
-    """One step of a cluster's reconcile loop; ``Busy`` raises so Pub/Sub redelivers."""
+    """One step of a cluster's reconcile loop; ``Busy`` answers 503 so Pub/Sub redelivers."""
     from billow_control.adapters.gcp.pubsub_orchestrator import Busy
 
     message_id, data = message_of(cloud_event)
@@ -95,9 +95,11 @@ def reconcile(cloud_event: Any) -> None:
     rt = runtime()
     try:
         outcome = rt.loop.handle(data, rt.plane.lifecycle)
-    except Busy as e:
+    except Busy as e:  # a 503 without a traceback: Pub/Sub redelivers after its backoff
+        from werkzeug.exceptions import ServiceUnavailable
+
         logger.info("redeliver later: %s", e)
-        raise
+        raise ServiceUnavailable(str(e)) from None
     logger.info("reconcile %s step %s: %s", data["loop"], data["seq"], outcome)
 
 

@@ -9,6 +9,7 @@ its fake are merged; ``provider_kind`` parametrizes the tests for that switch.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -114,6 +115,9 @@ def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -
     assert all(i.state.value == "terminated" for i in gcp.instances(cluster_id))
     assert sorted(i.name for i in gcp.instances(cluster_id)) == names
     assert not gcp.reconcile.exited()
+    # Twenty submits of the new record started one loop for its version.
+    loops = re.findall(r"started reconcile loop (\S+)", gcp.api.log.read_text())
+    assert loops.count(f"{cluster_id}-v0") == 1, loops
 
     events = gcp.events()
     kinds = [data["detail"]["kind"] for _, data in events]

@@ -91,3 +91,19 @@ def test_a_teardown_past_its_deadline_gives_up(world: World) -> None:
     state = LoopState(cid, phase="teardown", deadline=NOW)
     outcome = run_step(world.reconciler, state, NOW + 1, timeout=TIMEOUT)
     assert outcome.done and outcome.note == "teardown timed out"
+
+
+def test_a_stop_past_the_loops_deadline_is_torn_down_not_failed(world: World) -> None:
+    cid = world.create(1)
+    state = run_step(world.reconciler, LoopState(cid, deadline=NOW + 5), NOW, timeout=5).state
+    record = world.store.get_cluster(cid)
+    assert record is not None
+    world.reconciler.request_stop(record, "user")
+    stopping = run_step(world.reconciler, state, NOW + 1, timeout=5)
+    assert stopping.state.status == "stopping"
+    late = run_step(world.reconciler, stopping.state, NOW + 6, timeout=5)
+    assert late.state.phase == "teardown" and late.state.deadline == NOW + 11
+    until_done(world, late.state, NOW + 7)
+    assert world.status(cid) == ClusterStatus.stopped
+    record = world.store.get_cluster(cid)
+    assert record is not None and record.error is None

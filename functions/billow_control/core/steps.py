@@ -10,7 +10,8 @@ the state machine's:
   it failed, take the first teardown step) and moves to the ``teardown`` phase.
 * The loop's ``deadline`` (its start plus the loop timeout) bounds the bring-up: a loop
   past it whose cluster is not ready aborts it with a timeout error; a ready cluster's
-  loop just ends (the watchdog resubmits it if it has not converged).
+  loop just ends (the watchdog resubmits it if it has not converged), and a stopping
+  one's moves to the ``teardown`` phase with a deadline of its own.
 * ``teardown`` phase: reconcile until done, retrying errors; past ``deadline`` the loop
   gives up and the watchdog's orphan sweep terminates what is left.
 
@@ -73,6 +74,9 @@ def run_step(
             return StepOutcome(True, 0.0, state, "teardown timed out")
         if state.status == ClusterStatus.ready.value:
             return StepOutcome(True, 0.0, state, "loop timed out on a ready cluster")
+        if state.status == ClusterStatus.stopping.value:  # a stop, not a failed bring-up
+            teardown = replace(state, phase="teardown", deadline=now + timeout)
+            return StepOutcome(False, 0.0, teardown, "teardown phase")
         why = f"States.Timeout: the cluster did not converge within {timeout:.0f}s"
         return _aborted(lifecycle, state, why, now, timeout)
     try:
