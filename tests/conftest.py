@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.gcp import emulator
 from tests.support.processes import EmbeddedServer, moto_server
 
 
@@ -32,3 +33,17 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
     finally:
         server.stop()
         server.kill_instances()
+
+
+@pytest.fixture(scope="session")
+def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Google's Firestore emulator (``host:port``); sets ``FIRESTORE_EMULATOR_HOST``."""
+    with emulator("firestore", tmp_path_factory.mktemp("firestore")) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def pubsub_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Google's Pub/Sub emulator (``host:port``); sets ``PUBSUB_EMULATOR_HOST``."""
+    with emulator("pubsub", tmp_path_factory.mktemp("pubsub")) as host:
+        yield host

@@ -3,7 +3,9 @@
 With 5,000 stopped and 50 active clusters, one ``Watchdog.run_once()`` on DynamoDB reads at
 most 100 items (the active clusters from the sparse index, and one heartbeat each) in at
 most 3 requests (the index, and one BatchGetItem of the heartbeats), counted from
-DynamoDB's own responses, and never Scans the clusters table. SQLite does
+DynamoDB's own responses, and never Scans the clusters table; on Firestore it runs one
+query on ``active`` and reads at most as many documents (counted from the responses, as
+Firestore bills them). SQLite does
 not report rows read, so there the query the reaper issues is checked to be answered
 from the partial index ``clusters_active``.
 """
@@ -18,8 +20,8 @@ import pytest
 
 from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.local.sqlite_store import SqliteStore
-from tests.support.fleet import Fleet, ItemsRead
-from tests.support.stores import dynamodb_store
+from tests.support.fleet import DocumentsRead, Fleet, ItemsRead
+from tests.support.stores import dynamodb_store, firestore_store
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +82,27 @@ def test_reaper_query_on_sqlite_uses_the_partial_active_index(tmp_path: Path) ->
                 re.search(r"USING (COVERING )?INDEX clusters_active\b(?!_)", step)
                 for step in access
             ), (sql, plan)
+
+
+def test_reaper_pass_on_firestore_reads_active_clusters_only(
+    firestore_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with firestore_store(firestore_host) as store:
+        fleet = Fleet(store)
+        active = fleet.add_active(ACTIVE)
+        fleet.add_stopped(STOPPED)  # batched writes of 500: a few seconds on the emulator
+        reads = DocumentsRead().install(monkeypatch)
+
+        report = fleet.reap()
+
+        assert report.clusters_read == ACTIVE
+        cluster_queries = [where for collection, where in reads.queries if "clusters" in collection]
+        assert len(cluster_queries) == 1 and '"active"' in cluster_queries[0], reads.queries
+        assert reads.documents <= MAX_ITEMS_READ, (reads.documents, reads.queries)
+        # The meter sees history when it is read (the first 500 clusters of all: listing
+        # all 5,050 takes the emulator ten seconds).
+        reads.reset()
+        assert len(list(store.cluster_query(None, False, None).limit(500).stream())) == 500
+        assert reads.documents == 500
+        listed = store.list_clusters(None, active_only=True)
+        assert {r.id for r in listed} == set(active)

@@ -1,7 +1,8 @@
-"""The ``Store`` contract, run against every adapter: SQLite (a file) and DynamoDB (moto).
+"""The ``Store`` contract, run against every adapter: SQLite (a file), DynamoDB (moto) and
+Firestore (Google's emulator).
 
-Each test gets a fresh store: a new SQLite file, or new DynamoDB tables under a fresh
-prefix on the session's ``moto_server``.
+Each test gets a fresh store: a new SQLite file, new DynamoDB tables under a fresh
+prefix on the session's ``moto_server``, or a fresh project on the Firestore emulator.
 
 The concurrency tests run DynamoDB against a second moto server that handles one request
 at a time. The shared ``moto_server`` is threaded, and moto applies a TransactWriteItems
@@ -61,11 +62,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield chosen
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=STORE_KINDS)
 def atomic_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """Like ``store``, with DynamoDB on the one-request-at-a-time moto server."""
     if request.param == "sqlite":
         yield SqliteStore(tmp_path / "billow.db")
+    elif request.param == "firestore":
+        with store_of_kind("firestore", tmp_path, request) as firestore:
+            yield firestore
     else:
         with dynamodb_store(request.getfixturevalue("serial_moto_url")) as dynamodb:
             yield dynamodb

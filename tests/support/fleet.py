@@ -70,6 +70,57 @@ class ItemsRead:
         self.calls = []
 
 
+class DocumentsRead:
+    """Documents in the Firestore read responses of this process, as Firestore bills them:
+    each document a query returns (at least one read per query), each document a get
+    asks for (found or missing), one per aggregation. ``queries`` holds the collection
+    and filters of each query.
+
+    Installed by wrapping the GAPIC client's streaming read methods (``install``); the
+    responses pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.queries: list[tuple[str, str]] = []
+
+    def install(self, monkeypatch: Any) -> DocumentsRead:
+        from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
+
+        def counted(name: str) -> Any:
+            original = getattr(FirestoreClient, name)
+
+            def wrapper(client: Any, *args: Any, **kwargs: Any) -> Any:
+                request = kwargs.get("request")
+                if name == "run_query" and request is not None:
+                    query = request["structured_query"]
+                    self.queries.append((query.from_[0].collection_id, str(query.where)))
+                return self._count(name, original(client, *args, **kwargs))
+
+            monkeypatch.setattr(FirestoreClient, name, wrapper)
+
+        for name in ("run_query", "batch_get_documents", "run_aggregation_query"):
+            counted(name)
+        return self
+
+    def _count(self, name: str, responses: Any) -> Any:
+        returned = 0
+        for response in responses:
+            if name == "run_query":
+                returned += 1 if "document" in response else 0
+            elif name == "batch_get_documents":
+                self.documents += 1 if ("found" in response or "missing" in response) else 0
+            else:
+                self.documents += 1
+            yield response
+        if name == "run_query":
+            self.documents += max(1, returned)
+
+    def reset(self) -> None:
+        self.documents = 0
+        self.queries = []
+
+
 class Fleet:
     """Active and finished clusters in ``store``, and a reaper over it.
 
@@ -143,10 +194,23 @@ class Fleet:
         SQLite: ``create_cluster`` of the terminal record (one row, ``active=0``).
         DynamoDB: ``BatchWriteItem`` of the store's own item for the terminal record, as
         its terminal update writes it (no ``active_owner``, so absent from the sparse
-        index; TTL stamp set; name lock already released).
+        index; TTL stamp set; name lock already released). Firestore: batched writes of
+        the store's own document for the terminal record (``active`` false).
         """
         records = (self.record(i, ClusterStatus.stopped) for i in range(n))
-        if isinstance(self.store, DynamoDBStore):
+        cluster_document = getattr(self.store, "cluster_document", None)
+        if cluster_document is not None:  # FirestoreStore
+            from concurrent.futures import ThreadPoolExecutor
+
+            client, clusters = self.store.client, self.store.col("clusters")  # type: ignore[attr-defined]
+            batches = []
+            for rec in records:
+                if not batches or len(batches[-1]) == 500:  # Firestore's writes per commit
+                    batches.append(client.batch())
+                batches[-1].set(clusters.document(rec.id), cluster_document(rec))
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda batch: batch.commit(), batches))
+        elif isinstance(self.store, DynamoDBStore):
             store = self.store
             with store.models.cluster.batch_write() as batch:
                 for rec in records:

@@ -13,8 +13,9 @@ import pytest
 from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.ports import Store
+from tests.support.gcp import clear_firestore, new_project
 
-STORE_KINDS = ["sqlite", "dynamodb"]
+STORE_KINDS = ["sqlite", "dynamodb", "firestore"]
 
 
 @contextmanager
@@ -29,10 +30,23 @@ def dynamodb_store(url: str, **options: Any) -> Iterator[DynamoDBStore]:
 
 
 @contextmanager
+def firestore_store(host: str, **options: Any) -> Iterator[Any]:
+    """A ``FirestoreStore`` of a fresh project on the emulator at ``host``, cleared after."""
+    from billow_control.adapters.gcp.firestore import FirestoreStore
+
+    project = new_project()
+    try:
+        yield FirestoreStore(project, "t-", **options)
+    finally:
+        clear_firestore(host, project)
+
+
+@contextmanager
 def store_of_kind(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, **options: Any
 ) -> Iterator[Store]:
-    """A fresh store: a SQLite file, or DynamoDB tables on the session's moto server.
+    """A fresh store: a SQLite file, DynamoDB tables on the session's moto server, or a
+    fresh project on the session's Firestore emulator.
 
     ``options`` (e.g. ``idempotency_ttl``, ``clock``) go to the store's constructor.
     """
@@ -40,6 +54,9 @@ def store_of_kind(
         yield SqliteStore(tmp_path / "billow.db", **options)
     elif kind == "dynamodb":
         with dynamodb_store(request.getfixturevalue("moto_url"), **options) as store:
+            yield store
+    elif kind == "firestore":
+        with firestore_store(request.getfixturevalue("firestore_host"), **options) as store:
             yield store
     else:
         raise ValueError(f"unknown store kind {kind!r}")

@@ -54,7 +54,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -66,6 +66,11 @@ from ..core.models import ClusterRecord, ReconcileResult
 from ..core.ports import EventBus, Ports, lazy
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
+from .config import ConfigError, first_error, settings_from_env
+from .config import csv as _csv
+from .config import required as _required
+
+__all__ = ["AwsRuntime", "ConfigError", "control_settings", "describe_error", "step_output"]
 
 log = logging.getLogger(__name__)
 
@@ -88,38 +93,9 @@ EC2_VARIABLES = {
 LISTS = {"instance_types", "subnet_ids"}
 
 
-class ConfigError(ValueError):
-    """A required environment variable is missing or invalid (names it)."""
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"environment variable {name} is required")
-    return value
-
-
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def _first_error(e: ValidationError, variables: Callable[[str], str]) -> ConfigError:
-    first = e.errors()[0]
-    field = str(first["loc"][0]) if first.get("loc") else ""
-    return ConfigError(f"{variables(field)}: {first['msg']}")
-
-
 def control_settings(env: Mapping[str, str]) -> ControlSettings:
     """``ControlSettings`` from ``BILLOW_<FIELD>`` variables over the AWS defaults."""
-    try:
-        return ControlSettings.from_env(
-            env,
-            **AWS_DEFAULTS,
-            deployment=_required(env, "BILLOW_DEPLOYMENT"),
-            control_url=_required(env, "BILLOW_CONTROL_URL").rstrip("/"),
-        )
-    except ValidationError as e:
-        raise _first_error(e, lambda field: f"BILLOW_{field.upper()}") from None
+    return settings_from_env(env, **AWS_DEFAULTS)
 
 
 def ec2_settings(env: Mapping[str, str]) -> Any:
@@ -135,7 +111,7 @@ def ec2_settings(env: Mapping[str, str]) -> Any:
     try:
         return EC2Settings(**values)
     except ValidationError as e:
-        raise _first_error(e, lambda field: EC2_VARIABLES.get(field, field)) from None
+        raise first_error(e, lambda field: EC2_VARIABLES.get(field, field)) from None
 
 
 class AwsClients:

@@ -34,39 +34,17 @@ Inbound *commands* use the detail-type ``billow.command`` on the same bus (see
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from ...core.models import ClusterRecord, utcnow
+from ...core.events import DETAIL_TYPE_PREFIX, SOURCE, detail_json, event_detail
+from ...core.models import ClusterRecord
+
+__all__ = ["DETAIL_TYPE_PREFIX", "SOURCE", "EventBridgeBus", "event_detail"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = "billow"
-DETAIL_TYPE_PREFIX = "billow.cluster."
-SCHEMA_VERSION = 1
 MAX_DETAIL_BYTES = 200_000  # EventBridge allows 256 KB per entry, envelope included
-
-
-def event_detail(
-    deployment: str, kind: str, cluster: ClusterRecord, detail: dict | None
-) -> dict[str, Any]:
-    """The ``detail`` object of one lifecycle event (see the module docstring)."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "deployment": deployment,
-        "kind": kind,
-        "cluster_id": cluster.id,
-        "cluster_name": cluster.name,
-        "owner": cluster.owner,
-        "status": cluster.status.value,
-        "target": cluster.target.value,
-        "desired_workers": cluster.desired_workers,
-        "stop_reason": cluster.stop_reason,
-        "error": cluster.error,
-        "time": utcnow().isoformat(),
-        "detail": detail or {},
-    }
 
 
 class EventBridgeBus:
@@ -91,11 +69,7 @@ class EventBridgeBus:
         """Put one event. Failures (throttling, a missing bus, a rejected entry) are
         logged and swallowed: lifecycle progress never waits on observers."""
         try:
-            body = json.dumps(event_detail(self.deployment, kind, cluster, detail), default=str)
-            if len(body.encode()) > MAX_DETAIL_BYTES:
-                trimmed = event_detail(self.deployment, kind, cluster, {"truncated": True})
-                trimmed["error"] = (cluster.error or "")[:1000] or None
-                body = json.dumps(trimmed, default=str)
+            body = detail_json(self.deployment, kind, cluster, detail, MAX_DETAIL_BYTES)
             response = self.events.put_events(
                 Entries=[
                     {
