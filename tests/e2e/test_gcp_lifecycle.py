@@ -1,10 +1,11 @@
-"""The GCP control plane end to end on loopback: functions-framework serving
-``functions/gcp.py``, Google's Firestore and Pub/Sub emulators (the emulator pushes the
-reconcile topic to the reconcile function), and real Dask processes.
-
-The provider is the embedded ``LocalProcessProvider``, chosen by the test-support
-composition (``tests/support/gcp_functions.py``) until the Compute Engine provider and
-its fake are merged; ``provider_kind`` parametrizes the tests for that switch.
+"""The GCP control plane end to end on loopback, composed as deployed: functions-framework
+serving ``functions/gcp.py``; Google's Firestore and Pub/Sub emulators (the emulator
+pushes the reconcile topic to the reconcile function); and the loopback fakes of the
+services without an emulator, reached through each adapter's endpoint variable: Compute
+Engine booting each instance's real startup script on a bare python3 into real Dask,
+Cloud Logging fed by the Ops Agent the fake plays, Cloud KMS sealing the cluster secrets,
+and Cloud Storage holding the instance kit that instances fetch through signed URLs.
+See ``tests/support/gcp_deploy.py`` and ``tests/support/gcp_functions.py``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import httpx
 import pytest
+from dask.distributed import Client
 
+import billow
 from tests.support.gcp_deploy import GcpDeployment
+from tests.support.instances import InstanceKit
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NOTHING_LEFT = {"instances": [], "templates": [], "firewalls": []}
 
 
 def eventbridge_fields() -> set[str]:
@@ -37,28 +44,27 @@ def eventbridge_fields() -> set[str]:
     return set(event_detail("d", "ready", record, None))
 
 
-@pytest.fixture(params=["process"])
-def provider_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def deployment(
-    tmp_path: Path, firestore_host: str, pubsub_host: str, provider: str, **extra: str
+    tmp_path: Path,
+    firestore_host: str,
+    pubsub_host: str,
+    kit: InstanceKit,
+    reconcile_env: dict[str, str] | None = None,
 ) -> Iterator[GcpDeployment]:
-    gcp = GcpDeployment(
-        tmp_path, firestore_host, pubsub_host, BILLOW_TEST_PROVIDER=provider, **extra
-    )
+    gcp = GcpDeployment(tmp_path, firestore_host, pubsub_host, kit, reconcile_env)
     try:
         yield gcp.start()
     finally:
         gcp.stop()
+    assert not gcp.fake_errors(), gcp.fake_errors()
+    assert not gcp.compute.live_pids()
 
 
 @pytest.fixture
 def gcp(
-    tmp_path: Path, firestore_host: str, pubsub_host: str, provider_kind: str
+    tmp_path: Path, firestore_host: str, pubsub_host: str, instance_kit: InstanceKit
 ) -> Iterator[GcpDeployment]:
-    yield from deployment(tmp_path, firestore_host, pubsub_host, provider_kind)
+    yield from deployment(tmp_path, firestore_host, pubsub_host, instance_kit)
 
 
 def api(gcp: GcpDeployment, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -82,10 +88,10 @@ def wait_for(gcp: GcpDeployment, token: str, cluster_id: str, status: str, timeo
     wait_until(reached, timeout, f"cluster {status}", interval=0.5)
 
 
-def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -> None:
+def test_seed_on_the_gcp_composition_from_create_to_nothing_left(gcp: GcpDeployment) -> None:
     token = gcp.admin_token()
     key = uuid.uuid4().hex
-    body = {"name": "gcp-e2e", "n_workers": 1}
+    body = {"name": "gcp-e2e", "n_workers": 1, "secrets": {"DATA_TOKEN": "s3cr3t-value"}}
 
     def create(_: int) -> httpx.Response:
         return api(gcp, token, "POST", "/v1/clusters", json=body, headers={"idempotency-key": key})
@@ -98,17 +104,50 @@ def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -
     (cluster_id,) = cluster_ids
     listed = api(gcp, token, "GET", "/v1/clusters").json()
     assert [c["id"] for c in listed["clusters"]] == [cluster_id]
-
     # A duplicate of the loop's first message, delivered again: dropped as stale.
     gcp.publish_reconcile({"cluster_id": cluster_id, "loop": f"{cluster_id}-v0", "seq": 0})
-    wait_for(gcp, token, cluster_id, "ready", 90)
-    names = sorted(i.name for i in gcp.instances(cluster_id))
-    assert names == ["scheduler", "worker-0"]
 
-    assert api(gcp, token, "POST", f"/v1/clusters/{cluster_id}/stop").status_code == 200
-    wait_for(gcp, token, cluster_id, "stopped", 60)
-    assert all(i.state.value == "terminated" for i in gcp.instances(cluster_id))
-    assert sorted(i.name for i in gcp.instances(cluster_id)) == names
+    # The SDK reconnects by name and computes the seed over mutual TLS.
+    with (
+        billow.Cluster(
+            name="gcp-e2e",
+            server=gcp.api.url,
+            token=token,
+            show_progress=False,
+            timeout=150,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert cluster.reconnected and cluster.cluster_id == cluster_id
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        client.wait_for_workers(1, timeout=60)
+        result = da.random.random((1000, 1000)).sum().compute()
+        running_logs = cluster.get_logs()
+    assert abs(result - 5e5) < 5e3  # mean 0.5 of 1e6 uniforms; std ~289
+    assert "scheduler listening at tls://" in running_logs["scheduler"]
+    wait_for(gcp, token, cluster_id, "stopped", 90)
+
+    # Compute Engine booted exactly the two instances; nothing labelled is left, nor the
+    # cluster's template and firewall rule; every agent process is gone.
+    assert gcp.instances(cluster_id) == ["scheduler", "worker-0"]
+    wait_until(lambda: gcp.leftovers() == NOTHING_LEFT, 30, f"no leftovers: {gcp.leftovers()}")
+    wait_until(lambda: not gcp.compute.live_pids(), 30, "agent processes gone")
+    # The instances fetched the kit from the bucket through signed URLs (verified).
+    assert set(gcp.gcs.downloads) >= {f"objects/{sha}" for sha in gcp.kit.objects()}
+    assert not gcp.gcs.refused
+    # The cluster's secrets were sealed by Cloud KMS and opened again for the instances.
+    assert {"encrypt", "decrypt"} <= set(gcp.kms.calls)
+    assert "s3cr3t-value" not in str(gcp.firestore_documents())
+
+    # The agents' lines come back from Cloud Logging after the instances are gone.
+    answer = api(gcp, token, "GET", f"/v1/clusters/{cluster_id}/logs", params={"lines": 500})
+    assert answer.status_code == 200, answer.text
+    logs = {i["name"]: i for i in answer.json()["instances"]}
+    assert set(logs) == {"scheduler", "worker-0"}
+    assert {i["state"] for i in logs.values()} == {"terminated"}
+    assert any("scheduler listening at tls://" in line for line in logs["scheduler"]["lines"])
+    assert any("running on " in line for line in logs["worker-0"]["lines"])
+
     assert not gcp.reconcile.exited()
     # Twenty submits of the new record started one loop for its version.
     loops = re.findall(r"started reconcile loop (\S+)", gcp.api.log.read_text())
@@ -128,7 +167,16 @@ def test_cluster_reaches_ready_then_stopped_through_pubsub(gcp: GcpDeployment) -
         assert attributes["deployment"] == gcp.env["BILLOW_DEPLOYMENT"]
 
 
-CRASH_POINTS = ("claimed", "stepped", "published", "advanced")
+LOOP_POINTS = ("claimed", "stepped", "published", "advanced")
+COMPUTE_POINTS = (
+    "compute.templates.insert",
+    "compute.firewalls.insert",
+    "compute.instances.bulk_insert",
+    "compute.instances.delete",
+    "compute.templates.delete",
+    "compute.firewalls.delete",
+)
+CRASH_POINTS = LOOP_POINTS + COMPUTE_POINTS
 
 
 def supervise(gcp: GcpDeployment, stop: threading.Event) -> None:
@@ -140,15 +188,14 @@ def supervise(gcp: GcpDeployment, stop: threading.Event) -> None:
 
 @pytest.fixture
 def crashing(
-    tmp_path: Path, firestore_host: str, pubsub_host: str, provider_kind: str
+    tmp_path: Path, firestore_host: str, pubsub_host: str, instance_kit: InstanceKit
 ) -> Iterator[GcpDeployment]:
     """A deployment whose reconcile function dies once at each point of a step (between
-    its claim, the step, the next step's publish and the advance) and is restarted at
-    once, as Cloud Functions replaces a crashed instance."""
-    points = ",".join(CRASH_POINTS)
-    for gcp in deployment(
-        tmp_path, firestore_host, pubsub_host, provider_kind, BILLOW_TEST_CRASH_POINTS=points
-    ):
+    its claim, the step, the next step's publish and the advance) and once right after
+    each kind of Compute Engine call returned (the resource made, the caller never told),
+    and is restarted at once, as Cloud Functions replaces a crashed instance."""
+    crash = {"BILLOW_TEST_CRASH_POINTS": ",".join(CRASH_POINTS)}
+    for gcp in deployment(tmp_path, firestore_host, pubsub_host, instance_kit, crash):
         stop = threading.Event()
         supervisor = threading.Thread(target=supervise, args=(gcp, stop), daemon=True)
         supervisor.start()
@@ -159,20 +206,22 @@ def crashing(
             supervisor.join(30)
 
 
-def test_a_crash_at_any_point_of_a_step_converges(crashing: GcpDeployment) -> None:
+def test_a_crash_at_any_point_or_after_any_compute_call_converges(
+    crashing: GcpDeployment,
+) -> None:
     gcp = crashing
     token = gcp.admin_token()
     response = api(gcp, token, "POST", "/v1/clusters", json={"n_workers": 1})
     assert response.status_code == 201, response.text
     cluster_id = response.json()["id"]
-    wait_for(gcp, token, cluster_id, "ready", 120)
+    wait_for(gcp, token, cluster_id, "ready", 150)
     assert api(gcp, token, "POST", f"/v1/clusters/{cluster_id}/stop").status_code == 200
-    wait_for(gcp, token, cluster_id, "stopped", 60)
+    wait_for(gcp, token, cluster_id, "stopped", 90)
     assert sorted(p.name for p in gcp.crash_dir.iterdir()) == sorted(CRASH_POINTS)
     # functions-framework's gunicorn master replaces a dead worker at once; without
     # gunicorn the supervisor above restarts the process.
     assert gcp.reconcile.log.read_text().count("test crash at ") == len(CRASH_POINTS)
-    # Every step re-run after a crash found the instances it had launched.
-    instances = gcp.instances(cluster_id)
-    assert sorted(i.name for i in instances) == ["scheduler", "worker-0"]
-    assert all(i.state.value == "terminated" for i in instances)
+    # Every step re-run after a crash found what it had made: one instance per name, and
+    # nothing leaked once the cluster stopped.
+    assert gcp.instances(cluster_id) == ["scheduler", "worker-0"]
+    wait_until(lambda: gcp.leftovers() == NOTHING_LEFT, 30, f"no leftovers: {gcp.leftovers()}")

@@ -1,11 +1,18 @@
 """A GCP deployment of the control plane on loopback: Google's Firestore and Pub/Sub
-emulators, and functions-framework serving ``functions/gcp.py`` (through
-``tests/support/gcp_functions.py``) as the Cloud Functions runtime would.
+emulators, functions-framework serving ``functions/gcp.py`` (through
+``tests/support/gcp_functions.py``) as the Cloud Functions runtime would, and the
+loopback fakes of ``tests/support/gcp_fakes`` for the services without an emulator.
 
 * ``api``: an HTTP function; instances bootstrap and heartbeat to it.
 * ``reconcile``: a CloudEvent function the Pub/Sub emulator pushes the reconcile topic
   to (a push subscription to its loopback URL, retry backoff 1-2 s).
 * lifecycle events: a pull subscription on the events topic, read by the test.
+* Compute Engine: the fake boots each instance's real startup script on a bare python3
+  (``InstanceKit``) and plays the Ops Agent towards the Cloud Logging fake.
+* Cloud KMS: the fake holds the deployment's key; cluster secrets are sealed with it.
+* Cloud Storage: the fake bucket holds the instance kit (uv and the billow wheel, as an
+  admin uploads them); instances fetch it through URLs signed with a service-account
+  key made here, which the fake verifies.
 
 Every process is started in its own session and stopped by PID (process group).
 """
@@ -13,10 +20,8 @@ Every process is started in its own session and stopped by PID (process group).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,10 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.fernet import Fernet
 
 from tests.support.gcp import new_project
+from tests.support.gcp_fakes.compute import ComputeFake
+from tests.support.gcp_fakes.gcs import GcsFake, service_account_key
+from tests.support.gcp_fakes.kms import KmsFake
+from tests.support.gcp_fakes.logging import LoggingFake
+from tests.support.instances import InstanceKit
 from tests.support.processes import ROOT, free_port, stop_process, wait_until
+
+ZONE = "us-central1-a"
 
 FUNCTIONS_FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
 SOURCE = ROOT / "tests" / "support" / "gcp_functions.py"
@@ -80,16 +91,36 @@ class Function:
 
 
 class GcpDeployment:
-    """Topics, subscriptions and the two functions of one test deployment."""
+    """Topics, subscriptions, fakes and the two functions of one test deployment.
+    ``reconcile_env`` is added to the reconcile function's environment only (crash
+    points)."""
 
-    def __init__(self, root: Path, firestore_host: str, pubsub_host: str, **extra: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        firestore_host: str,
+        pubsub_host: str,
+        kit: InstanceKit,
+        reconcile_env: dict[str, str] | None = None,
+    ) -> None:
         from google.cloud import pubsub_v1
 
         self.root = root
         self.project = new_project()
-        self.instance_dir = root / "instances"
+        self.kit = kit
         self.crash_dir = root / "crashes"
         self.crash_dir.mkdir(parents=True, exist_ok=True)
+        self.logging = LoggingFake()
+        self.compute = ComputeFake(
+            self.project, ZONE, kit=kit, workdir=root / "instances", logging_url=self.logging.url
+        )
+        self.kms = KmsFake()
+        self.kms_key = self.kms.create_key(
+            f"projects/{self.project}/locations/global/keyRings/billow/cryptoKeys/secrets"
+        )
+        account = f"billow-control@{self.project}.iam.gserviceaccount.com"
+        key_file = root / "signing-key.json"
+        self.gcs = GcsFake(f"{self.project}-env", {account: service_account_key(key_file, account)})
         self.publisher = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
         self.topics = {
@@ -109,18 +140,33 @@ class GcpDeployment:
             "BILLOW_RECONCILE_INTERVAL": "0.5",
             "BILLOW_CLAIM_TIMEOUT": "3",
             "BILLOW_HEARTBEAT_INTERVAL": "1",
-            "BILLOW_TEST_PROVIDER": "process",
-            "BILLOW_TEST_INSTANCE_DIR": str(self.instance_dir),
-            "BILLOW_TEST_SECRET_KEY": Fernet.generate_key().decode(),
+            "BILLOW_GCP_PROJECT": self.project,
+            "BILLOW_GCP_ZONE": ZONE,
+            "BILLOW_GCP_COMPUTE_ENDPOINT": self.compute.url,
+            "BILLOW_GCP_LOGGING_ENDPOINT": self.logging.url,
+            "BILLOW_ALLOWED_CIDR": "127.0.0.1/32",
+            "BILLOW_GCP_KMS_KEY": self.kms_key,
+            "BILLOW_GCP_KMS_ENDPOINT": self.kms.url,
+            "BILLOW_GCS_BUCKET": self.gcs.bucket,
+            "BILLOW_GCS_ENDPOINT": self.gcs.url,
+            "BILLOW_GCS_SIGNING_KEY_FILE": str(key_file),
             "BILLOW_TEST_CRASH_DIR": str(self.crash_dir),
-            **extra,
+            **kit.settings_env(),
         }
         self.api = Function("api", "http", self.env, root / "api.log")
         self.env["BILLOW_CONTROL_URL"] = self.api.url
-        self.reconcile = Function("reconcile", "cloudevent", self.env, root / "reconcile.log")
+        self.reconcile = Function(
+            "reconcile", "cloudevent", {**self.env, **(reconcile_env or {})}, root / "reconcile.log"
+        )
         self.events_subscription = self.subscriber.subscription_path(self.project, "events-test")
 
     def start(self) -> GcpDeployment:
+        self.logging.start()
+        self.compute.start()
+        self.kms.start()
+        self.gcs.start()
+        for sha, path in self.kit.objects().items():  # gcloud storage cp, as the README says
+            self.gcs.put(f"objects/{sha}", path.read_bytes(), {"billow-sha256": sha})
         for topic in self.topics.values():
             self.publisher.create_topic(name=topic)
         self.subscriber.create_subscription(
@@ -174,32 +220,44 @@ class GcpDeployment:
     def publish_reconcile(self, message: dict[str, Any]) -> None:
         self.publisher.publish(self.topics["reconcile"], json.dumps(message).encode()).result(30)
 
-    def instances(self, cluster_id: str) -> list[Any]:
-        """Every instance the provider ever launched for ``cluster_id``."""
-        from billow_control.adapters.clock import SystemClock
-        from billow_control.adapters.local.process_provider import LocalProcessProvider
+    def instances(self, cluster_id: str) -> list[str]:
+        """Names (``scheduler``, ``worker-0``, ...) of every instance Compute Engine ever
+        booted for ``cluster_id``, sorted."""
+        prefix = f"billow-{cluster_id}-"
+        return sorted(n[len(prefix) :] for n in self.compute.booted if n.startswith(prefix))
 
-        provider = LocalProcessProvider(
-            self.instance_dir, self.env["BILLOW_DEPLOYMENT"], SystemClock()
-        )
-        return provider.describe(cluster_id)
+    def leftovers(self) -> dict[str, list[str]]:
+        """This deployment's instances, and every instance template and firewall rule but
+        the deployment's own, that Compute Engine still holds."""
+        deployment = self.env["BILLOW_DEPLOYMENT"]
+        return {
+            "instances": sorted(
+                name
+                for name, i in self.compute.instances.items()
+                if i.get("labels", {}).get("billow-deployment") == deployment
+            ),
+            "templates": sorted(self.compute.templates),
+            "firewalls": sorted(set(self.compute.firewalls) - {f"billow-{deployment}"}),
+        }
+
+    def firestore_documents(self) -> list[dict[str, Any]]:
+        """Every document this deployment's store holds (what Firestore keeps at rest)."""
+        from google.cloud import firestore
+
+        client = firestore.Client(project=self.project)
+        return [d.to_dict() or {} for c in client.collections() for d in c.stream()]
 
     def stop(self) -> None:
         self.api.stop()
         self.reconcile.stop()
-        self.kill_instances()
+        self.compute.stop()  # and every instance's processes, by PID
+        self.logging.stop()
+        self.kms.stop()
+        self.gcs.stop()
 
-    def kill_instances(self) -> None:
-        import sqlite3
-
-        db = self.instance_dir / "instances.db"
-        if not db.exists():
-            return
-        with sqlite3.connect(db) as conn:
-            pids = [r[0] for r in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+    def fake_errors(self) -> list[str]:
+        servers = (self.compute.server, self.logging.server, self.kms.server)
+        return [*self.compute.errors, *(e for s in servers for e in s.errors)]
 
 
 def pubsub_data(payload: dict[str, Any]) -> str:

@@ -1,19 +1,23 @@
 """``functions/gcp.py`` as the tests serve it with functions-framework
-(``--source tests/support/gcp_functions.py``): the very same entry points, with the
-runtime built by ``GcpRuntime.from_env`` except for the ports the GCP twin's other half
-provides (Compute Engine, Cloud KMS), which come from this test-support composition:
+(``--source tests/support/gcp_functions.py``): the very same entry points and the runtime
+``GcpRuntime.from_env`` builds, every port from its own factory (Firestore, Compute
+Engine, Pub/Sub, Cloud KMS, Cloud Storage), configured by the environment variables a
+deployment sets, with the endpoints pointing at the loopback fakes and emulators
+(``BILLOW_GCP_COMPUTE_ENDPOINT``, ``BILLOW_GCP_LOGGING_ENDPOINT``,
+``BILLOW_GCP_KMS_ENDPOINT``, ``BILLOW_GCS_ENDPOINT``, ``FIRESTORE_EMULATOR_HOST``,
+``PUBSUB_EMULATOR_HOST``). No port is replaced.
 
-* ``BILLOW_TEST_PROVIDER=process``: the embedded ``LocalProcessProvider`` with its state
-  under ``BILLOW_TEST_INSTANCE_DIR`` (real Dask processes), until the Compute Engine
-  provider and its loopback fake are merged;
-* the secret box: Fernet with the key in ``BILLOW_TEST_SECRET_KEY``, until the Cloud KMS
-  box is merged.
+The only test addition is crash injection: ``BILLOW_TEST_CRASH_POINTS=claimed,...`` kills
+the process (``os._exit``) the first time it reaches each named point, remembered across
+restarts in ``BILLOW_TEST_CRASH_DIR``:
 
-These variables are read here only, never by ``runtimes/gcp.py``.
-
-``BILLOW_TEST_CRASH_POINTS=claimed,published,...`` kills the process (``os._exit``) the
-first time the reconcile loop reaches each named point (``PubSubOrchestrator.crash_point``);
-``BILLOW_TEST_CRASH_DIR`` remembers across restarts which points already fired.
+* the reconcile loop's own points (``PubSubOrchestrator.crash_point``): ``claimed``,
+  ``stepped``, ``published``, ``advanced``;
+* right after a Compute Engine call returned (the resource exists, the caller never
+  learns it): ``compute.<client>.<method>``, e.g. ``compute.instances.bulk_insert``,
+  ``compute.templates.insert``, ``compute.firewalls.insert``,
+  ``compute.instances.delete``. These wrap the provider's ``google.cloud.compute_v1``
+  client objects, never Billow code.
 """
 
 from __future__ import annotations
@@ -30,33 +34,18 @@ for _path in (ROOT, ROOT / "functions", ROOT / "sdk"):
 
 from functions.gcp import api, commands, reaper, reconcile  # noqa: E402
 
-from billow_control.adapters.clock import SystemClock  # noqa: E402
-from billow_control.core.settings import ControlSettings  # noqa: E402
 from billow_control.runtimes import gcp  # noqa: E402
 
 __all__ = ["api", "commands", "reaper", "reconcile"]
 
 
-def provider(settings: ControlSettings) -> Any:
-    kind = os.environ["BILLOW_TEST_PROVIDER"]
-    if kind != "process":
-        raise ValueError(f"BILLOW_TEST_PROVIDER={kind!r}: only 'process' exists so far")
-    from billow_control.adapters.local.process_provider import LocalProcessProvider
-
-    root = Path(os.environ["BILLOW_TEST_INSTANCE_DIR"])
-    return LocalProcessProvider(root, settings.deployment, SystemClock(), grace_period=2.0)
-
-
-def secrets(settings: ControlSettings) -> Any:
-    from billow_control.adapters.local.fernet_box import FernetSecretBox
-
-    return FernetSecretBox(os.environ["BILLOW_TEST_SECRET_KEY"].encode())
+def crash_points() -> list[str]:
+    return [p for p in os.environ.get("BILLOW_TEST_CRASH_POINTS", "").split(",") if p]
 
 
 def crash_once(point: str) -> None:
     """Exit at once, without cleanup, the first time ``point`` is reached."""
-    points = [p for p in os.environ.get("BILLOW_TEST_CRASH_POINTS", "").split(",") if p]
-    if point not in points:
+    if point not in crash_points():
         return
     marker = Path(os.environ["BILLOW_TEST_CRASH_DIR"]) / point
     try:
@@ -68,7 +57,31 @@ def crash_once(point: str) -> None:
     os._exit(17)
 
 
-runtime = gcp.GcpRuntime.from_env(overrides={"provider": provider, "secrets": secrets})
+def crash_after_compute_calls(provider: Any) -> None:
+    """Make each ``compute.<client>.<method>`` crash point fire once its call returned."""
+    clients = {
+        "instances": provider.instances,
+        "templates": provider.templates,
+        "firewalls": provider.firewalls.client,
+    }
+    for point in crash_points():
+        kind, _, rest = point.partition(".")
+        if kind != "compute":
+            continue
+        client_name, _, method = rest.partition(".")
+        client = clients[client_name]
+        original = getattr(client, method)
+
+        def wrapped(*args: Any, _original: Any = original, _point: str = point, **kw: Any) -> Any:
+            result = _original(*args, **kw)
+            crash_once(_point)
+            return result
+
+        setattr(client, method, wrapped)
+
+
+runtime = gcp.GcpRuntime.from_env()
 gcp.set_runtime(runtime)
-if os.environ.get("BILLOW_TEST_CRASH_POINTS"):
+if crash_points():
     runtime.loop.crash_point = crash_once
+    crash_after_compute_calls(runtime.ports.provider)  # builds it: no Google call

@@ -23,10 +23,11 @@ variable                        meaning
 ``BILLOW_<SETTING>``            any ``ControlSettings`` field, e.g. ``BILLOW_START_TIMEOUT=10m``
 ==============================  ==============================================================
 
-The Compute Engine provider and the Cloud KMS box read their own variables
-(``adapters/gcp/compute``, ``adapters/gcp/kms_box``). There is no object store on GCP
-yet: package sync of local code is refused with a clear error, as on AWS without a
-bucket.
+The Compute Engine provider, the Cloud KMS box and the Cloud Storage object store read
+their own variables (``adapters/gcp/compute``, ``adapters/gcp/kms_box``,
+``adapters/gcp/gcs_object_store``: ``BILLOW_GCS_BUCKET`` holds the instance kit and
+users' wheels). Without ``BILLOW_GCS_BUCKET`` package sync of local code is refused with
+a clear error and bare instances get no kit, as on AWS without a bucket.
 
 ``get_runtime()`` validates the configuration once per process (per function instance)
 and makes no Google call; every port and client is built on first use.
@@ -47,7 +48,7 @@ from ..core.settings import ControlSettings
 from .config import ConfigError, required, settings_from_env
 
 GCP_DEFAULTS = {"reconcile_interval": 5.0}
-PORTS = ("store", "provider", "orchestrator", "secrets", "events")
+PORTS = ("store", "provider", "orchestrator", "secrets", "events", "objects")
 
 
 def topic_path(project: str, topic: str) -> str:
@@ -126,8 +127,8 @@ class GcpRuntime:
         Google call and builds no client.
 
         ``overrides`` replaces the factory of a port (``store``, ``provider``,
-        ``orchestrator``, ``secrets``, ``events``) with one taking the settings: a seam
-        for tests and for a deployment's own adapters.
+        ``orchestrator``, ``secrets``, ``events``, ``objects``) with one taking the
+        settings: a seam for a deployment's own adapters.
         """
         env = dict(os.environ if env is None else env)
         settings = settings_from_env(env, **GCP_DEFAULTS)
@@ -176,7 +177,13 @@ class GcpRuntime:
 
             return PubSubBus(clients.publisher, events_topic, settings.deployment)
 
+        def objects() -> Any:
+            from ..adapters.gcp.gcs_object_store import gcs_object_store_from_env
+
+            return gcs_object_store_from_env(project, env)
+
         factories: dict[str, Callable[[], Any]] = {
+            "objects": objects,
             "store": store,
             "provider": provider,
             "orchestrator": orchestrator,
@@ -185,12 +192,16 @@ class GcpRuntime:
         }
         for name, override in (overrides or {}).items():
             factories[name] = _bound(override, settings)
+        has_objects = bool(env.get("BILLOW_GCS_BUCKET", "").strip()) or "objects" in (
+            overrides or {}
+        )
         ports = Ports(
             store=lazy(factories["store"]),
             provider=lazy(factories["provider"]),
             orchestrator=lazy(factories["orchestrator"]),
             secrets=lazy(factories["secrets"]),
             events=lazy(factories["events"]),
+            objects=lazy(factories["objects"]) if has_objects else None,
             clock=SystemClock(),
             settings=settings,
         )
