@@ -63,7 +63,8 @@ class ClusterAgents:
             raise Conflict(
                 "this deployment has no instance kit: it needs an object store "
                 "(BILLOW_ENV_BUCKET on AWS, BILLOW_GCS_BUCKET on GCP) holding uv "
-                "(BILLOW_UV_SHA256); upload the kit as the README's deployment steps say"
+                "(BILLOW_UV_SHA256); run scripts/upload-instance-kit.sh (AWS) or the "
+                "README's 'gcloud storage cp' step (GCP)"
             )
         software = record.request.software
         own = next((w for w in software.wheels() if w.name == "billow"), None) if software else None

@@ -323,8 +323,20 @@ class Lifecycle:
         if live:
             self.ports.provider.terminate([i.id for i in live])
             return ReconcileResult(done=False, wait=wait, status=record.status)
+        self._release(record.id)
         record = self._finish(record)
         return ReconcileResult(done=True, status=record.status)
+
+    def _release(self, cluster_id: str) -> None:
+        """Release what the cluster holds besides live instances (a stopped GCE instance,
+        templates, firewall rules, security groups, scratch) before it is marked stopped:
+        ``terminate`` does so as it ends the last instances, but not when a crash came
+        between. Best effort: an error is logged and the scheduled reaper's sweep, which
+        does the same for every finished cluster, tries again."""
+        try:
+            self.ports.provider.sweep_cluster_resources(lambda other: other != cluster_id)
+        except Exception:
+            log.warning("releasing the resources of %s failed; the reaper retries", cluster_id)
 
     # -- named transitions -------------------------------------------------------------
 
