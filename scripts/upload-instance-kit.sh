@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# Upload the instance kit to a deployment's environments bucket: what bare EC2 instances
-# bootstrap from (POST /v1/agent/kit, functions/billow_control/adapters/aws/ec2/user_data.py).
+# Upload the instance kit to a deployment's environments bucket: what bare EC2 and Compute
+# Engine instances bootstrap from (POST /v1/agent/kit, adapters/instance_bootstrap.py).
 #
 #   * a billow wheel built from this checkout (uv build --wheel), and
 #   * the uv binary of a pinned uv release for linux x86_64 and aarch64, taken from uv's
 #     manylinux wheels on PyPI (pip download; no other download site),
 #
 # each as objects/<sha256> with the SHA-256 checksum S3 verifies (an object already there
-# with that checksum is kept). Prints, on stdout, the values the functions need:
+# with that checksum is kept); on GCP (--gcs-bucket) with ``gcloud storage cp`` and the
+# custom metadata billow-sha256=<sha256> that the GCS object store checks
+# (adapters/gcp/gcs_object_store.py). Prints, on stdout, the values the functions need:
 #
 #   BILLOW_AGENT_WHEEL=<sha256>/<wheel file name>
 #   BILLOW_UV_SHA256=x86_64=<sha256>,aarch64=<sha256>
 #
-# and, on stderr, the osls --param options that set them.
+# and, on stderr, the osls --param options (AWS) or deploy.py --set options (GCP) that
+# set them.
 #
 # Usage:
 #   scripts/upload-instance-kit.sh --stage STAGE [--region REGION]  # bucket: the stack's output
 #   scripts/upload-instance-kit.sh --bucket BUCKET [--region REGION]
+#   scripts/upload-instance-kit.sh --gcs-bucket BUCKET  # GCP: <project>-<deployment>-env
 #
+# On GCP, gcloud must be logged in as someone who may write objects of the bucket.
 # AWS credentials come from the usual boto3 chain (AWS_PROFILE, ...); they need
 # s3:PutObject, s3:GetObject and s3:ListBucket on the bucket, and with --stage
 # cloudformation:DescribeStacks on the stack billow-STAGE. UV_VERSION (default below) pins
@@ -31,17 +36,22 @@ OUT="$ROOT/.build/instance-kit"
 
 die() { echo "upload-instance-kit: $*" >&2; exit 1; }
 
-bucket="" stage="" region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
+bucket="" gcs_bucket="" stage="" region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --bucket) bucket="${2:?--bucket needs a name}"; shift 2 ;;
+    --gcs-bucket) gcs_bucket="${2:?--gcs-bucket needs a name}"; shift 2 ;;
     --stage) stage="${2:?--stage needs a name}"; shift 2 ;;
     --region) region="${2:?--region needs a name}"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[ -n "$bucket" ] || [ -n "$stage" ] || die "give --stage STAGE or --bucket BUCKET (see --help)"
+[ -n "$bucket" ] || [ -n "$stage" ] || [ -n "$gcs_bucket" ] ||
+  die "give --stage STAGE, --bucket BUCKET or --gcs-bucket BUCKET (see --help)"
+if [ -n "$gcs_bucket" ]; then
+  command -v gcloud >/dev/null || die "gcloud is not installed: https://cloud.google.com/sdk/docs/install"
+fi
 PY="$VENV/bin/python"
 [ -x "$PY" ] || die "no Python venv at VENV=$VENV (make the project's venv, or set VENV)"
 
@@ -70,6 +80,27 @@ with zipfile.ZipFile(wheel) as z:
 (folder / "uv").chmod(0o755)
 EXTRACT
 done
+
+if [ -n "$gcs_bucket" ]; then
+  upload_gcs() {  # prints the sha256 of $1 once it is gs://BUCKET/objects/<sha256>
+    local sha
+    sha="$(sha256sum "$1" | cut -d' ' -f1)"
+    gcloud storage cp --quiet "$1" "gs://$gcs_bucket/objects/$sha" \
+      --custom-metadata="billow-sha256=$sha" >&2 || die "upload of $1 failed"
+    echo "upload-instance-kit: $(basename "$1") -> gs://$gcs_bucket/objects/$sha" >&2
+    echo "$sha"
+  }
+  agent_wheel="$(upload_gcs "${wheels[0]}")/$(basename "${wheels[0]}")"
+  uv=""
+  for binary in "${uv_binaries[@]}"; do
+    uv="${uv:+$uv,}${binary%%=*}=$(upload_gcs "${binary#*=}")"
+  done
+  echo "BILLOW_AGENT_WHEEL=$agent_wheel"
+  echo "BILLOW_UV_SHA256=$uv"
+  echo "upload-instance-kit: now set them on the functions (your deploy options, plus):" >&2
+  echo "  python infra/gcp/deploy.py ... --set BILLOW_AGENT_WHEEL=$agent_wheel --set BILLOW_UV_SHA256=$uv" >&2
+  exit 0
+fi
 
 "$PY" - "$bucket" "$stage" "$region" "${wheels[0]}" "${uv_binaries[@]}" <<'UPLOAD'
 import base64, hashlib, pathlib, sys

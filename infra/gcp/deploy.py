@@ -8,12 +8,17 @@ It runs ``gcloud`` (authenticated as someone allowed to create the resources bel
 creates, or leaves as they are when they exist:
 
 * APIs: Cloud Functions, Cloud Run, Cloud Build, Artifact Registry, Firestore, Pub/Sub,
-  Cloud Scheduler, Cloud KMS, Compute Engine, Cloud Logging, IAM;
+  Cloud Scheduler, Cloud KMS, Compute Engine, Cloud Logging, Cloud Storage, IAM and IAM
+  credentials (``signBlob``);
 * service accounts: ``<d>-control`` (the functions), ``<d>-invoker`` (Pub/Sub pushes and
   nothing else), ``<d>-instance`` (cluster VMs: writes logs, nothing else);
 * the Firestore database, its composite index, index exemptions and TTL policies
   (``firestore.indexes.json``, collection names prefixed with ``<d>-``);
 * a KMS key ring and key sealing cluster secrets (rotated every 90 days);
+* the bucket ``<project>-<d>-env`` (uniform access, public access prevented) holding the
+  instance kit and users' wheels (``BILLOW_GCS_BUCKET``); nobody reads or writes it but
+  ``<d>-control`` and holders of the URLs it signs (through IAM ``signBlob`` as itself:
+  ``iam.serviceAccountTokenCreator`` on itself only);
 * topics ``<d>-reconcile``, ``<d>-events``, ``<d>-commands``, ``<d>-reaper``;
 * functions (2nd gen, Python 3.11): ``<d>-api`` (HTTP, public: Billow's bearer tokens
   authenticate), ``<d>-reconcile``, ``<d>-commands``, ``<d>-reaper`` (internal ingress,
@@ -23,8 +28,8 @@ creates, or leaves as they are when they exist:
 * a Cloud Scheduler job publishing to ``<d>-reaper`` every minute;
 * least-privilege IAM: project roles only where GCP has no finer resource
   (``datastore.user``, ``compute.instanceAdmin.v1``, ``logging.viewer``,
-  ``logging.logWriter``), every other role on the one topic, key, service account or
-  function that needs it. Nobody gets a basic role (owner, editor, viewer).
+  ``logging.logWriter``), every other role on the one topic, key, bucket, service account
+  or function that needs it. Nobody gets a basic role (owner, editor, viewer).
 
 ``--dry-run`` prints every command instead of running it (no credentials needed).
 Reruns are safe: "already exists" answers are skipped. The functions' source is staged in a
@@ -60,7 +65,9 @@ APIS = [
     "cloudkms",
     "compute",
     "logging",
+    "storage",
     "iam",
+    "iamcredentials",
 ]
 PROJECT_ROLES = {  # service account -> roles with no finer-grained resource to bind on
     "control": ["roles/datastore.user", "roles/compute.instanceAdmin.v1", "roles/logging.viewer"],
@@ -90,6 +97,7 @@ def build_plan(
     sa["invoker"] = f"{d}-invoker@{project}.iam.gserviceaccount.com"
     topics = {name: f"{d}-{name}" for name in ("reconcile", "events", "commands", "reaper")}
     key = f"projects/{project}/locations/{region}/keyRings/{d}/cryptoKeys/{d}-secrets"
+    bucket = bucket_name(project, d)
     plan = Plan()
     plan.add("enable APIs", "services", "enable", *[f"{a}.googleapis.com" for a in APIS], *p)
     for name, title in (
@@ -137,6 +145,22 @@ def build_plan(
         f"--location={region}", f"--member=serviceAccount:{sa['control']}",
         "--role=roles/cloudkms.cryptoKeyEncrypterDecrypter", *p,
     )  # fmt: skip
+    plan.add(
+        f"bucket {bucket} (instance kit, users' wheels)",
+        "storage", "buckets", "create", f"gs://{bucket}", f"--location={region}",
+        "--uniform-bucket-level-access", "--public-access-prevention", *p,
+    )  # fmt: skip
+    plan.add(  # signed URLs act as their signer: it must create, overwrite and read objects
+        f"{d}-control may read and write objects of {bucket} (what its signed URLs allow)",
+        "storage", "buckets", "add-iam-policy-binding", f"gs://{bucket}",
+        f"--member=serviceAccount:{sa['control']}", "--role=roles/storage.objectUser", *p,
+    )  # fmt: skip
+    plan.add(
+        f"{d}-control may sign URLs as itself (IAM signBlob; it has no key file)",
+        "iam", "service-accounts", "add-iam-policy-binding", sa["control"],
+        f"--member=serviceAccount:{sa['control']}",
+        "--role=roles/iam.serviceAccountTokenCreator", *p,
+    )  # fmt: skip
     for name, topic in topics.items():
         plan.add(f"topic {topic}", "pubsub", "topics", "create", topic, *p)
         if name in ("reconcile", "events"):
@@ -155,6 +179,7 @@ def build_plan(
         "BILLOW_GCP_ZONE": zone,
         "BILLOW_GCP_KMS_KEY": key,
         "BILLOW_GCP_SERVICE_ACCOUNT": sa["instance"],
+        "BILLOW_GCS_BUCKET": bucket,
         **extra_env,
     }
     for name in ("api", *EVENT_FUNCTIONS):
@@ -171,7 +196,7 @@ def build_plan(
             f"--region={region}", "--source=$(STAGED_SOURCE)", f"--entry-point={name}",
             "--trigger-http", *access, f"--service-account={sa['control']}",
             f"--timeout={TIMEOUTS[name]}", "--concurrency=1", "--memory=512Mi",
-            "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items()), *p,
+            env_flag(env), *p,
         )  # fmt: skip
         if name == "api":  # the other functions and instances reach it at this URL
             env["BILLOW_CONTROL_URL"] = f"$(URL_OF {d}-api)"
@@ -200,6 +225,20 @@ def build_plan(
         "--schedule=* * * * *", f"--topic={topics['reaper']}", "--message-body={}", *p,
     )  # fmt: skip
     return plan
+
+
+def bucket_name(project: str, deployment: str) -> str:
+    """The deployment's bucket: project ids are globally unique, and so are bucket names."""
+    return f"{project}-{deployment}-env"
+
+
+def env_flag(env: dict[str, str]) -> str:
+    """``--set-env-vars`` of ``env``; gcloud's ``^|^`` delimiter when a value has a comma
+    (``BILLOW_UV_SHA256=x86_64=...,aarch64=...``)."""
+    items = [f"{k}={v}" for k, v in env.items()]
+    if any("," in v for v in env.values()):
+        return "--set-env-vars=^|^" + "|".join(items)
+    return "--set-env-vars=" + ",".join(items)
 
 
 def _firestore(plan: Plan, project: str, prefix: str) -> None:
@@ -315,8 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     extra = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or "," in value:
-            parser.error(f"--set {item!r}: expected KEY=VALUE (KEY upper case, no comma)")
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or "|" in value:
+            parser.error(f"--set {item!r}: expected KEY=VALUE (KEY upper case, no '|')")
         extra[key] = value
     plan = build_plan(args.project, args.region, args.deployment, extra, args.zone)
     if args.dry_run:
@@ -329,6 +368,13 @@ def main(argv: list[str] | None = None) -> None:
         run(plan, args.project, args.region, stage_source(Path(tmp)))
         url = _fill(f"$(URL_OF {args.deployment}-api)", args.project, args.region, "", Path(tmp))
     print(f"deployed: the API is {url}/v1 (billow login --server {url})")
+    bucket = bucket_name(args.project, args.deployment)
+    if "BILLOW_UV_SHA256" not in extra:
+        print(
+            f"next: scripts/upload-instance-kit.sh --gcs-bucket {bucket}, then run this "
+            "command again with the --set BILLOW_AGENT_WHEEL=... --set BILLOW_UV_SHA256=... "
+            "it prints"
+        )
 
 
 if __name__ == "__main__":

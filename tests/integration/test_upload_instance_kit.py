@@ -78,4 +78,5 @@ def test_upload_instance_kit_uploads_by_sha256_and_prints_the_variables(
 
 def test_upload_instance_kit_needs_a_bucket_or_a_stage(moto_url: str) -> None:
     done = run(moto_url)
-    assert done.returncode == 1 and "give --stage STAGE or --bucket BUCKET" in done.stderr
+    assert done.returncode == 1
+    assert "give --stage STAGE, --bucket BUCKET or --gcs-bucket BUCKET" in done.stderr

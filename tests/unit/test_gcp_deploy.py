@@ -14,6 +14,7 @@ import pytest
 
 from billow_control.adapters.gcp.compute import compute_provider_from_env
 from billow_control.adapters.gcp.firestore.documents import COLLECTIONS
+from billow_control.adapters.gcp.gcs_object_store import gcs_object_store_from_env
 from billow_control.adapters.gcp.kms_box import kms_box_from_env
 from billow_control.runtimes.gcp import GcpRuntime
 from tests.support.processes import ROOT
@@ -33,14 +34,18 @@ RESOURCE_ROLES = {
     "roles/cloudkms.cryptoKeyEncrypterDecrypter",
     "roles/iam.serviceAccountUser",
     "roles/iam.serviceAccountTokenCreator",
+    "roles/storage.objectUser",  # on the deployment's bucket only
 }
+BUCKET = f"{PROJECT}-{D}-env"
+UV = "x86_64=" + "a" * 64 + ",aarch64=" + "b" * 64
 
 
 @pytest.fixture(scope="module")
 def commands() -> list[list[str]]:
     out = subprocess.run(
         [sys.executable, str(DEPLOY), f"--project={PROJECT}", f"--region={REGION}",
-         f"--deployment={D}", "--set", "BILLOW_GCP_MACHINE_FAMILIES=e2", "--dry-run"],
+         f"--deployment={D}", "--set", "BILLOW_GCP_MACHINE_FAMILIES=e2", "--set",
+         f"BILLOW_UV_SHA256={UV}", "--dry-run"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     lines = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
@@ -71,6 +76,9 @@ def test_every_resource_is_named(commands: list[list[str]]) -> None:
     assert named(commands, "scheduler", "jobs", "create", "pubsub") == [f"{D}-reaper"]
     assert named(commands, "kms", "keyrings", "create") == [D]
     assert named(commands, "kms", "keys", "create") == [f"{D}-secrets"]
+    (bucket,) = [c for c in commands if c[1:4] == ["storage", "buckets", "create"]]
+    assert bucket[4] == f"gs://{BUCKET}"
+    assert {"--uniform-bucket-level-access", "--public-access-prevention"} <= set(bucket)
     assert any(c[1:4] == ["firestore", "databases", "create"] for c in commands)
     ttl = {
         flag(c, "collection-group") for c in commands if c[1:4] == ["firestore", "fields", "ttls"]
@@ -92,6 +100,20 @@ def test_only_least_privilege_roles_on_the_narrowest_resource(commands: list[lis
     assert {c[4] for c in publishers} == {f"{D}-reconcile", f"{D}-events"}  # not commands
     members = {flag(c, "member") for c in commands if flag(c, "member")}
     assert all(m and m.startswith("serviceAccount:") for m in members), members
+    # The bucket: only the control account, on that bucket; instances use signed URLs.
+    storage = [c for c in commands if (flag(c, "role") or "").startswith("roles/storage.")]
+    assert [(c[4], flag(c, "member")) for c in storage] == [
+        (f"gs://{BUCKET}", f"serviceAccount:{D}-control@{PROJECT}.iam.gserviceaccount.com")
+    ]
+    # Token creator: Pub/Sub on the invoker (OIDC pushes), the control account on itself
+    # (signBlob for signed URLs), nothing else.
+    creators = [c for c in commands if flag(c, "role") == "roles/iam.serviceAccountTokenCreator"]
+    control = f"{D}-control@{PROJECT}.iam.gserviceaccount.com"
+    assert {(c[4], flag(c, "member")) for c in creators} == {
+        (f"{D}-invoker@{PROJECT}.iam.gserviceaccount.com",
+         "serviceAccount:service-$(PROJECT_NUMBER)@gcp-sa-pubsub.iam.gserviceaccount.com"),
+        (control, f"serviceAccount:{control}"),
+    }  # fmt: skip
     invokers = [c for c in commands if c[1:3] == ["functions", "add-invoker-policy-binding"]]
     assert {c[3] for c in invokers} == {f"{D}-{f}" for f in ("reconcile", "commands", "reaper")}
     assert {flag(c, "member") for c in invokers} == {
@@ -117,8 +139,11 @@ def test_the_functions_environment_configures_the_runtime(commands: list[list[st
     source = (ROOT / "functions" / "gcp.py").read_text()
     reconcile = next(c for c in commands if c[1:4] == ["functions", "deploy", f"{D}-reconcile"])
     env_flag = flag(reconcile, "set-env-vars") or ""
-    env = dict(item.split("=", 1) for item in env_flag.split(","))
+    assert env_flag.startswith("^|^")  # gcloud's other delimiter: a value has commas
+    env = dict(item.split("=", 1) for item in env_flag[3:].split("|"))
     assert env["BILLOW_GCP_MACHINE_FAMILIES"] == "e2"  # --set passes through
+    assert env["BILLOW_UV_SHA256"] == UV
+    assert env["BILLOW_GCS_BUCKET"] == BUCKET
     env["BILLOW_CONTROL_URL"] = "https://api.example"
     runtime = GcpRuntime.from_env(env)  # raises ConfigError naming a missing variable
     assert runtime.settings.deployment == D
@@ -127,9 +152,13 @@ def test_the_functions_environment_configures_the_runtime(commands: list[list[st
     # endpoints on loopback so that the clients need no credentials).
     for api in ("COMPUTE", "LOGGING", "KMS"):
         env[f"BILLOW_GCP_{api}_ENDPOINT"] = "http://127.0.0.1:9"
+    env["BILLOW_GCS_ENDPOINT"] = "http://127.0.0.1:9"
     provider = compute_provider_from_env(runtime.settings, env)
     assert provider.settings.zone == f"{REGION}-b"  # type: ignore[attr-defined]
     kms_box_from_env(env)
+    store = gcs_object_store_from_env(PROJECT, env)
+    assert store is not None and store.bucket.name == BUCKET
+    assert runtime.ports.built() == []  # wiring builds no adapter, the store included
     for entry in ("api", "reconcile", "commands", "reaper"):
         assert re.search(rf"^def {entry}\(", source, re.MULTILINE), entry
 
