@@ -188,6 +188,30 @@ def test_stop_terminates_then_marks_stopped(world: World) -> None:
     assert kinds[0] == "requested" and kinds[-1] == "stopped"
 
 
+def test_teardown_releases_only_its_clusters_resources_before_stopped(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a ``terminate`` of the last instances (a crash came between) the provider
+    is still asked to release the cluster's other resources, and only that cluster's; a
+    failure to do so is left to the reaper and does not hold the stop."""
+    other, cid = world.create(1), world.create(1)
+    world.reconciler.reconcile(cid)
+    asked: list[tuple[str, bool]] = []
+
+    def sweep(is_active: object) -> list[str]:
+        assert callable(is_active)
+        asked.extend((c, bool(is_active(c))) for c in (cid, other))
+        raise RuntimeError("the cloud API is down")
+
+    monkeypatch.setattr(world.provider, "sweep_cluster_resources", sweep)
+    world.plane.stop_cluster(world.user, cid)
+    for instance in world.provider.live(cid):  # gone without the reconciler asking
+        world.provider.terminate([instance.id])
+    assert world.reconciler.reconcile(cid).done
+    assert world.status(cid) == ClusterStatus.stopped
+    assert asked == [(cid, False), (other, True)]
+
+
 def test_scale_down_removes_named_workers_first_then_newest(world: World) -> None:
     from billow_control.core.models import ScaleRequest
 
