@@ -2,7 +2,8 @@
 functions-framework builds them, on the Firestore and Pub/Sub emulators: ``commands``
 carries out a ``billow.command`` (the model EventBridge uses) and refuses a foreign one,
 malformed messages are acknowledged without effect, and ``reaper`` resubmits a cluster
-whose loop was lost."""
+whose loop was lost. The runtime is composed as deployed: Compute Engine, Cloud Logging
+and Cloud KMS are the loopback fakes (instances are recorded, never booted)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from typing import Any
 import functions.gcp as gcp_functions
 import pytest
 from cloudevents.http import CloudEvent
-from cryptography.fernet import Fernet
 
-from billow_control.adapters.clock import SystemClock
-from billow_control.adapters.local.fernet_box import FernetSecretBox
-from billow_control.adapters.local.process_provider import LocalProcessProvider
 from billow_control.core.models import ClusterRequest, ClusterTarget
 from billow_control.runtimes import gcp
 from tests.support.gcp import clear_firestore, new_project
+from tests.support.gcp_fakes.compute import ComputeFake
+from tests.support.gcp_fakes.kms import KmsFake
+from tests.support.gcp_fakes.logging import LoggingFake
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,9 @@ def runtime(firestore_host: str, pubsub_host: str, tmp_path: Path) -> Iterator[g
     from google.cloud import pubsub_v1
 
     project = new_project()
+    compute = ComputeFake(project, "us-central1-a").start()
+    logging_fake, kms = LoggingFake().start(), KmsFake().start()
+    key = kms.create_key(f"projects/{project}/locations/global/keyRings/b/cryptoKeys/s")
     publisher = pubsub_v1.PublisherClient()
     for topic in ("reconcile", "events"):
         publisher.create_topic(name=publisher.topic_path(project, topic))
@@ -41,21 +44,24 @@ def runtime(firestore_host: str, pubsub_host: str, tmp_path: Path) -> Iterator[g
         "GOOGLE_CLOUD_PROJECT": project,
         "BILLOW_RECONCILE_TOPIC": "reconcile",
         "BILLOW_EVENTS_TOPIC": "events",
+        "BILLOW_GCP_PROJECT": project,
+        "BILLOW_GCP_ZONE": "us-central1-a",
+        "BILLOW_GCP_COMPUTE_ENDPOINT": compute.url,
+        "BILLOW_GCP_LOGGING_ENDPOINT": logging_fake.url,
+        "BILLOW_GCP_KMS_KEY": key,
+        "BILLOW_GCP_KMS_ENDPOINT": kms.url,
     }
-    key = Fernet.generate_key()
-    built = gcp.GcpRuntime.from_env(
-        env,
-        overrides={
-            "provider": lambda s: LocalProcessProvider(tmp_path, s.deployment, SystemClock()),
-            "secrets": lambda s: FernetSecretBox(key),
-        },
-    )
+    built = gcp.GcpRuntime.from_env(env)
     gcp.set_runtime(built)
     try:
         yield built
     finally:
         gcp.set_runtime(None)
         clear_firestore(firestore_host, project)
+        for fake in (compute, logging_fake, kms):
+            fake.stop()
+    assert "encrypt" in kms.calls  # the cluster's secrets were sealed by KMS
+    assert not compute.server.errors and not kms.server.errors
 
 
 def event(data: Any, project: str | None) -> CloudEvent:

@@ -152,7 +152,7 @@ class GcpRuntime:
         def provider() -> Any:
             from ..adapters.gcp.compute import compute_provider_from_env
 
-            return compute_provider_from_env(settings)
+            return compute_provider_from_env(settings, env)
 
         def orchestrator() -> Any:
             from ..adapters.gcp.pubsub_orchestrator import PubSubOrchestrator
@@ -170,7 +170,7 @@ class GcpRuntime:
         def secrets() -> Any:
             from ..adapters.gcp.kms_box import kms_box_from_env
 
-            return kms_box_from_env()
+            return kms_box_from_env(env)
 
         def events() -> Any:
             from ..adapters.gcp.pubsub_bus import PubSubBus
