@@ -146,7 +146,13 @@ def test_seed_on_the_gcp_composition_from_create_to_nothing_left(gcp: GcpDeploym
     assert set(logs) == {"scheduler", "worker-0"}
     assert {i["state"] for i in logs.values()} == {"terminated"}
     assert any("scheduler listening at tls://" in line for line in logs["scheduler"]["lines"])
-    assert any("running on " in line for line in logs["worker-0"]["lines"])
+    # Each instance ran its real startup script on a bare python3: it fetched uv and the
+    # wheel through the signed URLs (checked by sha256) and ran the agent from its venv.
+    for name, info in logs.items():
+        home = f"{gcp.compute.booted[f'billow-{cluster_id}-{name}'].root}/opt/billow"
+        lines = info["lines"]
+        assert any(f"billow bootstrap: kit: {home}/uv (" in line for line in lines), lines
+        assert any(f"running on {home}/agent/bin/python" in line for line in lines), lines
 
     assert not gcp.reconcile.exited()
     # Twenty submits of the new record started one loop for its version.
