@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ def await_assignment(stream: Any = None) -> str | None:
 
     with contextlib.suppress(ImportError):  # the scheduler's dashboard, when installed
         import distributed.dashboard.scheduler  # noqa: F401
+    preload_in_background().join()  # and what a first task imports
     ready = os.environ.pop("BILLOW_POOL_READY_FD", None)
     if ready:
         os.write(int(ready), b"warm\n")
@@ -109,10 +111,11 @@ def _dumpable_again() -> None:
 
 def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE) -> dict[str, Any]:
     """POST the instance token; retry while the control plane is unreachable or says
-    "not ready" (a worker waiting for its scheduler), up to ``deadline`` seconds."""
+    "not ready" (a worker waiting for its scheduler: as often as its ``retry_after``
+    says), up to ``deadline`` seconds."""
     url = control_url.rstrip("/") + "/v1/agent/bootstrap"
     give_up = time.monotonic() + deadline
-    delay = 0.05
+    delay, cap = 0.05, 1.0
     with httpx.Client(timeout=10) as http:
         while True:
             try:
@@ -122,12 +125,13 @@ def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE
                 body = response.json()
                 if body.get("error") != "not-ready":
                     raise SystemExit(f"billow agent: bootstrap refused: {body.get('message')}")
+                cap = float(body.get("retry_after") or 1.0)
             except httpx.TransportError as e:
                 log.warning("control plane unreachable (%s); retrying", e)
             if time.monotonic() > give_up:
                 raise SystemExit("billow agent: gave up waiting for the control plane")
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, cap)
 
 
 def security_for(config: dict[str, Any]) -> Any:
@@ -184,7 +188,39 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
     _close_on_signals(worker)
     async with worker:
         log.info("worker %s connected to %s", config["name"], config["scheduler_address"])
+        preload_in_background()
         await worker.finished()
+
+
+# What a first task usually imports: numpy, and Dask's collections. LocalCluster's workers
+# have them already (multiprocessing's spawn re-imports the client's __main__ module and
+# with it the client's imports); an instance imports them here, in the background, once
+# its server runs, instead of in the first task. Only what the environment has.
+PRELOAD = ("numpy", "dask.array", "pandas", "dask.dataframe")
+
+
+def preload_in_background(modules: tuple[str, ...] = PRELOAD) -> threading.Thread:
+    """Import ``modules`` (those whose top-level package is installed) in a daemon
+    thread. A task that imports one meanwhile waits for the same import, never redoes it."""
+    import importlib
+    import importlib.util
+
+    def run() -> None:
+        started = time.monotonic()
+        done = []
+        for name in modules:
+            if importlib.util.find_spec(name.split(".")[0]) is None:
+                continue
+            try:
+                importlib.import_module(name)
+                done.append(name)
+            except Exception as e:  # a broken optional package must not stop the agent
+                log.warning("preloading %s failed: %s", name, e)
+        log.info("preloaded %s in %.2f s", ", ".join(done) or "nothing", time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name="billow-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _close_on_signals(server: Any) -> None:
@@ -284,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ImportError):
                 import distributed  # noqa: F401
         config = bootstrap(url, token)
+        log.info("bootstrapped: %s %s of %s", config["role"], config["name"], config["cluster_id"])
         if config.get("software"):
             from .errors import EnvironmentBuildError
 

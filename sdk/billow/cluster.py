@@ -263,13 +263,17 @@ class Cluster(DaskCluster):
         assert self._api is not None and self.cluster_id is not None
         deadline = time.monotonic() + self._timeout
         with StartProgress(self.name, self.cluster_id, enabled=self._show_progress) as progress:
-            delay = 0.05
+            delay, seen = 0.05, None
             while True:
                 record = await self._api.get_cluster(self.cluster_id)
                 self._set_record(record)
                 progress.update(record)
                 if record["status"] == "ready":
                     return record
+                if (record["status"], record["workers"]) != seen:
+                    # Progress (workers joining): ready is near, look again soon. A long
+                    # boot is polled every 0.5 s at most (each look is a request).
+                    delay, seen = 0.05, (record["status"], record["workers"])
                 # A failed start is reported once teardown finished: nothing is left running.
                 if record["status"] in _TERMINAL:
                     raise ClusterStartError(
