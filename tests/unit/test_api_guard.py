@@ -115,6 +115,9 @@ USER_ROUTES = [
     ("GET", "/v1/admin/teams"),
     ("POST", "/v1/admin/teams"),
     ("GET", "/v1/admin/teams/etl/members"),
+    ("PUT", "/v1/admin/users/bob/limits"),
+    ("PUT", "/v1/admin/teams/etl/limits"),
+    ("GET", "/v1/usage"),
 ]
 
 BAD_BODIES: list[tuple[str, bytes, dict[str, str]]] = [

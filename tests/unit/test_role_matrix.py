@@ -183,6 +183,9 @@ ROWS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("GET", "/v1/admin/teams", None, (200, 200, 403, 403, 200, 403)),
     ("POST", "/v1/admin/teams", {"name": "new-team"}, (201, 403, 403, 403, 403, 403)),
     ("GET", "/v1/admin/teams/etl/members", None, (200, 200, 403, 403, 404, 403)),
+    ("PUT", "/v1/admin/users/bob/limits", {"cores": 128}, (200, 403, 403, 403, 403, 403)),
+    ("PUT", "/v1/admin/teams/etl/limits", {"cores": 512}, (200, 403, 403, 403, 403, 403)),
+    ("GET", "/v1/usage", None, (200, 200, 200, 200, 200, 200)),
 ]
 # What a 404 is compared with: the same route naming something that does not exist.
 MISSING = {

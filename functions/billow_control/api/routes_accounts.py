@@ -12,7 +12,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..core.accounts import TEAM_PATTERN, USER_NAME_PATTERN, TokenScope
+from ..core import access
+from ..core.access import Action
+from ..core.accounts import TEAM_PATTERN, USER_NAME_PATTERN, Limits, TokenScope
 from ..core.models import NewUser
 from ..core.service import ControlPlane
 from ..core.units import parse_duration
@@ -121,6 +123,11 @@ def account_router(plane: Callable[[], ControlPlane]) -> Router:
         """A new API token for a user you manage, shown once."""
         return json_response(accounts().new_user_token(caller(router), name), 201)
 
+    @router.put("/v1/admin/users/<name>/limits")
+    def set_user_limits(name: UserName, limits: Limits) -> dict[str, Any]:
+        """Replace a user's quota limits (deployment admins); omitted: the default."""
+        return accounts().set_user_limits(caller(router), name, limits)
+
     # -- teams ---------------------------------------------------------------------------
 
     @router.get("/v1/admin/teams")
@@ -137,5 +144,19 @@ def account_router(plane: Callable[[], ControlPlane]) -> Router:
     def team_members(name: TeamName) -> dict[str, Any]:
         """The users of one team, with their roles."""
         return {"users": accounts().team_members(caller(router), name)}
+
+    @router.put("/v1/admin/teams/<name>/limits")
+    def set_team_limits(name: TeamName, limits: Limits) -> dict[str, Any]:
+        """Replace a team's quota limits (deployment admins); omitted: no limit."""
+        return accounts().set_team_limits(caller(router), name, limits)
+
+    # -- quotas --------------------------------------------------------------------------
+
+    @router.get("/v1/usage")
+    def usage() -> dict[str, Any]:
+        """Your use (and your team's) against your limits."""
+        user = caller(router)
+        access.require(user, Action.whoami)
+        return plane().quotas.report(user)
 
     return router

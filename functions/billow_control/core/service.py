@@ -30,6 +30,7 @@ from .models import (
     new_id,
 )
 from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
+from .quotas import Quotas
 from .teams import SINGLE_TENANT as SINGLE_TENANT  # re-exported
 from .teams import AccountService
 from .watchdog import Watchdog
@@ -55,6 +56,7 @@ class ControlPlane:
         self.lifecycle = Lifecycle(ports)
         self.watchdog = Watchdog(ports, self.lifecycle)
         self.accounts = AccountService(ports)
+        self.quotas = Quotas(ports)
 
     # -- users and tokens (core.teams) ------------------------------------------------
 
@@ -118,6 +120,7 @@ class ControlPlane:
         from .tls import make_cluster_pki  # cryptography: only creates pay for it
 
         ports = self.ports
+        self.quotas.check(user, request, request.initial_workers)  # before anything is made
         name = request.name or f"{user.name}-{secrets.token_hex(3)}"
         cluster_id = new_id("c")
         now = ports.clock.now()
@@ -174,12 +177,16 @@ class ControlPlane:
         return [self._public(r) for r in found if team is None or r.team == team]
 
     def scale_cluster(self, user: User, cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
-        """Set the desired worker count; the orchestrator converges on it."""
+        """Set the desired worker count; the orchestrator converges on it. Scaling up is
+        checked against the owner's quotas (``QuotaExceeded``, nothing written)."""
         for _ in range(WRITE_RETRIES):
             record = self._owned(user, cluster_id, Action.scale_cluster)
             if record.target != ClusterTarget.running or record.status.terminal:
                 reason = f" (stop_reason: {record.stop_reason})" if record.stop_reason else ""
                 raise Conflict(f"cluster is {record.status.value}{reason}; it cannot be scaled")
+            if scale.n_workers > record.desired_workers:
+                owner = self.ports.store.get_user(record.owner) or user
+                self.quotas.check(owner, record.request, scale.n_workers, record.id)
             record.desired_workers = scale.n_workers
             record.remove_workers = sorted(set(record.remove_workers) | set(scale.remove))
             record.updated_at = self.ports.clock.now()

@@ -56,6 +56,16 @@ class ControlSettings(BaseModel):
     # ``billow.tokens.lifetime``: how long a new API token lives (0: forever); also the
     # longest lifetime a user may ask for.
     tokens_lifetime: float = Field(default=90 * 86400.0, ge=0)
+    # At most this many instances launched per reconcile step (``billow.launch-batch``).
+    launch_batch: int = Field(default=50, ge=1, le=1000)
+    # Deployment defaults of each user's quotas (``billow.quotas.user.cores``...), which a
+    # user's own limits override; deployment admins have only the limits set on them.
+    # Teams have none unless an admin sets them. ``core.quotas`` enforces them.
+    quotas_user_cores: int = Field(default=64, ge=0)
+    quotas_user_gpus: int = Field(default=8, ge=0)
+    quotas_user_instances: int = Field(default=64, ge=0)
+    quotas_user_clusters: int = Field(default=16, ge=0)
+    quotas_user_cpu_hours: float = Field(default=10_000.0, ge=0)
     # Whether the instances of one user are isolated from another's. Cloud instances are
     # machines of their own; the embedded server turns this off when its processes would
     # share an OS user (it is not root), and then refuses a second user.

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import access
 from .access import Action
-from .accounts import DEFAULT_TEAM, ApiToken, Caller, Role, Team, TokenScope, User
+from .accounts import DEFAULT_TEAM, ApiToken, Caller, Limits, Role, Team, TokenScope, User
 from .auth import API_TOKEN_PREFIX, hash_token, new_token
 from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .models import new_id
@@ -198,6 +198,21 @@ class AccountService:
             raise Conflict(f"user {name!r} is disabled; enable it first", field="name")
         stored, token = self.issue_token(user, "issued by an admin")
         return {**stored.public(), "user": user.name, "token": token}
+
+    def set_user_limits(self, admin: User, name: str, limits: Limits) -> dict[str, Any]:
+        """Replace a user's quota limits (deployment admins); unset fields fall back to
+        the deployment's defaults."""
+        access.require(admin, Action.set_limits)
+        user = self.find_user(admin, name).model_copy(update={"limits": limits})
+        self.ports.store.put_user(user)
+        return user.public()
+
+    def set_team_limits(self, admin: User, name: str, limits: Limits) -> dict[str, Any]:
+        """Replace a team's quota limits (deployment admins); unset fields: no limit."""
+        access.require(admin, Action.set_limits)
+        team = self._team(name, missing=NotFound).model_copy(update={"limits": limits})
+        self.ports.store.put_team(team)
+        return team.model_dump(mode="json")
 
     # -- teams ---------------------------------------------------------------------------
 
