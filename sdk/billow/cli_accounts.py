@@ -191,3 +191,82 @@ def describe_login(who: dict[str, Any]) -> str:
         f"as [bold]{escape(who['name'])}[/bold] ({role}, team {escape(who.get('team', '-'))})"
         f"; token {token.get('id', '?')}{scope} expires {_when(token.get('expires_at'))}"
     )
+
+
+# -- quotas ------------------------------------------------------------------------------
+
+limits_app = typer.Typer(help="Quota limits of users and teams (admins).", no_args_is_help=True)
+admin_app.add_typer(limits_app, name="limits")
+_LIMIT_NAMES = ("cores", "gpus", "instances", "clusters", "cpu_hours")
+
+
+def _limits_body(
+    cores: int | None,
+    gpus: int | None,
+    instances: int | None,
+    clusters: int | None,
+    cpu_hours: float | None,
+) -> dict[str, Any]:
+    values = (cores, gpus, instances, clusters, cpu_hours)
+    return {k: v for k, v in zip(_LIMIT_NAMES, values, strict=True) if v is not None}
+
+
+_CORES = typer.Option(None, "--cores", help="Concurrent cores.")
+_GPUS = typer.Option(None, "--gpus", help="Concurrent GPUs.")
+_INSTANCES = typer.Option(None, "--instances", help="Concurrent instances.")
+_CLUSTERS = typer.Option(None, "--clusters", help="Concurrent clusters.")
+_CPU_HOURS = typer.Option(None, "--cpu-hours", help="CPU-hours per calendar month (UTC).")
+
+
+@limits_app.command("user")
+def limits_user(
+    name: str = typer.Argument(..., help="User name."),
+    cores: int = _CORES,
+    gpus: int = _GPUS,
+    instances: int = _INSTANCES,
+    clusters: int = _CLUSTERS,
+    cpu_hours: float = _CPU_HOURS,
+) -> None:
+    """Set a user's limits (those not given return to the deployment's defaults)."""
+    body = _limits_body(cores, gpus, instances, clusters, cpu_hours)
+    user = _call("PUT", f"/v1/admin/users/{name}/limits", json=body)
+    _print(f"limits of {escape(user['name'])}: {_limits_text(user['limits'])}")
+
+
+@limits_app.command("team")
+def limits_team(
+    name: str = typer.Argument(..., help="Team name."),
+    cores: int = _CORES,
+    gpus: int = _GPUS,
+    instances: int = _INSTANCES,
+    clusters: int = _CLUSTERS,
+    cpu_hours: float = _CPU_HOURS,
+) -> None:
+    """Set a team's limits (those not given: no team limit)."""
+    body = _limits_body(cores, gpus, instances, clusters, cpu_hours)
+    team = _call("PUT", f"/v1/admin/teams/{name}/limits", json=body)
+    _print(f"limits of team {escape(team['name'])}: {_limits_text(team['limits'])}")
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    shown = [f"{k.replace('_', '-')} {v:g}" for k, v in limits.items() if v is not None]
+    return ", ".join(shown) or "defaults"
+
+
+def usage() -> None:
+    """Show your use (and your team's) against your limits."""
+    from .cli import console
+
+    report = _call("GET", "/v1/usage")
+    table = Table("", *(n.replace("_", "-") for n in _LIMIT_NAMES))
+    for who in ("user", "team"):
+        part = report[who]
+        use, limits = part.get("use"), part["limits"]
+
+        def cell(name: str, use: Any = use, limits: Any = limits) -> str:
+            used = "-" if use is None else f"{use[name]:g}"
+            limit = limits.get(name)
+            return f"{used} / {'no limit' if limit is None else f'{limit:g}'}"
+
+        table.add_row(f"{who} {escape(part['name'])}", *(cell(n) for n in _LIMIT_NAMES))
+    console.print(table)

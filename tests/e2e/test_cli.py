@@ -129,6 +129,11 @@ def test_team_admin_adds_users_and_rotates_tokens(
     with httpx.Client(base_url=embedded_server.url) as http:
         headers = {"Authorization": f"Bearer {first}"}
         assert http.get("/v1/whoami", headers=headers).status_code == 401
+    # limits: an admin raises them, the user sees use against them
+    raised = run("admin", "limits", "user", name, "--cores", "128", "--cpu-hours", "500")
+    assert raised.startswith("0:") and "cores 128, cpu-hours 500" in raised
+    usage = run("usage", login=user_login)
+    assert usage.startswith("0:") and "0 / 128" in usage and "0 / 500" in usage
     # a member is no admin: one line, exit 1
     refused = run("admin", "team", "add", "nope", login=user_login)
     assert refused.startswith("1:") and "cannot manage teams" in refused
