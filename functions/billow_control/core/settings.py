@@ -57,7 +57,7 @@ class ControlSettings(BaseModel):
     # longest lifetime a user may ask for.
     tokens_lifetime: float = Field(default=90 * 86400.0, ge=0)
     # At most this many instances launched per reconcile step (``billow.launch-batch``).
-    launch_batch: int = Field(default=50, ge=1, le=1000)
+    launch_batch: int = Field(default=20, ge=1, le=1000)
     # Deployment defaults of each user's quotas (``billow.quotas.user.cores``...), which a
     # user's own limits override; deployment admins have only the limits set on them.
     # Teams have none unless an admin sets them. ``core.quotas`` enforces them.
