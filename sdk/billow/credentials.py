@@ -235,7 +235,7 @@ class Forwarder:
                     forwarded = fresh
             except Exception as e:  # the scheduler restarting, the network: next time
                 log.warning("refreshing forwarded credentials failed: %s", type(e).__name__)
-                forwarded = Forwarded(expires_at=time.time() + 2)
+                forwarded = Forwarded(expires_at=time.time() + 60)  # again in 30 s
 
     def stop(self) -> None:
         if self._task is not None:
