@@ -134,3 +134,18 @@ def test_a_thousand_workers_launch_in_bounded_batches(api: Api) -> None:
     assert launched == [100] * 10 + [1]
     assert len(provider.live(cluster["id"])) == 1001
     assert user.team == "etl"
+
+
+def test_a_repeated_create_at_the_limit_gets_the_first_answer(api: Api) -> None:
+    """The create that reached the limit, sent again with its Idempotency-Key (a retry),
+    answers the cluster it made; a new create is refused."""
+    _, alice, _ = _people(api)
+    body = {"n_workers": 63, "name": "full"}
+
+    headers = {"idempotency-key": "retry-1"}
+    first = api.call_with("POST", "/v1/clusters", alice, body, headers)
+    assert first[0] == 201
+    again = api.call_with("POST", "/v1/clusters", alice, body, headers)
+    assert again[0] == 200 and again[1]["id"] == first[1]["id"]
+    other = api.call_with("POST", "/v1/clusters", alice, body, {"idempotency-key": "retry-2"})
+    assert other[0] == 403 and other[1]["error"] == "quota-exceeded"

@@ -83,9 +83,15 @@ class World:
         self.app = build_app(lambda: self.plane)
 
     def call(
-        self, method: str, path: str, token: str | None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None,
+        body: Any = None,
+        extra: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        headers.update(extra or {})
         raw = b""
         if body is not None:
             raw = json.dumps(body).encode()

@@ -21,7 +21,12 @@ DAY = 86400.0
 
 class Api(World):
     def ask(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
-        status, _, raw = self.call(method, path, token, body)
+        return self.call_with(method, path, token, body, {})
+
+    def call_with(
+        self, method: str, path: str, token: str, body: Any, headers: dict[str, str]
+    ) -> tuple[int, Any]:
+        status, _, raw = self.call(method, path, token, body, headers)
         return status, json.loads(raw) if raw else None
 
 

@@ -290,6 +290,7 @@ class ClusterRecord(BaseModel):
     error: str | None = None
     error_logs: list[str] = Field(default_factory=list)
     fail_on_stop: bool = False
+    idempotency_key: str | None = None  # SHA-256 of the create's Idempotency-Key; hidden
     warnings: list[str] = Field(default_factory=list)
     scheduler_address: str | None = None
     dashboard_address: str | None = None
@@ -310,7 +311,8 @@ class ClusterRecord(BaseModel):
 
     def public(self, heartbeat: HeartbeatRecord | None = None) -> dict[str, Any]:
         """The JSON users see: no secrets, plus the latest observed workers."""
-        out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
+        hidden = {"version", "remove_workers", "fail_on_stop", "idempotency_key"}
+        out = self.model_dump(mode="json", exclude=hidden)
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
         return out

@@ -17,6 +17,7 @@ from . import access, idempotency
 from .access import Action
 from .accounts import Caller
 from .agents import ENVIRON_SECRETS, ClusterAgents, unseal
+from .auth import hash_token
 from .catalog import SoftwareCatalog
 from .errors import Conflict, Invalid
 from .lifecycle import WRITE_RETRIES, Lifecycle
@@ -120,7 +121,8 @@ class ControlPlane:
         from .tls import make_cluster_pki  # cryptography: only creates pay for it
 
         ports = self.ports
-        self.quotas.check(user, request, request.initial_workers)  # before anything is made
+        if not self._replay(user, key):  # a replay is answered as the first create was
+            self.quotas.check(user, request, request.initial_workers)  # before anything
         name = request.name or f"{user.name}-{secrets.token_hex(3)}"
         cluster_id = new_id("c")
         now = ports.clock.now()
@@ -145,6 +147,7 @@ class ControlPlane:
             created_at=now,
             updated_at=now,
             software_environment=environment,
+            idempotency_key=hash_token(key) if key is not None else None,
         )
         try:
             stored, created = ports.store.create_cluster(record, key, request_hash)
@@ -247,6 +250,15 @@ class ControlPlane:
         }
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _replay(self, user: User, key: str | None) -> bool:
+        """Whether an active cluster of ``user`` was created with ``key``: the store then
+        answers the repeat (or refuses another request with the key), so the quota the
+        first create used is not counted against its own replay."""
+        if key is None:
+            return False
+        active = self.ports.store.list_clusters(user.id, active_only=True)
+        return any(c.idempotency_key == hash_token(key) for c in active)
 
     def _owned(self, user: User, cluster_id: str, action: Action) -> ClusterRecord:
         """The record if ``user`` may ``action`` it (``access.cluster``): the same 404 for
