@@ -25,6 +25,12 @@ env_app = typer.Typer(
 )
 app.add_typer(env_app, name="env")
 console = Console()
+# Tokens, users and teams (sdk/billow/cli_accounts.py).
+from .cli_accounts import admin_app, describe_login, token_app, usage  # noqa: E402
+
+app.add_typer(token_app, name="token")
+app.add_typer(admin_app, name="admin")
+app.command("usage")(usage)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -121,7 +127,7 @@ def login(
 
     who = _run(check())
     write_login(config.login_file(), server, token)
-    console.print(f"logged in to {server} as [bold]{who['name']}[/bold]")
+    console.print(f"logged in to {server} {describe_login(who)}", highlight=False)
 
 
 def _ago(value: str | None) -> str:

@@ -24,6 +24,7 @@ from tornado.ioloop import PeriodicCallback
 
 from . import config
 from .api import ControlPlaneClient
+from .credentials import DEFAULT_DURATION, Forwarder, obtain
 from .errors import ClusterStartError, ClusterStopped
 from .progress import StartProgress
 
@@ -71,6 +72,14 @@ class Cluster(DaskCluster):
         its latest revision, or ``"name:revision"``. Its spec is checked against this
         client's versions first; the cluster keeps the revision it started with.
         Exclusive with ``package_sync=True``.
+    credentials : {"local", None}
+        ``"local"`` (default): forward short-lived credentials of this client's AWS and
+        Google identities to the workers over the cluster's TLS connection, never through
+        the control plane, refreshed while the cluster is open here (see
+        ``billow.credentials``); ``None``: forward nothing.
+    credentials_duration_seconds : int, optional
+        Lifetime of forwarded credentials (default 3600; STS session tokens last at
+        least 900 s); fresh ones are sent at half of it.
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -116,6 +125,8 @@ class Cluster(DaskCluster):
         package_sync_strict: bool = False,
         software: str | None = None,
         shutdown_on_close: bool = True,
+        credentials: str | None = "local",
+        credentials_duration_seconds: int | None = None,
         server: str | None = None,
         token: str | None = None,
         timeout: float | None = None,
@@ -128,6 +139,11 @@ class Cluster(DaskCluster):
                 "software= and package_sync=True are exclusive: the cluster runs either a "
                 "named software environment or a copy of this client's"
             )
+        if credentials not in ("local", None):
+            raise ValueError("credentials must be 'local' (forward this client's) or None")
+        self._credentials = credentials
+        self._credentials_duration = int(credentials_duration_seconds or DEFAULT_DURATION)
+        self._forwarder: Forwarder | None = None
         self._software_environment = software
         spec: dict[str, Any] = {
             "n_workers": list(n_workers) if isinstance(n_workers, tuple) else n_workers,
@@ -196,6 +212,12 @@ class Cluster(DaskCluster):
         self.status = Status.starting
         self._api = ControlPlaneClient(self._server, self._token)
         created = False
+        # Obtained while the cluster starts (an STS call, or the identity chain's probes).
+        obtaining = (
+            asyncio.ensure_future(asyncio.to_thread(obtain, self._credentials_duration))
+            if self._credentials == "local"
+            else None
+        )
         try:
             record = None
             if self._requested_name:
@@ -226,7 +248,13 @@ class Cluster(DaskCluster):
                 connection_args=self.security.get_connection_args("client"),
             )
             await super()._start()
+            if obtaining is not None:
+                self._forwarder = Forwarder(self.scheduler_comm, self._credentials_duration)
+                for note in await self._forwarder.start(obtaining):
+                    warnings.warn(f"billow: {note}", BillowWarning, stacklevel=2)
         except BaseException:
+            if obtaining is not None:
+                obtaining.cancel()
             # Leave nothing behind that this call created (Ctrl-C included).
             if created and self.cluster_id and self.shutdown_on_close:
                 with contextlib.suppress(Exception):
@@ -293,6 +321,8 @@ class Cluster(DaskCluster):
     async def _close(self) -> None:
         if self.status == Status.closed:
             return
+        if self._forwarder is not None:
+            self._forwarder.stop()
         await super()._close()
         if self._api is None:
             return

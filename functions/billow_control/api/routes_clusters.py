@@ -1,4 +1,4 @@
-"""Cluster and user routes: each one calls one ControlPlane method for the caller the
+"""Cluster routes: each one calls one ControlPlane method for the caller the
 guard authenticated (``api.guard``), and returns."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
 from ..core.idempotency import MAX_KEY_LENGTH
-from ..core.models import ClusterRequest, NewUser, ScaleRequest
+from ..core.models import ClusterRequest, ScaleRequest
 from ..core.service import ControlPlane
 from .guard import caller
 from .openapi import created
@@ -20,15 +20,6 @@ from .responses import json_response
 
 def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
     router = Router()
-
-    @router.get("/v1/whoami")
-    def whoami() -> dict[str, Any]:
-        return caller(router).model_dump()
-
-    @router.post("/v1/users", responses=created())
-    def add_user(new_user: NewUser) -> Response[dict[str, Any]]:
-        """A new user (admins only) and its API token, shown once."""
-        return json_response(plane().add_user(caller(router), new_user.name), 201)
 
     @router.post("/v1/clusters", responses=created("The cluster an Idempotency-Key created"))
     def create_cluster(

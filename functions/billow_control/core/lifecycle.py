@@ -229,8 +229,10 @@ class Lifecycle:
                 f"scheduler instance {dead.id} exited{code}",
                 self._logs_of(dead),
             )
+        batch = settings.launch_batch  # instances launched by this step, at most
         if live_scheduler is None:
             self._launch(record, SCHEDULER_NAME, InstanceRole.scheduler)
+            batch -= 1
 
         workers = [i for i in instances if i.role == InstanceRole.worker]
         live = [w for w in workers if w.state != InstanceState.terminated]
@@ -259,9 +261,10 @@ class Lifecycle:
             record.remove_workers = []
             record = self._write(record, None)
 
-        # Scale up with fresh names, so a replaced worker never reuses a dead one's token.
+        # Scale up with fresh names, so a replaced worker never reuses a dead one's token;
+        # in batches of at most ``launch_batch`` per step: the next step launches more.
         next_index = max((_worker_index(w.name) for w in workers), default=-1) + 1
-        for i in range(record.desired_workers - len(rest)):
+        for i in range(min(record.desired_workers - len(rest), batch)):
             self._launch(record, f"worker-{next_index + i}", InstanceRole.worker)
 
         waiting = ReconcileResult(done=False, wait=self._poll_wait(record), status=record.status)

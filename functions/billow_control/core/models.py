@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from . import tags
+from .accounts import DEFAULT_TEAM, TEAM_PATTERN, USER_NAME_PATTERN, Role
+from .accounts import User as User  # re-exported: users were defined here
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
 
@@ -230,7 +232,13 @@ class ScaleRequest(BaseModel):
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(min_length=1, max_length=64, pattern=USER_NAME_PATTERN)
+    team: str | None = Field(
+        default=None,
+        pattern=TEAM_PATTERN,
+        description="An existing team; the admin's own when omitted.",
+    )
+    role: Role = Role.member
 
 
 class Heartbeat(BaseModel):
@@ -267,6 +275,7 @@ class ClusterRecord(BaseModel):
     id: str
     owner: str
     name: str
+    team: str = DEFAULT_TEAM  # the owner's team at create (records before teams: default)
     request: ClusterRequest
     status: ClusterStatus = ClusterStatus.pending
     target: ClusterTarget = ClusterTarget.running
@@ -281,6 +290,7 @@ class ClusterRecord(BaseModel):
     error: str | None = None
     error_logs: list[str] = Field(default_factory=list)
     fail_on_stop: bool = False
+    idempotency_key: str | None = None  # SHA-256 of the create's Idempotency-Key; hidden
     warnings: list[str] = Field(default_factory=list)
     scheduler_address: str | None = None
     dashboard_address: str | None = None
@@ -301,7 +311,8 @@ class ClusterRecord(BaseModel):
 
     def public(self, heartbeat: HeartbeatRecord | None = None) -> dict[str, Any]:
         """The JSON users see: no secrets, plus the latest observed workers."""
-        out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
+        hidden = {"version", "remove_workers", "fail_on_stop", "idempotency_key"}
+        out = self.model_dump(mode="json", exclude=hidden)
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
         return out
@@ -345,12 +356,6 @@ class InstanceInfo(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     launched_at: datetime
     exit_code: int | None = None
-
-
-class User(BaseModel):
-    id: str
-    name: str
-    is_admin: bool = False
 
 
 class InstanceCredential(BaseModel):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from .accounts import ApiToken, Team
 from .models import (
     ClusterRecord,
     HeartbeatRecord,
@@ -137,9 +138,36 @@ class Store(Protocol):
 
     def count_users(self) -> int: ...
 
-    def put_api_token(self, token_hash: str, user_id: str) -> None: ...
+    def list_users(self) -> list[User]:
+        """Every user, by name (a consistent read; the table is small)."""
 
-    def user_for_token(self, token_hash: str) -> User | None: ...
+    def put_team(self, team: Team) -> None:
+        """Insert ``team``, or replace the team of its name."""
+        ...
+
+    def get_team(self, name: str) -> Team | None: ...
+
+    def list_teams(self) -> list[Team]:
+        """Every team, by name."""
+
+    def put_api_token(self, token: ApiToken) -> None:
+        """Insert ``token`` (or replace the one with its ``token_hash``)."""
+
+    def get_api_token(self, token_hash: str) -> ApiToken | None:
+        """The token, as last written (a strongly consistent read), or ``None``. Tokens
+        written before they had metadata come back as ``ApiToken.legacy``."""
+        ...
+
+    def list_api_tokens(self, user_id: str) -> list[ApiToken]:
+        """The tokens of one user, oldest first."""
+
+    def touch_api_token(self, token_hash: str, at: datetime) -> None:
+        """Set ``last_used_at`` of an existing token; never recreates a deleted one."""
+        ...
+
+    def delete_api_token(self, token_hash: str) -> bool:
+        """Delete the token (it stops working at once); ``False`` when it did not exist."""
+        ...
 
     def put_cluster_token(self, cluster_id: str, token_hash: str) -> None:
         """Replace the cluster-scoped (heartbeat) token hash."""

@@ -36,7 +36,9 @@ variable                        meaning
                                 bucket. ``scripts/upload-instance-kit.sh`` uploads both and
                                 prints these two values
 ``BILLOW_<SETTING>``            any ``ControlSettings`` field, e.g. ``BILLOW_START_TIMEOUT=10m``,
-                                ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration)
+                                ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration),
+                                ``BILLOW_TOKENS_LIFETIME=30d``, ``BILLOW_LAUNCH_BATCH=20``,
+                                ``BILLOW_QUOTAS_USER_CORES=128``
 ``BILLOW_AWS_ENDPOINT_URL``     one endpoint for every AWS client (tests: moto_server)
 ``AWS_REGION``                  region (Lambda sets it; ``AWS_DEFAULT_REGION`` otherwise)
 ==============================  ==============================================================
