@@ -8,11 +8,11 @@ scope) until revoked. Names of users are unique (checked in the writing transact
 from __future__ import annotations
 
 import sqlite3
-from contextlib import AbstractContextManager
 from datetime import datetime
 
 from ...core.accounts import ApiToken, Team, User
 from ...core.ports import UserNameTakenError
+from .sqlite_host import SqliteHost
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -21,18 +21,8 @@ CREATE TABLE IF NOT EXISTS teams (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 
 
-class Accounts:
-    """The user, team and token methods of the ``Store`` port; the host class provides
-    ``_tx`` (a ``BEGIN IMMEDIATE`` transaction), ``_one`` and ``_conn``."""
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _one(self, sql: str, *args: object) -> tuple | None:
-        raise NotImplementedError
-
-    def _conn(self) -> sqlite3.Connection:
-        raise NotImplementedError
+class Accounts(SqliteHost):
+    """The user, team and token methods of the ``Store`` port."""
 
     @staticmethod
     def _accounts_migrated(db: sqlite3.Connection) -> bool:
