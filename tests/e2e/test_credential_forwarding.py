@@ -59,7 +59,9 @@ def test_sts_session_credentials_come_from_moto(
     assert "long-term" not in repr(forwarded)
 
 
-def test_no_identity_obtains_nothing_and_no_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_identity_obtains_nothing_and_no_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     _isolate(monkeypatch, tmp_path)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)

@@ -143,16 +143,12 @@ class GcpDeployment:
         return self
 
     def admin_token(self) -> str:
-        """A new admin's API token, written through the runtime's store."""
-        from billow_control.adapters.gcp.firestore import FirestoreStore
-        from billow_control.core.auth import API_TOKEN_PREFIX, hash_token, new_token
-        from billow_control.core.models import User, new_id
+        """A new admin's API token, made by the deployment's own composition (its store is
+        the only port this builds), as ``billow admin bootstrap`` would."""
+        from billow_control.runtimes.gcp import GcpRuntime
 
-        store = FirestoreStore(self.project, "t-")
-        user = User(id=new_id("u"), name=f"admin-{uuid.uuid4().hex[:6]}", is_admin=True)
-        store.put_user(user)
-        token = new_token(API_TOKEN_PREFIX)
-        store.put_api_token(hash_token(token), user.id)
+        runtime = GcpRuntime.from_env(self.env)
+        _, token = runtime.plane.create_user(f"admin-{uuid.uuid4().hex[:6]}", is_admin=True)
         return token
 
     def events(self, max_messages: int = 100) -> list[tuple[dict[str, str], dict[str, Any]]]:
