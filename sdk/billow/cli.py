@@ -24,6 +24,8 @@ env_app = typer.Typer(
     help="Named software environments: create, list, inspect, delete.", no_args_is_help=True
 )
 app.add_typer(env_app, name="env")
+admin_app = typer.Typer(help="Administer a deployment.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 console = Console()
 
 
@@ -297,6 +299,33 @@ def env_delete(name: str = typer.Argument(..., help="Environment name.")) -> Non
 
     _run(go())
     console.print(f"deleted [bold]{escape(name)}[/bold]", highlight=False)
+
+
+# -- administration ------------------------------------------------------------------
+
+
+@admin_app.command("bootstrap")
+def admin_bootstrap(
+    stack: str = typer.Option(..., help="CloudFormation stack of the deployment (billow-<stage>)."),
+    region: str = typer.Option(None, help="Its region (default: your AWS configuration's)."),
+) -> None:
+    """Create the first admin of an AWS deployment with your own AWS credentials, and log
+    in as it. Works once: a deployment that has users refuses."""
+    from billow_control.runtimes.embedded import write_login
+
+    from .aws_admin import bootstrap_first_admin
+
+    try:
+        admin = bootstrap_first_admin(stack, region)
+    except BillowError as e:
+        raise _fail(str(e)) from None
+    path = config.login_file()
+    write_login(path, admin.server, admin.token)
+    console.print(
+        f"created the first admin [bold]{escape(admin.name)}[/bold] of {escape(admin.server)}; "
+        f"its login is saved in {escape(str(path))} (mode 0600)",
+        highlight=False,
+    )
 
 
 def main() -> None:

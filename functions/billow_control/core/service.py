@@ -118,6 +118,23 @@ class ControlPlane:
             return None
         return self.create_user("admin", is_admin=True)[1]
 
+    def first_admin(self) -> dict[str, Any]:
+        """The deployment's first admin, for a deployer who reached this use case through
+        a path the cloud's IAM guards (the AWS ``bootstrap`` function), never an API route.
+
+        Returns ``{"name", "token", "server"}`` (the token exists only in this answer and,
+        hashed, in the store). Raises ``Conflict`` when the deployment has any user: it
+        creates the first admin once, and a concurrent second call loses on the unique
+        user name.
+        """
+        token = self.bootstrap_admin()
+        if token is None:
+            raise Conflict(
+                "this deployment already has users, so its first admin exists: log in with "
+                "that admin's token (`billow login`), or ask an admin for a token"
+            )
+        return {"name": "admin", "token": token, "server": self.ports.settings.control_url}
+
     # -- clusters --------------------------------------------------------------------
 
     def create_cluster(
