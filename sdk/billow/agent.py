@@ -98,7 +98,12 @@ def security_for(config: dict[str, Any]) -> Any:
 async def run_scheduler(config: dict[str, Any], host: str) -> None:
     from distributed import Scheduler
 
+    from .imds import instance_addresses
     from .plugin import BillowSchedulerPlugin
+
+    # On EC2 the scheduler binds every interface; workers reach it at the private
+    # address and clients outside the VPC at the public one (both from IMDSv2).
+    addresses = instance_addresses(os.environ.get("BILLOW_IMDS_ENDPOINT"))
 
     plugin = BillowSchedulerPlugin(
         os.environ["BILLOW_CONTROL_URL"],
@@ -107,6 +112,8 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         interval=float(config["heartbeat_interval"]),
         analytics=config.get("analytics", "minimal"),
         gpu_threshold=float(config.get("gpu_threshold", 0.1)),
+        private_host=addresses.private,
+        public_host=addresses.public,
     )
     scheduler = Scheduler(
         host=host,

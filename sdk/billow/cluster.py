@@ -35,6 +35,17 @@ class BillowWarning(UserWarning):
     """Something the control plane wants the user to know (idle GPUs, a reaped cluster)."""
 
 
+def reachable_address(found: dict[str, Any], what: str) -> str | None:
+    """Where this client reaches the cluster's ``what`` (``scheduler``, ``dashboard``):
+    its public address when it has one, unless ``billow.network.private-only`` says this
+    client is inside the cluster's network; else the private one."""
+    public = found.get(f"{what}_public_address")
+    if public and not config.get("network.private-only", False):
+        return str(public)
+    private = found.get(f"{what}_address")
+    return str(private) if private else None
+
+
 class Cluster(DaskCluster):
     """Create a cluster, or reconnect to the active one named ``name``.
 
@@ -222,7 +233,7 @@ class Cluster(DaskCluster):
                 tls_client_key=creds["client_key"],
             )
             self.scheduler_comm = rpc(
-                creds["scheduler_address"],
+                reachable_address(creds, "scheduler"),
                 connection_args=self.security.get_connection_args("client"),
             )
             await super()._start()
@@ -389,7 +400,7 @@ class Cluster(DaskCluster):
 
     @property
     def dashboard_link(self) -> str:
-        address = self.record.get("dashboard_address")
+        address = reachable_address(self.record, "dashboard")
         return f"http://{address}/status" if address else super().dashboard_link
 
     @property

@@ -57,6 +57,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         analytics: str = "minimal",
         gpu_threshold: float = 0.1,
         clock: Any = time.monotonic,
+        private_host: str | None = None,
+        public_host: str | None = None,
     ) -> None:
         if analytics not in ANALYTICS_LEVELS:
             raise ValueError(f"analytics must be one of {ANALYTICS_LEVELS}, not {analytics!r}")
@@ -67,6 +69,10 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self.analytics = analytics
         self.gpu_threshold = gpu_threshold
         self.clock = clock
+        # The instance's addresses (IMDS on EC2): workers use the private one, clients
+        # outside its network the public one; None keeps the address Dask found.
+        self.private_host = private_host
+        self.public_host = public_host
         self.scheduler: Any = None
         self.target = "running"
         self._wake = asyncio.Event()
@@ -135,13 +141,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         if busy:
             self._last_activity = now
         clients = self._user_clients()
-        dashboard = None
-        if "dashboard" in s.services:
-            host = s.address.split("://", 1)[1].rsplit(":", 1)[0]
-            dashboard = f"{host}:{s.services['dashboard'].port}"
         beat: dict[str, Any] = {
-            "scheduler_address": s.address,
-            "dashboard_address": dashboard,
+            **self._addresses(),
             "workers": sorted(str(ws.name) for ws in workers),
             "busy": busy,
             "idle_seconds": max(0.0, now - self._last_activity),
@@ -181,6 +182,32 @@ class BillowSchedulerPlugin(SchedulerPlugin):
                 for ws in workers
             ]
         return beat
+
+    def _addresses(self) -> dict[str, str | None]:
+        """Where workers (private) and outside clients (public) reach the scheduler and
+        its dashboard: the instance's addresses when known, else the one Dask found."""
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        s = self.scheduler
+        dashboard = s.services.get("dashboard")
+        if not (self.private_host or self.public_host):
+            host = s.address.split("://", 1)[1].rsplit(":", 1)[0]
+            return {
+                "scheduler_address": s.address,
+                "dashboard_address": f"{host}:{dashboard.port}" if dashboard else None,
+            }
+        protocol, location = parse_address(s.address)
+        host, port = parse_host_port(location)
+        private = self.private_host or host
+        out: dict[str, str | None] = {
+            "scheduler_address": f"{protocol}://{private}:{port}",
+            "dashboard_address": f"{private}:{dashboard.port}" if dashboard else None,
+        }
+        if self.public_host:
+            out["scheduler_public_address"] = f"{protocol}://{self.public_host}:{port}"
+            if dashboard:
+                out["dashboard_public_address"] = f"{self.public_host}:{dashboard.port}"
+        return out
 
     def _gpu_report(self, now: float) -> dict[str, Any]:
         if not self._gpu.handles:

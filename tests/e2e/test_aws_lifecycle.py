@@ -47,6 +47,7 @@ from tests.support.aws import (
     tagged_instances,
     user_data_of,
 )
+from tests.support.imds import ImdsServer, NatForwarder
 from tests.support.processes import ROOT, stop_process, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -135,14 +136,24 @@ def live(live_deployment: Deployment) -> Iterator[Live]:
 
 @pytest.fixture
 def runner(live: Live, tmp_path: Path, instance_kit: InstanceKit) -> Iterator[InstanceRunner]:
-    instances = InstanceRunner(
-        live.deployment.url, live.deployment.name, tmp_path / "instances", instance_kit
-    )
-    instances.start()
-    try:
-        yield instances
-    finally:
-        instances.stop()
+    """Instances booted from their user data, each with an IMDSv2 endpoint (private
+    address 127.0.0.1) and, for schedulers, a public address 127.0.0.2 NAT'd to it."""
+    nat = NatForwarder()
+    with ImdsServer() as imds:
+        instances = InstanceRunner(
+            live.deployment.url,
+            live.deployment.name,
+            tmp_path / "instances",
+            instance_kit,
+            imds=imds,
+            nat=nat,
+        )
+        instances.start()
+        try:
+            yield instances
+        finally:
+            instances.stop()
+            nat.close()
     assert not instances.errors, instances.errors
 
 
@@ -170,7 +181,22 @@ def test_seed_computation_on_the_aws_control_plane(
         ) as cluster,
         Client(cluster) as dask_client,
     ):
-        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        # The client connects to the public address the scheduler learnt from IMDSv2,
+        # through the NAT; workers use the private one. The security group opens the
+        # scheduler and dashboard ports to the requester's address alone ("me").
+        record = cluster.record
+        assert cluster.scheduler_address.startswith("tls://127.0.0.2:")
+        assert record["scheduler_public_address"] == cluster.scheduler_address
+        port = cluster.scheduler_address.rsplit(":", 1)[1]
+        assert record["scheduler_address"] == f"tls://127.0.0.1:{port}"
+        assert runner.nat is not None and runner.nat.connections[int(port)] >= 1
+        assert cluster.dashboard_link.startswith("http://127.0.0.2:")
+        assert record["request"]["allow_ingress_from"] == ["127.0.0.1/32"]
+        _, (group,) = cluster_resources(live.ec2, cluster.cluster_id)
+        opened = {
+            (p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]
+        }
+        assert opened == {(8786, "127.0.0.1/32"), (8787, "127.0.0.1/32")}
         assert len(dask_client.scheduler_info()["workers"]) == 2
         result = da.random.random((10000, 10000)).sum().compute()
         cluster_id = cluster.cluster_id

@@ -60,7 +60,8 @@ from billow_control.adapters.aws.ec2 import AGENT_LOG
 from billow_control.core.software import CORE_PACKAGES
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
-from tests.support.processes import ROOT
+from tests.support.imds import ImdsServer, NatForwarder
+from tests.support.processes import ROOT, free_port
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -279,7 +280,8 @@ class Deployment:
             "BILLOW_AMI_ID": ami,
             "BILLOW_INSTANCE_TYPES": "t3.medium",
             "BILLOW_PURCHASE": "on-demand",
-            "BILLOW_ALLOWED_CIDR": "127.0.0.1/32",
+            # Only clusters recorded without allow_ingress_from fall back to this.
+            "BILLOW_ALLOWED_CIDR": "192.0.2.0/24",
             "BILLOW_INSTANCE_LOG_GROUP": log_group,
             "BILLOW_RECONCILE_INTERVAL": "1",
             "BILLOW_HEARTBEAT_INTERVAL": "1",
@@ -502,8 +504,17 @@ class InstanceRunner:
     the module docstring)."""
 
     def __init__(
-        self, url: str, deployment: str, workdir: Path, kit: InstanceKit, grace: float = 5.0
+        self,
+        url: str,
+        deployment: str,
+        workdir: Path,
+        kit: InstanceKit,
+        grace: float = 5.0,
+        imds: ImdsServer | None = None,
+        nat: NatForwarder | None = None,
     ) -> None:
+        self.imds = imds
+        self.nat = nat
         self.ec2 = client(url, "ec2")
         self.logs = client(url, "logs")
         self.deployment = deployment
@@ -596,6 +607,7 @@ class InstanceRunner:
             "BILLOW_DASHBOARD_PORT": "0",
             "UV_CACHE_DIR": str(self.kit.uv_cache),
         }
+        overrides.update(self._metadata(instance_id, exported_env(script).get("BILLOW_ROLE")))
         with open(root / "console.log", "wb") as console:  # before the script's redirect
             proc = subprocess.Popen(
                 ["bash", str(root / "user-data")],
@@ -615,6 +627,27 @@ class InstanceRunner:
             group.group(1) if group else "",
             env=exported_env(script) | overrides,
         )
+
+    def _metadata(self, instance_id: str, role: str | None) -> dict[str, str]:
+        """With an ``ImdsServer``: the instance's IMDS endpoint and addresses (private
+        127.0.0.1; with a ``NatForwarder``, public 127.0.0.2, relayed to fixed scheduler
+        and dashboard ports, as EC2's NAT relays a public IP)."""
+        if self.imds is None:
+            return {}
+        self.imds.set(instance_id, "local-ipv4", "127.0.0.1")
+        env = {"BILLOW_IMDS_ENDPOINT": self.imds.endpoint(instance_id)}
+        if self.nat is not None and role == "scheduler":
+            self.imds.set(instance_id, "public-ipv4", self.nat.public_host)
+            for variable in ("BILLOW_SCHEDULER_PORT", "BILLOW_DASHBOARD_PORT"):
+                for _ in range(20):  # free on both addresses
+                    port = free_port()
+                    try:
+                        self.nat.add(port)
+                        break
+                    except OSError:
+                        continue
+                env[variable] = str(port)
+        return env
 
     def _signal(self, inst: RunningInstance, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):

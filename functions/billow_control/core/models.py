@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import tags
+from . import ingress, tags
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
 
@@ -135,6 +135,12 @@ class ClusterRequest(BaseModel):
         "so later revisions never change this cluster. Excludes 'software'.",
     )
     shutdown_on_close: bool = True
+    allow_ingress_from: Literal["me"] | list[str] = Field(
+        default="me",
+        description="Who may reach the scheduler and dashboard: CIDR blocks such as "
+        "'203.0.113.0/24', or 'me' (alone or in the list) for the address this request "
+        f"came from, as a /32. At most {ingress.MAX_BLOCKS}; '0.0.0.0/0' only when given.",
+    )
 
     @model_validator(mode="after")
     def _one_software_source(self) -> ClusterRequest:
@@ -206,6 +212,11 @@ class ClusterRequest(BaseModel):
                 )
         return v
 
+    @field_validator("allow_ingress_from")
+    @classmethod
+    def _check_ingress(cls, v: str | list[str]) -> str | list[str]:
+        return v if isinstance(v, str) else ingress.check_list(v)
+
     @property
     def worker_bounds(self) -> tuple[int, int]:
         if isinstance(self.n_workers, list):
@@ -240,6 +251,9 @@ class Heartbeat(BaseModel):
 
     scheduler_address: str
     dashboard_address: str | None = None
+    # As clients outside the instance's network reach it (its public IP), when it has one.
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     workers: list[str] = Field(default_factory=list)
     busy: bool = False
     idle_seconds: float = Field(default=0.0, ge=0)
@@ -284,6 +298,8 @@ class ClusterRecord(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     scheduler_address: str | None = None
     dashboard_address: str | None = None
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     software_environment: str | None = Field(
         default=None,
         description="'name:revision' of the software environment whose spec "
@@ -324,6 +340,8 @@ class InstanceSpec(BaseModel):
     memory: str
     tags: dict[str, str]
     environment: dict[str, str]
+    # CIDR blocks that may reach the scheduler and dashboard; empty: the deployment's.
+    ingress: list[str] = Field(default_factory=list)
 
     @property
     def client_token(self) -> str:

@@ -267,6 +267,8 @@ class ControlPlane:
             "cluster_id": record.id,
             "scheduler_address": beat.heartbeat.scheduler_address if beat else None,
             "dashboard_address": beat.heartbeat.dashboard_address if beat else None,
+            "scheduler_public_address": beat.heartbeat.scheduler_public_address if beat else None,
+            "dashboard_public_address": beat.heartbeat.dashboard_public_address if beat else None,
             "ca_cert": self._secret(cluster_id, "ca.pem"),
             "client_cert": self._secret(cluster_id, "client.pem"),
             "client_key": self._secret(cluster_id, "client.key"),

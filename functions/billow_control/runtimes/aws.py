@@ -22,8 +22,9 @@ variable                        meaning
 ``BILLOW_SECURITY_GROUP_ID``    one group for every cluster instead of one per cluster
 ``BILLOW_VPC_CIDR``             CIDR of the Billow VPC (default ``10.86.0.0/16``)
 ``BILLOW_MAX_SUBNETS``          availability zones to span (default 3)
-``BILLOW_ALLOWED_CIDR``         who may reach schedulers and dashboards (default
-                                ``0.0.0.0/0``: mutual TLS is the access control there)
+``BILLOW_ALLOWED_CIDR``         who may reach schedulers and dashboards of clusters recorded
+                                without ``allow_ingress_from`` (older ones; default
+                                ``0.0.0.0/0``); new clusters carry their own blocks
 ``BILLOW_INSTANCE_LOG_GROUP``   CloudWatch Logs group of instance logs
 ``BILLOW_INSTANCE_PROFILE_ARN`` instance profile of cluster instances
 ``BILLOW_ENV_BUCKET``           S3 bucket of environments: wheels of users' local code, the

@@ -101,7 +101,7 @@ class FleetLauncher:
             return existing
         user_data = render_user_data(spec.environment, self.settings)
         shared_tags = cluster_tags(self.deployment, spec.cluster_id, spec.tags)
-        network = self.network.ensure(spec.cluster_id, shared_tags)
+        network = self.network.ensure(spec.cluster_id, shared_tags, spec.ingress)
         template_id = self._ensure_launch_template(spec.cluster_id, network, shared_tags)
         tags = {
             **shared_tags,

@@ -93,6 +93,7 @@ def render_user_data(environment: Mapping[str, str], settings: EC2Settings) -> s
         "BILLOW_HOST": "0.0.0.0",
         "BILLOW_SCHEDULER_PORT": str(settings.scheduler_port),
         "BILLOW_DASHBOARD_PORT": str(settings.dashboard_port),
+        "BILLOW_IMDS_ENDPOINT": "http://169.254.169.254",  # the agent's addresses (IMDSv2)
         "UV_CACHE_DIR": "$B/uv-cache",
         "UV_PYTHON_INSTALL_DIR": "$B/python",
     }
