@@ -162,6 +162,8 @@ def cluster_status(cluster: str = typer.Argument(..., help="Cluster id or name."
         "workers",
         "scheduler_address",
         "dashboard_address",
+        "scheduler_public_address",
+        "dashboard_public_address",
         "created_at",
         "ready_at",
         "stopped_at",

@@ -82,6 +82,9 @@ class Cluster(DaskCluster):
         its latest revision, or ``"name:revision"``. Its spec is checked against this
         client's versions first; the cluster keeps the revision it started with.
         Exclusive with ``package_sync=True``.
+    allow_ingress_from : str or list of str, optional
+        Who may reach the scheduler and dashboard: CIDR blocks, or ``"me"`` (the
+        default: the address this client's requests come from, as a /32).
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -126,6 +129,7 @@ class Cluster(DaskCluster):
         package_sync_only: list[str] | None = None,
         package_sync_strict: bool = False,
         software: str | None = None,
+        allow_ingress_from: str | list[str] | None = None,
         shutdown_on_close: bool = True,
         server: str | None = None,
         token: str | None = None,
@@ -154,6 +158,7 @@ class Cluster(DaskCluster):
             "tags": tags,
             "environ": environ,
             "secrets": secrets,
+            "allow_ingress_from": allow_ingress_from,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close
