@@ -104,6 +104,13 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
     # On EC2 the scheduler binds every interface; workers reach it at the private
     # address and clients outside the VPC at the public one (both from IMDSv2).
     addresses = instance_addresses(os.environ.get("BILLOW_IMDS_ENDPOINT"))
+    dashboard_token = config.get("dashboard_token")
+    if dashboard_token:  # HTTPS with the cluster's certificate, and the link's token
+        import dask.config
+
+        from .dashboard import serve_over_tls
+
+        dask.config.set(serve_over_tls(config["cert"], config["key"]))
 
     plugin = BillowSchedulerPlugin(
         os.environ["BILLOW_CONTROL_URL"],
@@ -123,6 +130,10 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         dashboard_address=f"{host}:{os.environ.get('BILLOW_DASHBOARD_PORT', '0')}",
         idle_timeout=None,
     )
+    if dashboard_token:
+        from .dashboard import require_token
+
+        require_token(scheduler, dashboard_token, config["cluster_id"])
     _close_on_signals(scheduler)
     async with scheduler:
         await scheduler.register_scheduler_plugin(plugin, idempotent=True)

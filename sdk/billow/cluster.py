@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ssl
 import time
 import warnings
 from pathlib import Path
@@ -186,6 +187,8 @@ class Cluster(DaskCluster):
         self.reconnected = False
         self._api: ControlPlaneClient | None = None
         self._warned: set[str] = set()
+        self._dashboard_token: str | None = None
+        self._ca_pem: str | None = None
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.periodic_callbacks["billow-record"] = PeriodicCallback(
             self._refresh_record, RECORD_REFRESH_SECONDS * 1000
@@ -231,6 +234,8 @@ class Cluster(DaskCluster):
             self._set_record(record)
             record = await self._wait_until_ready()
             creds = await self._api.credentials(record["id"])
+            self._dashboard_token = creds.get("dashboard_token")
+            self._ca_pem = str(creds["ca_cert"])
             self.security = Security(
                 require_encryption=True,
                 tls_ca_file=creds["ca_cert"],
@@ -405,8 +410,27 @@ class Cluster(DaskCluster):
 
     @property
     def dashboard_link(self) -> str:
+        """``https://<address>/status?token=...``: the scheduler serves its dashboard with
+        the cluster's certificate and asks for the token this link carries (the page
+        trades it for a cookie). Browsers warn about the certificate unless the cluster's
+        CA is trusted; programs pin it with ``dashboard_ssl_context()``."""
         address = reachable_address(self.record, "dashboard")
-        return f"http://{address}/status" if address else super().dashboard_link
+        if not address:
+            return super().dashboard_link
+        if not self._dashboard_token:  # a cluster created before dashboards had tokens
+            return f"http://{address}/status"
+        return f"https://{address}/status?token={self._dashboard_token}"
+
+    def dashboard_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting only this cluster's CA, for programs that fetch the
+        dashboard (``httpx.get(link, verify=cluster.dashboard_ssl_context())``). The
+        CA is the cluster's own and issues only its certificates, which name no host:
+        the chain is checked, the host name is not."""
+        if self._ca_pem is None:
+            raise RuntimeError("the cluster has not started: no CA yet")
+        context = ssl.create_default_context(cadata=self._ca_pem)
+        context.check_hostname = False
+        return context
 
     @property
     def cluster_status(self) -> str:

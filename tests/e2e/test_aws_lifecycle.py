@@ -190,7 +190,7 @@ def test_seed_computation_on_the_aws_control_plane(
         port = cluster.scheduler_address.rsplit(":", 1)[1]
         assert record["scheduler_address"] == f"tls://127.0.0.1:{port}"
         assert runner.nat is not None and runner.nat.connections[int(port)] >= 1
-        assert cluster.dashboard_link.startswith("http://127.0.0.2:")
+        assert cluster.dashboard_link.startswith("https://127.0.0.2:")
         assert record["request"]["allow_ingress_from"] == ["127.0.0.1/32"]
         _, (group,) = cluster_resources(live.ec2, cluster.cluster_id)
         opened = {

@@ -25,6 +25,8 @@ from .ports import Ports
 
 # The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
 ENVIRON_SECRETS = "environ-secrets"
+# The token the scheduler's dashboard asks for (``billow.dashboard``), sealed like the keys.
+DASHBOARD_TOKEN = "dashboard-token"
 
 
 def unseal(ports: Ports, cluster_id: str, name: str) -> str:
@@ -144,6 +146,7 @@ class ClusterAgents:
             config["cluster_token"] = cluster_token
             config["analytics"] = request.analytics
             config["gpu_threshold"] = self.ports.settings.gpu_utilization_threshold
+            config["dashboard_token"] = self.dashboard_token(record)
         else:
             assert beat is not None
             config["scheduler_address"] = beat.heartbeat.scheduler_address
@@ -169,6 +172,13 @@ class ClusterAgents:
         if record.active and not converged(record, stored):
             self.ports.orchestrator.submit(cluster_id)
         return {"target": record.target.value, "status": record.status.value}
+
+    def dashboard_token(self, record: ClusterRecord) -> str | None:
+        """The cluster's dashboard token; ``None`` for a cluster created without one."""
+        try:
+            return unseal(self.ports, record.id, DASHBOARD_TOKEN)
+        except NotFound:
+            return None
 
     # -- helpers ---------------------------------------------------------------------
 

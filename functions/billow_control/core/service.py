@@ -14,7 +14,7 @@ import secrets
 from typing import Any
 
 from . import idempotency
-from .agents import ENVIRON_SECRETS, ClusterAgents, unseal
+from .agents import DASHBOARD_TOKEN, ENVIRON_SECRETS, ClusterAgents, unseal
 from .auth import (
     API_TOKEN_PREFIX,
     hash_token,
@@ -191,6 +191,7 @@ class ControlPlane:
             **{f"{role}.pem": pair.cert_pem for role, pair in pki.pairs.items()},
             **{f"{role}.key": pair.key_pem for role, pair in pki.pairs.items()},
         }
+        blobs[DASHBOARD_TOKEN] = secrets.token_urlsafe(32)
         if request.secrets:
             blobs[ENVIRON_SECRETS] = json.dumps(request.secrets)
         for secret_name, value in blobs.items():
@@ -272,6 +273,8 @@ class ControlPlane:
             "ca_cert": self._secret(cluster_id, "ca.pem"),
             "client_cert": self._secret(cluster_id, "client.pem"),
             "client_key": self._secret(cluster_id, "client.key"),
+            # The dashboard's link carries it (clusters created before it have none).
+            "dashboard_token": self.agents.dashboard_token(record),
         }
 
     def cluster_logs(self, user: User, cluster_id: str, lines: int) -> dict[str, Any]:
