@@ -284,6 +284,7 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
         "states:DescribeExecution",
         "events:PutEvents",
         "ec2:DescribeInstances",  # cluster logs list the cluster's instances
+        "ec2:DescribeInstanceTypes",  # a create no machine fits is a 422; /v1/instance-types
     } <= actions("api")
     assert {
         "dynamodb:UpdateItem",
@@ -316,6 +317,12 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     assert kms["Condition"]["StringEquals"] == context
 
     reconcile = _statements(_role_of(template, "reconcile"))
+    # The default image of each architecture: the public Amazon Linux 2023 parameters only.
+    (images,) = [s for s in reconcile if "ssm:GetParameter" in _actions(s)]
+    assert _actions(images) == ["ssm:GetParameter"]
+    assert json.dumps(images["Resource"]).endswith(
+        '::parameter/aws/service/ami-amazon-linux-latest/*"}'
+    )
     deployment = {"aws:RequestTag/billow:deployment": f"billow-{STAGE}"}
     launches = [s for s in reconcile if "ec2:RunInstances" in _actions(s)]
     tagged = [s for s in launches if s.get("Condition", {}).get("StringEquals") == deployment]

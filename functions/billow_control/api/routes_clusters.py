@@ -4,7 +4,7 @@ guard authenticated (``api.guard``), and returns."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -74,6 +74,16 @@ def cluster_router(plane: Callable[[], ControlPlane]) -> Router:
     @router.get("/v1/clusters/<cluster_id>/credentials")
     def client_credentials(cluster_id: str) -> dict[str, Any]:
         return plane().client_credentials(caller(router), cluster_id)
+
+    @router.get("/v1/instance-types")
+    def list_instance_types(
+        cores: Annotated[int | None, Query(ge=1, le=1024)] = None,
+        memory: Annotated[str | None, Query(max_length=40)] = None,
+        arch: Annotated[Literal["x86_64", "arm64"] | None, Query()] = None,
+        gpu: Annotated[int | None, Query(ge=0, le=16)] = None,
+    ) -> dict[str, Any]:
+        """The deployment region's machine types that fit, smallest first."""
+        return plane().list_machine_types(caller(router), cores, memory, arch, gpu)
 
     @router.get("/v1/clusters/<cluster_id>/logs")
     def cluster_logs(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from . import ingress, tags
+from . import ingress, placement, tags
 from .auth import INSTANCE_TOKEN_PREFIX, hash_token, new_token
 from .errors import Conflict, NotFound
 from .models import (
@@ -290,7 +290,11 @@ class Lifecycle:
                 **software,
             },
             ingress=ingress.cidrs(request),
+            arch=placement.arch_of(request),
+            spot_policy=request.spot_policy,
         )
+        if self.ports.machines is not None:
+            spec.vm_types = placement.machine_types(self.ports.machines, request, role.value)
         self.ports.provider.launch(spec)
 
     # -- tear down ---------------------------------------------------------------------

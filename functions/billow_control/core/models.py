@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from . import ingress, tags
+from . import tags
+from .placement import Placement
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
 
@@ -65,8 +66,9 @@ class InstanceRole(StrEnum):
 WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
 
 
-class ClusterRequest(BaseModel):
-    """What a user asks for. Unknown fields are rejected, not ignored."""
+class ClusterRequest(Placement):
+    """What a user asks for. Unknown fields are rejected, not ignored. Placement fields
+    (machine types, arm, GPUs, spot, ingress) come from ``core.placement.Placement``."""
 
     # Validation errors never quote the input: it may hold secrets.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -135,12 +137,6 @@ class ClusterRequest(BaseModel):
         "so later revisions never change this cluster. Excludes 'software'.",
     )
     shutdown_on_close: bool = True
-    allow_ingress_from: Literal["me"] | list[str] = Field(
-        default="me",
-        description="Who may reach the scheduler and dashboard: CIDR blocks such as "
-        "'203.0.113.0/24', or 'me' (alone or in the list) for the address this request "
-        f"came from, as a /32. At most {ingress.MAX_BLOCKS}; '0.0.0.0/0' only when given.",
-    )
 
     @model_validator(mode="after")
     def _one_software_source(self) -> ClusterRequest:
@@ -211,11 +207,6 @@ class ClusterRequest(BaseModel):
                     "give each variable once"
                 )
         return v
-
-    @field_validator("allow_ingress_from")
-    @classmethod
-    def _check_ingress(cls, v: str | list[str]) -> str | list[str]:
-        return v if isinstance(v, str) else ingress.check_list(v)
 
     @property
     def worker_bounds(self) -> tuple[int, int]:
@@ -342,6 +333,11 @@ class InstanceSpec(BaseModel):
     environment: dict[str, str]
     # CIDR blocks that may reach the scheduler and dashboard; empty: the deployment's.
     ingress: list[str] = Field(default_factory=list)
+    # Machine types in order of preference (empty: the deployment's), their
+    # architecture, and spot, on-demand or spot_with_fallback (None: the deployment's).
+    vm_types: list[str] = Field(default_factory=list)
+    arch: str = "x86_64"
+    spot_policy: str | None = None
 
     @property
     def client_token(self) -> str:

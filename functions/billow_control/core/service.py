@@ -13,7 +13,7 @@ import json
 import secrets
 from typing import Any
 
-from . import idempotency
+from . import idempotency, placement
 from .agents import DASHBOARD_TOKEN, ENVIRON_SECRETS, ClusterAgents, unseal
 from .auth import (
     API_TOKEN_PREFIX,
@@ -135,6 +135,26 @@ class ControlPlane:
             )
         return {"name": "admin", "token": token, "server": self.ports.settings.control_url}
 
+    def list_machine_types(
+        self, user: User, cores: int | None, memory: str | None, arch: str | None, gpu: int | None
+    ) -> dict[str, Any]:
+        """Machine types of the deployment's region that fit (``placement.listing``).
+        Raises ``Invalid`` naming ``memory``, and ``Conflict`` on a deployment whose
+        instances are not cloud machines."""
+        from .units import parse_bytes
+
+        if self.ports.machines is None:
+            raise Conflict("this deployment runs clusters as local processes: no machine types")
+        try:
+            size = parse_bytes(memory) if memory else None
+        except (TypeError, ValueError):
+            shown = str(memory)[:40]
+            raise Invalid(
+                f"memory: {shown!r} is not a size such as '8 GiB'", field="memory"
+            ) from None
+        found = placement.listing(self.ports.machines.types(), cores, size, arch, gpu)
+        return {"instance_types": found}
+
     # -- clusters --------------------------------------------------------------------
 
     def create_cluster(
@@ -149,6 +169,9 @@ class ControlPlane:
         record keeps only the names of those.
         """
         key = idempotency.check_key(idempotency_key)
+        if self.ports.machines is not None:  # a 422 naming the field, before anything exists
+            for role in InstanceRole:
+                placement.machine_types(self.ports.machines, request, role.value)
         # The hash is of the request as sent: a retry naming an environment matches the
         # first create even if the environment got a new revision since. Only a key's
         # hash is stored; secret values count through a digest salted with the key.

@@ -15,9 +15,12 @@ variable                        meaning
 ``BILLOW_STATE_MACHINE_ARN``    the cluster lifecycle state machine (required)
 ``BILLOW_EVENT_BUS``            name of the deployment's EventBridge bus (required)
 ``BILLOW_KMS_KEY_ID``           key sealing cluster secrets (required)
-``BILLOW_AMI_ID``               image of cluster instances (required)
-``BILLOW_INSTANCE_TYPES``       comma-separated, in order of preference (required)
-``BILLOW_PURCHASE``             ``spot_with_fallback`` (default), ``spot`` or ``on-demand``
+``BILLOW_AMI_ID``               image of every cluster instance (default: the latest Amazon
+                                Linux 2023 of the cluster's architecture, from SSM)
+``BILLOW_INSTANCE_TYPES``       comma-separated types the automatic choice picks from
+                                (default: every type of the region)
+``BILLOW_PURCHASE``             ``spot_with_fallback`` (default), ``spot`` or ``on-demand``;
+                                a cluster's ``spot_policy`` overrides it
 ``BILLOW_SUBNET_IDS``           comma-separated subnets to use instead of a Billow VPC
 ``BILLOW_SECURITY_GROUP_ID``    one group for every cluster instead of one per cluster
 ``BILLOW_VPC_CIDR``             CIDR of the Billow VPC (default ``10.86.0.0/16``)
@@ -127,8 +130,6 @@ def ec2_settings(env: Mapping[str, str]) -> Any:
     """``EC2Settings`` from ``BILLOW_*`` variables; unset ones keep their defaults."""
     from ..adapters.aws.ec2 import EC2Settings
 
-    _required(env, "BILLOW_AMI_ID")
-    _required(env, "BILLOW_INSTANCE_TYPES")
     values: dict[str, Any] = {"allowed_cidr": "0.0.0.0/0"}
     for key, variable in EC2_VARIABLES.items():
         if env.get(variable):
@@ -254,9 +255,15 @@ class AwsRuntime:
             )
 
         def provider() -> Any:
-            from ..adapters.aws.ec2 import EC2Provider
+            from ..adapters.aws.ec2 import AmiResolver, EC2Provider
 
-            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config)
+            images = AmiResolver(clients.ssm, ec2_config.ami_id)
+            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config, images)
+
+        def machines() -> Any:
+            from ..adapters.aws.ec2 import EC2MachineCatalog
+
+            return EC2MachineCatalog(clients.ec2, ec2_config.instance_types)
 
         def orchestrator() -> Any:
             from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
@@ -291,6 +298,7 @@ class AwsRuntime:
             events=lazy(events),
             idempotency=None if idempotency_table.lower() == "off" else lazy(idempotency),
             objects=lazy(objects) if env_bucket else None,
+            machines=lazy(machines),
             clock=SystemClock(),
             settings=settings,
         )
