@@ -156,7 +156,16 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
     _close_on_signals(worker)
     async with worker:
         log.info("worker %s connected to %s", config["name"], config["scheduler_address"])
+        endpoint = os.environ.get("BILLOW_IMDS_ENDPOINT")
+        watch = None
+        if endpoint:  # on EC2: a spot interruption notice retires this worker gracefully
+            from .spot import watch_for_interruption
+
+            interval = float(os.environ.get("BILLOW_SPOT_POLL_INTERVAL", "5"))
+            watch = asyncio.create_task(watch_for_interruption(worker, endpoint, interval))
         await worker.finished()
+        if watch is not None:
+            watch.cancel()
 
 
 def _close_on_signals(server: Any) -> None:

@@ -83,6 +83,15 @@ class Cluster(DaskCluster):
         its latest revision, or ``"name:revision"``. Its spec is checked against this
         client's versions first; the cluster keeps the revision it started with.
         Exclusive with ``package_sync=True``.
+    worker_vm_types, scheduler_vm_types : list of str, optional
+        Machine types in order of preference (e.g. ``["m7i.xlarge", "m6i.xlarge"]``);
+        default: the smallest types that fit the cpu and memory asked.
+    arm : bool
+        ARM (arm64) machines for every instance.
+    worker_gpu : int
+        NVIDIA GPUs per worker (the scheduler never gets one).
+    spot_policy : str, optional
+        ``"on-demand"``, ``"spot"`` or ``"spot_with_fallback"``; default: the deployment's.
     allow_ingress_from : str or list of str, optional
         Who may reach the scheduler and dashboard: CIDR blocks, or ``"me"`` (the
         default: the address this client's requests come from, as a /32).
@@ -130,6 +139,11 @@ class Cluster(DaskCluster):
         package_sync_only: list[str] | None = None,
         package_sync_strict: bool = False,
         software: str | None = None,
+        worker_vm_types: list[str] | None = None,
+        scheduler_vm_types: list[str] | None = None,
+        arm: bool | None = None,
+        worker_gpu: int | None = None,
+        spot_policy: str | None = None,
         allow_ingress_from: str | list[str] | None = None,
         shutdown_on_close: bool = True,
         server: str | None = None,
@@ -160,6 +174,11 @@ class Cluster(DaskCluster):
             "environ": environ,
             "secrets": secrets,
             "allow_ingress_from": allow_ingress_from,
+            "worker_vm_types": worker_vm_types,
+            "scheduler_vm_types": scheduler_vm_types,
+            "arm": arm,
+            "worker_gpu": worker_gpu,
+            "spot_policy": spot_policy,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close

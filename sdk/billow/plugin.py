@@ -83,6 +83,7 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self._last_client_left: float | None = None
         self._gpu = GPUProbe()
         self._gpu_low_since: float | None = None
+        self._spot_interrupted: list[str] = []  # workers that got a spot notice
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -122,6 +123,15 @@ class BillowSchedulerPlugin(SchedulerPlugin):
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
         self._touch()
 
+    def log_event(self, topic: str, msg: Any) -> None:
+        """A worker's agent reports a spot interruption notice (``billow.spot``): count
+        it and report it at once."""
+        from .spot import SPOT_TOPIC
+
+        if topic == SPOT_TOPIC and isinstance(msg, dict):
+            self._spot_interrupted.append(str(msg.get("worker")))
+            self._wake.set()
+
     def _touch(self) -> None:
         self._last_activity = self.clock()
 
@@ -154,6 +164,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             ),
             **self._gpu_report(now),
         }
+        if self._spot_interrupted:
+            beat["spot_interrupted"] = list(self._spot_interrupted)
         if self.analytics in ("minimal", "full"):
             import dask
             import distributed

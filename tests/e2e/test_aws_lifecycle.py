@@ -167,9 +167,31 @@ def cluster_resources(ec2: Any, cluster_id: str) -> tuple[list, list]:
 # -- the seed computation -------------------------------------------------------------------
 
 
+def spot_events(deployment: Deployment) -> Callable[[], list[dict[str, Any]]]:
+    """The deployment bus's ``billow.cluster.spot-interrupted`` events, through an SQS
+    queue (an EventBridge rule's target)."""
+    events, sqs = client(deployment.url, "events"), client(deployment.url, "sqs")
+    queue = sqs.create_queue(QueueName=f"{deployment.name}-spot-{uuid.uuid4().hex[:6]}")
+    arn = sqs.get_queue_attributes(QueueUrl=queue["QueueUrl"], AttributeNames=["QueueArn"])
+    rule = f"spot-{uuid.uuid4().hex[:6]}"
+    pattern = {"detail-type": ["billow.cluster.spot-interrupted"]}
+    events.put_rule(Name=rule, EventBusName=deployment.name, EventPattern=json.dumps(pattern))
+    target = {"Id": "q", "Arn": arn["Attributes"]["QueueArn"]}
+    events.put_targets(Rule=rule, EventBusName=deployment.name, Targets=[target])
+    received: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        found = sqs.receive_message(QueueUrl=queue["QueueUrl"], MaxNumberOfMessages=10)
+        received.extend(json.loads(m["Body"]) for m in found.get("Messages", []))
+        return received
+
+    return read
+
+
 def test_seed_computation_on_the_aws_control_plane(
     live: Live, runner: InstanceRunner, gateway: ApiGateway, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    spot_published = spot_events(live.deployment)
     with (
         billow.Cluster(
             n_workers=2,
@@ -178,6 +200,7 @@ def test_seed_computation_on_the_aws_control_plane(
             token=live.token,
             show_progress=False,
             timeout=120,
+            spot_policy="spot_with_fallback",
         ) as cluster,
         Client(cluster) as dask_client,
     ):
@@ -200,6 +223,40 @@ def test_seed_computation_on_the_aws_control_plane(
         assert len(dask_client.scheduler_info()["workers"]) == 2
         result = da.random.random((10000, 10000)).sum().compute()
         cluster_id = cluster.cluster_id
+
+        # EC2 posts a spot interruption notice to one worker: its agent retires it (the
+        # scheduler moves its data and tasks), its tasks finish on the other worker, the
+        # event is published, the record counts it, and reconcile starts a replacement,
+        # on demand (spot_with_fallback after an interruption).
+        def slow(x: int) -> int:
+            import time
+
+            time.sleep(0.2)
+            return x + 1
+
+        futures = dask_client.map(slow, range(40))
+        workers = tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id, "billow:role": "worker"})
+        victim = workers[0]
+        victim_name = {t["Key"]: t["Value"] for t in victim["Tags"]}["billow:instance-name"]
+        notice = {"action": "terminate", "time": "2026-01-01T00:02:00Z"}
+        runner.imds.set(victim["InstanceId"], "spot/instance-action", json.dumps(notice))
+        assert dask_client.gather(futures) == list(range(1, 41))
+        names = lambda: {w["name"] for w in dask_client.scheduler_info()["workers"].values()}  # noqa: E731
+        wait_until(lambda: victim_name not in names(), 60, "the noticed worker retired")
+        wait_until(lambda: len(names()) == 2, 120, "a replacement worker joined")
+        assert victim_name not in names()
+        wait_until(lambda: spot_published(), 30, "the spot-interrupted event")
+        (event,) = spot_published()
+        assert event["detail"]["cluster_id"] == cluster_id
+        assert event["detail"]["detail"] == {"workers": [victim_name], "count": 1}
+        record = live.runtime.ports.store.get_cluster(cluster_id)
+        assert record is not None and record.spot_interruptions == 1
+        fleets = live.ec2.describe_fleets(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_id]}]
+        )["Fleets"]
+        capacity = [f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets]
+        assert sorted(capacity) == ["on-demand", "spot", "spot", "spot"]  # the replacement
+        assert "spot interruption notice" in runner.log_of(victim["InstanceId"])
         logs = cluster.get_logs()
     assert abs(result - 5e7) < 1e5  # mean 0.5 of 1e8 uniforms; std ~2.9e3
     assert cluster.record["status"] == "stopped"
@@ -207,10 +264,10 @@ def test_seed_computation_on_the_aws_control_plane(
     assert "scheduler listening at tls://" in logs["scheduler"]
 
     instances = tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id})
-    assert len(instances) == 3
+    assert len(instances) == 4  # scheduler, two workers, the replacement
     assert {i["State"]["Name"] for i in instances} == {"terminated"}
     assert cluster_resources(live.ec2, cluster_id) == ([], [])
-    assert len(runner.pids()) == 3
+    assert len(runner.pids()) == 4
     wait_until(lambda: not runner.live_pids(), 30, "agent processes gone")
     # Each instance ran its real user data on a bare python3: it fetched uv and the wheel
     # through pre-signed S3 URLs (checked by sha256) and ran the agent from the venv it

@@ -96,9 +96,8 @@ def test_the_reaper_resubmits_clusters_that_are_not_converging(
 def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> None:
     """A Lambda container pays only for what its requests use: reading clusters builds
     the store alone; a create adds the secret box, orchestrator, bus and idempotency
-    cache, and the machine catalog (an EC2 client that only describes instance types:
-    a request no machine fits is refused first); still no provider (only reconcile
-    launches instances)."""
+    cache, and still no EC2 client: a create of default size needs no machine types
+    (only reconcile chooses them, and launches instances)."""
     assert rt.ports.built() == [] and rt.clients.built() == []
     status, _ = call_api("GET", "/v1/health")
     assert status == 200 and rt.ports.built() == []
@@ -108,8 +107,8 @@ def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> Non
     assert rt.ports.built() == ["store"] and rt.clients.built() == []
     status, created = call_api("POST", "/v1/clusters", token, {"n_workers": 1})
     assert status == 201, created
-    assert "provider" not in rt.ports.built() and "machines" in rt.ports.built()
-    assert rt.clients.built() == ["dynamodb", "ec2", "events", "kms", "stepfunctions"]
+    assert "provider" not in rt.ports.built() and "machines" not in rt.ports.built()
+    assert rt.clients.built() == ["dynamodb", "events", "kms", "stepfunctions"]
 
 
 def test_a_create_no_machine_fits_is_a_422_and_the_region_lists_its_types(

@@ -635,7 +635,10 @@ class InstanceRunner:
         if self.imds is None:
             return {}
         self.imds.set(instance_id, "local-ipv4", "127.0.0.1")
-        env = {"BILLOW_IMDS_ENDPOINT": self.imds.endpoint(instance_id)}
+        env = {
+            "BILLOW_IMDS_ENDPOINT": self.imds.endpoint(instance_id),
+            "BILLOW_SPOT_POLL_INTERVAL": "0.5",  # workers watch for spot notices
+        }
         if self.nat is not None and role == "scheduler":
             self.imds.set(instance_id, "public-ipv4", self.nat.public_host)
             for variable in ("BILLOW_SCHEDULER_PORT", "BILLOW_DASHBOARD_PORT"):

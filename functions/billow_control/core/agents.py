@@ -22,6 +22,7 @@ from .models import (
     InstanceRole,
 )
 from .ports import Ports
+from .spot import note_interruptions
 
 # The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
 ENVIRON_SECRETS = "environ-secrets"
@@ -169,6 +170,8 @@ class ClusterAgents:
             cluster_id=cluster_id, received_at=self.ports.clock.now(), heartbeat=beat
         )
         self.ports.store.put_heartbeat(stored)
+        if beat.spot_interrupted:
+            record = note_interruptions(self.ports, record, beat)
         if record.active and not converged(record, stored):
             self.ports.orchestrator.submit(cluster_id)
         return {"target": record.target.value, "status": record.status.value}

@@ -292,6 +292,7 @@ class Lifecycle:
             ingress=ingress.cidrs(request),
             arch=placement.arch_of(request),
             spot_policy=request.spot_policy,
+            after_interruption=record.spot_interruptions > 0,
         )
         if self.ports.machines is not None:
             spec.vm_types = placement.machine_types(self.ports.machines, request, role.value)

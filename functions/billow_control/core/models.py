@@ -255,6 +255,7 @@ class Heartbeat(BaseModel):
         "or before any client ever connected.",
     )
     gpus: int = 0
+    spot_interrupted: list[str] = Field(default_factory=list)  # workers noticed, cumulative
     gpu_low_seconds: float | None = Field(
         default=None, description="How long GPU utilisation has stayed below the threshold."
     )
@@ -287,6 +288,7 @@ class ClusterRecord(BaseModel):
     error_logs: list[str] = Field(default_factory=list)
     fail_on_stop: bool = False
     warnings: list[str] = Field(default_factory=list)
+    spot_interruptions: int = 0
     scheduler_address: str | None = None
     dashboard_address: str | None = None
     scheduler_public_address: str | None = None
@@ -338,6 +340,7 @@ class InstanceSpec(BaseModel):
     vm_types: list[str] = Field(default_factory=list)
     arch: str = "x86_64"
     spot_policy: str | None = None
+    after_interruption: bool = False  # the cluster lost spot capacity: fall back sooner
 
     @property
     def client_token(self) -> str:

@@ -167,9 +167,10 @@ class MachineCatalog(Protocol):
     """Machine types of the deployment's region (a cloud adapter; ``None`` in
     ``Ports`` for the embedded server, whose instances are local processes)."""
 
-    def types(self) -> dict[str, MachineType]:
-        """Every machine type of the region by name, read once and cached. Raises on
-        infrastructure errors."""
+    def types(self, names: list[str] | None = None) -> dict[str, MachineType]:
+        """Every machine type of the region by name, read once and cached; or only
+        ``names`` (those that exist), which may cost less. Raises on infrastructure
+        errors."""
         ...
 
     def pool(self) -> list[str] | None:
@@ -186,7 +187,7 @@ def machine_types(catalog: MachineCatalog, request: Placement, role: str) -> lis
     worker = role == "worker"
     explicit = request.worker_vm_types if worker else request.scheduler_vm_types
     return choose(
-        catalog.types(),
+        catalog.types(explicit) if explicit else catalog.types(),
         field=f"{role}_vm_types" if explicit else f"{role}_cpu",
         cores=int(getattr(request, f"{role}_cpu")),
         memory=parse_bytes(getattr(request, f"{role}_memory")),
@@ -197,6 +198,23 @@ def machine_types(catalog: MachineCatalog, request: Placement, role: str) -> lis
         spot=request.spot_policy == "spot",
         gpu_allowed=worker,
     )
+
+
+def check(catalog: MachineCatalog, request: Placement, role: str) -> None:
+    """What a create checks (``Invalid``, a 422, before anything exists): explicit types
+    always (a small lookup); the automatic choice only for requests that size, pick arm
+    or GPUs (the default, 1 vCPU and 2 GiB on x86_64, fits in every region, and
+    reading a whole region's types is left to the launch)."""
+    worker = role == "worker"
+    explicit = request.worker_vm_types if worker else request.scheduler_vm_types
+    defaults = type(request).model_fields
+    sized = any(
+        getattr(request, f) != defaults[f].default
+        for f in (f"{role}_cpu", f"{role}_memory", "arm")
+        if f in defaults
+    )
+    if explicit or sized or (worker and request.worker_gpu):
+        machine_types(catalog, request, role)
 
 
 def arch_of(request: Placement) -> str:

@@ -93,7 +93,8 @@ class FleetLauncher:
 
         The spec's ``vm_types`` (else the deployment's ``instance_types``) are tried in
         order; its ``spot_policy`` (else the deployment's ``purchase``) picks spot,
-        on-demand, or spot first and on-demand when every spot pool reports no capacity.
+        on-demand, or spot first and on-demand when every spot pool reports no capacity
+        (on demand at once after the cluster lost a spot instance: ``after_interruption``).
 
         Raises
         ------
@@ -126,6 +127,8 @@ class FleetLauncher:
             "Name": f"billow-{spec.cluster_id}-{spec.name}"[:255],
         }
         purchase = spec.spot_policy or self.settings.purchase
+        if spec.after_interruption and purchase == "spot_with_fallback":
+            purchase = "on-demand"  # the cluster already lost spot capacity once
         codes: list[str] = []
         messages: list[str] = []
         for capacity in _ATTEMPTS[purchase]:

@@ -33,8 +33,10 @@ def machine_type(row: dict[str, Any]) -> MachineType:
     )
 
 
-# The region's types, read once per process: (region, endpoint) -> types.
+# The region's types, read once per process: (region, endpoint) -> types; and types
+# looked up by name (explicit requests), (region, endpoint) -> name -> type or None.
 _CACHE: dict[tuple[str, str], dict[str, MachineType]] = {}
+_NAMED: dict[tuple[str, str], dict[str, MachineType | None]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -46,11 +48,17 @@ class EC2MachineCatalog:
         self.ec2 = ec2
         self._pool = list(pool or []) or None
 
-    def types(self) -> dict[str, MachineType]:
-        """Every x86_64 and arm64 type of the region; the first call of a process reads
-        them all (one ``DescribeInstanceTypes`` pagination), later ones reuse them."""
-        key = (str(self.ec2.meta.region_name), str(self.ec2.meta.endpoint_url))
+    def _key(self) -> tuple[str, str]:
+        return (str(self.ec2.meta.region_name), str(self.ec2.meta.endpoint_url))
+
+    def types(self, names: list[str] | None = None) -> dict[str, MachineType]:
+        """Every x86_64 and arm64 type of the region (the first call of a process reads
+        them all: one ``DescribeInstanceTypes`` pagination), or only ``names`` (one small
+        call per name not seen yet; unknown names are left out)."""
+        key = self._key()
         with _CACHE_LOCK:
+            if names is not None and key not in _CACHE:
+                return self._named(key, names)
             if key not in _CACHE:
                 found: dict[str, MachineType] = {}
                 for page in self.ec2.get_paginator("describe_instance_types").paginate():
@@ -59,7 +67,27 @@ class EC2MachineCatalog:
                         if "x86_64" in archs or "arm64" in archs:
                             found[row["InstanceType"]] = machine_type(row)
                 _CACHE[key] = found
+            if names is not None:
+                return {n: _CACHE[key][n] for n in names if n in _CACHE[key]}
             return _CACHE[key]
+
+    def _named(self, key: tuple[str, str], names: list[str]) -> dict[str, MachineType]:
+        from botocore.exceptions import ClientError
+
+        from ..errors import error_code
+
+        known = _NAMED.setdefault(key, {})
+        for name in names:
+            if name in known:
+                continue
+            try:
+                rows = self.ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"]
+            except ClientError as e:
+                if error_code(e) != "InvalidInstanceType":
+                    raise
+                rows = []
+            known[name] = machine_type(rows[0]) if rows else None
+        return {n: t for n in names if (t := known.get(n)) is not None}
 
     def pool(self) -> list[str] | None:
         return self._pool
