@@ -143,6 +143,9 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
 
 async def run_worker(config: dict[str, Any], host: str) -> None:
     from distributed import Worker
+    from distributed.worker import DEFAULT_METRICS
+
+    from .gpu import worker_metrics
 
     worker = Worker(
         config["scheduler_address"],
@@ -152,6 +155,8 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
         memory_limit=config["memory_limit"],
         host=host,
         dashboard=False,
+        # This machine's GPUs (nvidia-ml-py), reported to the scheduler plugin.
+        metrics={**DEFAULT_METRICS, **worker_metrics()},
     )
     _close_on_signals(worker)
     async with worker:

@@ -20,29 +20,14 @@ from typing import Any
 import httpx
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from .gpu import METRIC as GPU_METRIC
+from .gpu import GPUProbe, aggregate
+
+__all__ = ["BillowSchedulerPlugin", "GPUProbe"]  # GPUProbe moved to billow.gpu
+
 log = logging.getLogger("billow.plugin")
 
 ANALYTICS_LEVELS = ("off", "minimal", "full")
-
-
-class GPUProbe:
-    """Utilisation of the GPUs on this machine through ``pynvml``, when it is installed."""
-
-    def __init__(self) -> None:
-        self.handles: list[Any] = []
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self.handles = [
-                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
-            ]
-        except Exception:  # no pynvml, no driver or no GPU: report none
-            self.handles = []
-
-    def utilisation(self) -> list[float]:
-        return [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100 for h in self.handles]
 
 
 class BillowSchedulerPlugin(SchedulerPlugin):
@@ -81,7 +66,6 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self._last_activity = clock()
         self._ever_had_client = False
         self._last_client_left: float | None = None
-        self._gpu = GPUProbe()
         self._gpu_low_since: float | None = None
         self._spot_interrupted: list[str] = []  # workers that got a spot notice
 
@@ -222,17 +206,23 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         return out
 
     def _gpu_report(self, now: float) -> dict[str, Any]:
-        if not self._gpu.handles:
+        """GPU use of the workers (their ``billow_gpu`` metric, ``billow.gpu``); the
+        scheduler's own machine never counts."""
+        found = aggregate(ws.metrics.get(GPU_METRIC) for ws in self.scheduler.workers.values())
+        if not found["gpus"]:
+            self._gpu_low_since = None
             return {"gpus": 0, "gpu_low_seconds": None}
-        usage = self._gpu.utilisation()
-        low = max(usage) < self.gpu_threshold
+        low = found["utilization_max"] < self.gpu_threshold
         if not low:
             self._gpu_low_since = None
         elif self._gpu_low_since is None:
             self._gpu_low_since = now
         return {
-            "gpus": len(usage),
-            "gpu_low_seconds": now - self._gpu_low_since if self._gpu_low_since else None,
+            "gpus": found["gpus"],
+            "gpu_low_seconds": now - self._gpu_low_since if low else None,
+            "gpu_utilization": round(found["utilization_mean"], 4),
+            "gpu_memory_used": found["memory_used"],
+            "gpu_memory_total": found["memory_total"],
         }
 
     async def send(self) -> None:
