@@ -595,3 +595,127 @@ def test_crash_right_after_a_provider_call_converges_without_leaks(
     # A crash inside teardown can leave the template or group: the reaper deletes them.
     aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
     assert cluster_resources(ec2, cluster_id) == ([], [])
+
+
+# -- clusters in another account: billow setup aws, then the control plane assumes the role --
+
+CUSTOMER_ACCOUNT = "111111111111"
+
+
+def customer_credentials(url: str) -> dict[str, str]:
+    """Credentials of an admin of another account (moto maps assumed-role credentials to
+    the role's account)."""
+    found = client(url, "sts").assume_role(
+        RoleArn=f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role/admin", RoleSessionName="customer-admin"
+    )["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": found["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": found["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": found["SessionToken"],
+    }
+
+
+def setup_aws(url: str, creds: dict[str, str], *args: str, stdin: str = "") -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BILLOW_"))}
+    env.update(creds, AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "billow.cli", "setup", "aws", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+    )
+
+
+def test_setup_aws_then_a_cluster_lives_only_through_the_assumed_role(
+    aws_url: str, gateway: ApiGateway
+) -> None:
+    creds = customer_credentials(aws_url)
+    kw = {
+        "aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"],
+        "aws_session_token": creds["AWS_SESSION_TOKEN"],
+        "region_name": "us-east-1",
+        "endpoint_url": aws_url,
+    }
+    import boto3
+
+    iam_b, ec2_b = boto3.client("iam", **kw), boto3.client("ec2", **kw)
+    deployment = Deployment.create(aws_url, gateway.url, machine="noop")
+    name = deployment.name
+    path = f"/billow-setup/{name}/"
+    principal = "arn:aws:iam::123456789012:root"
+    common = ("--deployment", name, "--control-plane", principal)
+    try:
+        # --dry-run prints every step and policy and changes nothing; without --yes each
+        # step is asked for, and a "no" stops before it.
+        dry = setup_aws(aws_url, creds, *common, "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "ec2:RunInstances" in dry.stdout and "sts:ExternalId" in dry.stdout
+        assert "step 6" in dry.stdout and "nothing was changed" in dry.stdout
+        declined = setup_aws(aws_url, creds, *common, stdin="n\n")
+        assert declined.returncode == 1 and "stopped before step 1" in declined.stdout
+        assert iam_b.list_roles(PathPrefix=path)["Roles"] == []
+
+        done = setup_aws(aws_url, creds, *common, stdin="y\n" * 6)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs = dict(
+            line.strip().split("=", 1) for line in done.stdout.splitlines() if "=" in line
+        )
+        role_arn = outputs["BILLOW_ASSUME_ROLE_ARN"]
+        assert role_arn == f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role{path}billow-{name}-control"
+        (role,) = [r for r in iam_b.list_roles(PathPrefix=path)["Roles"] if "control" in r["Arn"]]
+        trust = role["AssumeRolePolicyDocument"]
+        trust = json.loads(trust) if isinstance(trust, str) else trust
+        condition = trust["Statement"][0]["Condition"]["StringEquals"]
+        assert condition == {"sts:ExternalId": outputs["BILLOW_EXTERNAL_ID"]}
+
+        env = {**deployment.env, **outputs}
+        with functions_env(env) as rt:
+            # The control plane's EC2 identity is the assumed role in the other account.
+            frozen = rt.clients.ec2._request_signer._credentials.get_frozen_credentials()
+            caller = boto3.client(
+                "sts",
+                endpoint_url=aws_url,
+                region_name="us-east-1",
+                aws_access_key_id=frozen.access_key,
+                aws_secret_access_key=frozen.secret_key,
+                aws_session_token=frozen.token,
+            ).get_caller_identity()
+            assert caller["Arn"].startswith(
+                f"arn:aws:sts::{CUSTOMER_ACCOUNT}:assumed-role/billow-{name}-control/"
+            )
+            _, token = rt.plane.create_user(f"x-{uuid.uuid4().hex[:6]}", is_admin=True)
+            status, cluster = call_api("POST", "/v1/clusters", token, {"n_workers": 1})
+            assert status == 201, cluster
+            cluster_id = cluster["id"]
+            agents = FakeAgents(ec2_b, cluster_id)
+            drive(cluster_id, lambda out: out["status"] == "ready" and out["done"], agents)
+            status, _ = call_api("POST", f"/v1/clusters/{cluster_id}/stop", token)
+            assert status == 200
+            drive(cluster_id, lambda out: out["done"])
+        in_customer = tagged_instances(ec2_b, **{TAG_CLUSTER: cluster_id})
+        assert len(in_customer) == 2  # scheduler and worker, in the customer's account
+        assert {i["State"]["Name"] for i in in_customer} == {"terminated"}
+        profile = in_customer[0].get("IamInstanceProfile", {}).get("Arn")
+        assert profile in (None, outputs["BILLOW_INSTANCE_PROFILE_ARN"])
+        assert tagged_instances(client(aws_url, "ec2"), **{TAG_CLUSTER: cluster_id}) == []
+        assert cluster_resources(ec2_b, cluster_id) == ([], [])
+
+        # --remove deletes exactly what setup created: nothing tagged with it is left.
+        removed = setup_aws(aws_url, creds, "--deployment", name, "--remove", "--yes")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "deleted role billow-" in removed.stdout
+        assert iam_b.list_roles(PathPrefix=path)["Roles"] == []
+        assert iam_b.list_instance_profiles(PathPrefix=path)["InstanceProfiles"] == []
+        for r in iam_b.list_roles()["Roles"]:
+            tags = {
+                t["Key"]: t["Value"] for t in iam_b.list_role_tags(RoleName=r["RoleName"])["Tags"]
+            }
+            assert tags.get("billow:deployment") != name, r["RoleName"]
+        logs_b = boto3.client("logs", **kw)
+        groups = logs_b.describe_log_groups(logGroupNamePrefix=f"/billow/{name}/")["logGroups"]
+        assert groups == []
+    finally:
+        deployment.delete()

@@ -41,6 +41,9 @@ variable                        meaning
                                 prints these two values
 ``BILLOW_<SETTING>``            any ``ControlSettings`` field, e.g. ``BILLOW_START_TIMEOUT=10m``,
                                 ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration)
+``BILLOW_ASSUME_ROLE_ARN``      run clusters in the account of this role (``billow setup
+                                aws``): EC2, instance logs and SSM through sts:AssumeRole
+``BILLOW_EXTERNAL_ID``          its ExternalId (required with the role)
 ``BILLOW_AWS_ENDPOINT_URL``     one endpoint for every AWS client (tests: moto_server)
 ``AWS_REGION``                  region (Lambda sets it; ``AWS_DEFAULT_REGION`` otherwise)
 ==============================  ==============================================================
@@ -65,6 +68,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..adapters.aws.assume import CUSTOMER_SERVICES, assumed_session
 from ..adapters.clock import SystemClock
 from ..core.models import ClusterRecord, ReconcileResult
 from ..core.ports import EventBus, Ports, lazy
@@ -143,11 +147,15 @@ def ec2_settings(env: Mapping[str, str]) -> Any:
 class AwsClients:
     """boto3 clients of one session, each built on first use and then reused."""
 
-    def __init__(self, region: str, endpoint: str | None) -> None:
+    def __init__(
+        self, region: str, endpoint: str | None, assume: tuple[str, str, str] | None = None
+    ) -> None:
         self.region = region
         self.endpoint = endpoint
+        self.assume = assume  # (role ARN, ExternalId, session name): clusters' account
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        self._assumed: Any = None
         self._lock = threading.Lock()
 
     def __getattr__(self, service: str) -> Any:
@@ -163,7 +171,12 @@ class AwsClients:
                     import boto3
 
                     self._session = boto3.session.Session(region_name=self.region)
-                self._clients[service] = self._session.client(
+                session = self._session
+                if self.assume is not None and service in CUSTOMER_SERVICES:
+                    if self._assumed is None:
+                        self._assumed = assumed_session(self.region, self.endpoint, *self.assume)
+                    session = self._assumed
+                self._clients[service] = session.client(
                     service, endpoint_url=self.endpoint, config=self._config(service)
                 )
             return self._clients[service]
@@ -245,7 +258,12 @@ class AwsRuntime:
                 "BILLOW_AGENT_WHEEL and BILLOW_UV_SHA256 name objects of BILLOW_ENV_BUCKET, "
                 "which is not set"
             )
-        clients = AwsClients(region, endpoint)
+        role_arn = env.get("BILLOW_ASSUME_ROLE_ARN", "").strip()
+        assume = None
+        if role_arn:
+            external_id = _required(env, "BILLOW_EXTERNAL_ID")
+            assume = (role_arn, external_id, f"billow-{settings.deployment}")
+        clients = AwsClients(region, endpoint, assume)
 
         def store() -> Any:
             from ..adapters.aws.dynamodb import DynamoDBStore
