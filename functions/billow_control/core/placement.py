@@ -200,11 +200,11 @@ def machine_types(catalog: MachineCatalog, request: Placement, role: str) -> lis
     )
 
 
-def check(catalog: MachineCatalog, request: Placement, role: str) -> None:
-    """What a create checks (``Invalid``, a 422, before anything exists): explicit types
-    always (a small lookup); the automatic choice only for requests that size, pick arm
-    or GPUs (the default, 1 vCPU and 2 GiB on x86_64, fits in every region, and
-    reading a whole region's types is left to the launch)."""
+def needs_check(request: Placement, role: str) -> bool:
+    """Whether a create must check ``role``'s machine types (a 422 before anything
+    exists): explicit types always (a small lookup); the automatic choice only for
+    requests that size, pick arm or GPUs. The default, 1 vCPU and 2 GiB on x86_64, fits
+    in every region, and reading a whole region's types is left to the launch."""
     worker = role == "worker"
     explicit = request.worker_vm_types if worker else request.scheduler_vm_types
     defaults = type(request).model_fields
@@ -213,8 +213,7 @@ def check(catalog: MachineCatalog, request: Placement, role: str) -> None:
         for f in (f"{role}_cpu", f"{role}_memory", "arm")
         if f in defaults
     )
-    if explicit or sized or (worker and request.worker_gpu):
-        machine_types(catalog, request, role)
+    return bool(explicit or sized or (worker and request.worker_gpu))
 
 
 def arch_of(request: Placement) -> str:

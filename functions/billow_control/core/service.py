@@ -169,9 +169,9 @@ class ControlPlane:
         record keeps only the names of those.
         """
         key = idempotency.check_key(idempotency_key)
-        if self.ports.machines is not None:  # a 422 naming the field, before anything exists
-            for role in InstanceRole:
-                placement.check(self.ports.machines, request, role.value)
+        for role in InstanceRole:  # a 422 naming the field, before anything exists
+            if placement.needs_check(request, role.value) and self.ports.machines is not None:
+                placement.machine_types(self.ports.machines, request, role.value)
         # The hash is of the request as sent: a retry naming an environment matches the
         # first create even if the environment got a new revision since. Only a key's
         # hash is stored; secret values count through a digest salted with the key.
