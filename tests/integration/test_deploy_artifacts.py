@@ -347,6 +347,13 @@ def test_functions_get_the_deployment_environment(template: dict[str, Any]) -> N
         assert env["BILLOW_ENV_BUCKET"] == {"Ref": "EnvBucket"}
         # Set by --param after scripts/upload-instance-kit.sh; empty (not absent) before.
         assert env["BILLOW_AGENT_WHEEL"] == env["BILLOW_UV_SHA256"] == ""
+        # Clusters in this account unless `billow setup aws` values are passed as params.
+        assert env["BILLOW_ASSUME_ROLE_ARN"] == env["BILLOW_EXTERNAL_ID"] == ""
+        assert env["BILLOW_INSTANCE_LOG_GROUP"] == f"/billow/{STAGE}/instances"
+        assert env["BILLOW_INSTANCE_PROFILE_ARN"] == {
+            "Fn::If": ["OwnInstanceProfile", {"Fn::GetAtt": ["InstanceProfile", "Arn"]}, ""]
+        }
+    assert template["Conditions"]["OwnInstanceProfile"] == {"Fn::Equals": ["", ""]}
 
 
 def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
