@@ -148,7 +148,19 @@ def security_for(config: dict[str, Any]) -> Any:
 async def run_scheduler(config: dict[str, Any], host: str) -> None:
     from distributed import Scheduler
 
+    from .imds import instance_addresses
     from .plugin import BillowSchedulerPlugin
+
+    # On EC2 the scheduler binds every interface; workers reach it at the private
+    # address and clients outside the VPC at the public one (both from IMDSv2).
+    addresses = instance_addresses(os.environ.get("BILLOW_IMDS_ENDPOINT"))
+    dashboard_token = config.get("dashboard_token")
+    if dashboard_token:  # HTTPS with the cluster's certificate, and the link's token
+        import dask.config
+
+        from .dashboard import serve_over_tls
+
+        dask.config.set(serve_over_tls(config["cert"], config["key"]))
 
     plugin = BillowSchedulerPlugin(
         os.environ["BILLOW_CONTROL_URL"],
@@ -157,6 +169,8 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         interval=float(config["heartbeat_interval"]),
         analytics=config.get("analytics", "minimal"),
         gpu_threshold=float(config.get("gpu_threshold", 0.1)),
+        private_host=addresses.private,
+        public_host=addresses.public,
     )
     scheduler = Scheduler(
         host=host,
@@ -166,6 +180,10 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         dashboard_address=f"{host}:{os.environ.get('BILLOW_DASHBOARD_PORT', '0')}",
         idle_timeout=None,
     )
+    if dashboard_token:
+        from .dashboard import require_token
+
+        require_token(scheduler, dashboard_token, config["cluster_id"])
     _close_on_signals(scheduler)
     async with scheduler:
         await scheduler.register_scheduler_plugin(plugin, idempotent=True)
@@ -175,6 +193,9 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
 
 async def run_worker(config: dict[str, Any], host: str) -> None:
     from distributed import Worker
+    from distributed.worker import DEFAULT_METRICS
+
+    from .gpu import worker_metrics
 
     worker = Worker(
         config["scheduler_address"],
@@ -184,12 +205,23 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
         memory_limit=config["memory_limit"],
         host=host,
         dashboard=False,
+        # This machine's GPUs (nvidia-ml-py), reported to the scheduler plugin.
+        metrics={**DEFAULT_METRICS, **worker_metrics()},
     )
     _close_on_signals(worker)
     async with worker:
         log.info("worker %s connected to %s", config["name"], config["scheduler_address"])
         preload_in_background()
+        endpoint = os.environ.get("BILLOW_IMDS_ENDPOINT")
+        watch = None
+        if endpoint:  # on EC2: a spot interruption notice retires this worker gracefully
+            from .spot import watch_for_interruption
+
+            interval = float(os.environ.get("BILLOW_SPOT_POLL_INTERVAL", "5"))
+            watch = asyncio.create_task(watch_for_interruption(worker, endpoint, interval))
         await worker.finished()
+        if watch is not None:
+            watch.cancel()
 
 
 # What a first task usually imports: numpy, and Dask's collections. LocalCluster's workers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ssl
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +35,17 @@ RECORD_REFRESH_SECONDS = 30
 
 class BillowWarning(UserWarning):
     """Something the control plane wants the user to know (idle GPUs, a reaped cluster)."""
+
+
+def reachable_address(found: dict[str, Any], what: str) -> str | None:
+    """Where this client reaches the cluster's ``what`` (``scheduler``, ``dashboard``):
+    its public address when it has one, unless ``billow.network.private-only`` says this
+    client is inside the cluster's network; else the private one."""
+    public = found.get(f"{what}_public_address")
+    if public and not config.get("network.private-only", False):
+        return str(public)
+    private = found.get(f"{what}_address")
+    return str(private) if private else None
 
 
 class Cluster(DaskCluster):
@@ -80,6 +92,18 @@ class Cluster(DaskCluster):
     credentials_duration_seconds : int, optional
         Lifetime of forwarded credentials (default 3600; STS session tokens last at
         least 900 s); fresh ones are sent at half of it.
+    worker_vm_types, scheduler_vm_types : list of str, optional
+        Machine types in order of preference (e.g. ``["m7i.xlarge", "m6i.xlarge"]``);
+        default: the smallest types that fit the cpu and memory asked.
+    arm : bool
+        ARM (arm64) machines for every instance.
+    worker_gpu : int
+        NVIDIA GPUs per worker (the scheduler never gets one).
+    spot_policy : str, optional
+        ``"on-demand"``, ``"spot"`` or ``"spot_with_fallback"``; default: the deployment's.
+    allow_ingress_from : str or list of str, optional
+        Who may reach the scheduler and dashboard: CIDR blocks, or ``"me"`` (the
+        default: the address this client's requests come from, as a /32).
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -124,6 +148,12 @@ class Cluster(DaskCluster):
         package_sync_only: list[str] | None = None,
         package_sync_strict: bool = False,
         software: str | None = None,
+        worker_vm_types: list[str] | None = None,
+        scheduler_vm_types: list[str] | None = None,
+        arm: bool | None = None,
+        worker_gpu: int | None = None,
+        spot_policy: str | None = None,
+        allow_ingress_from: str | list[str] | None = None,
         shutdown_on_close: bool = True,
         credentials: str | None = "local",
         credentials_duration_seconds: int | None = None,
@@ -159,6 +189,12 @@ class Cluster(DaskCluster):
             "tags": tags,
             "environ": environ,
             "secrets": secrets,
+            "allow_ingress_from": allow_ingress_from,
+            "worker_vm_types": worker_vm_types,
+            "scheduler_vm_types": scheduler_vm_types,
+            "arm": arm,
+            "worker_gpu": worker_gpu,
+            "spot_policy": spot_policy,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close
@@ -186,6 +222,8 @@ class Cluster(DaskCluster):
         self.reconnected = False
         self._api: ControlPlaneClient | None = None
         self._warned: set[str] = set()
+        self._dashboard_token: str | None = None
+        self._ca_pem: str | None = None
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.periodic_callbacks["billow-record"] = PeriodicCallback(
             self._refresh_record, RECORD_REFRESH_SECONDS * 1000
@@ -237,6 +275,8 @@ class Cluster(DaskCluster):
             self._set_record(record)
             record = await self._wait_until_ready()
             creds = await self._api.credentials(record["id"])
+            self._dashboard_token = creds.get("dashboard_token")
+            self._ca_pem = str(creds["ca_cert"])
             self.security = Security(
                 require_encryption=True,
                 tls_ca_file=creds["ca_cert"],
@@ -244,7 +284,7 @@ class Cluster(DaskCluster):
                 tls_client_key=creds["client_key"],
             )
             self.scheduler_comm = rpc(
-                creds["scheduler_address"],
+                reachable_address(creds, "scheduler"),
                 connection_args=self.security.get_connection_args("client"),
             )
             await super()._start()
@@ -423,8 +463,27 @@ class Cluster(DaskCluster):
 
     @property
     def dashboard_link(self) -> str:
-        address = self.record.get("dashboard_address")
-        return f"http://{address}/status" if address else super().dashboard_link
+        """``https://<address>/status?token=...``: the scheduler serves its dashboard with
+        the cluster's certificate and asks for the token this link carries (the page
+        trades it for a cookie). Browsers warn about the certificate unless the cluster's
+        CA is trusted; programs pin it with ``dashboard_ssl_context()``."""
+        address = reachable_address(self.record, "dashboard")
+        if not address:
+            return super().dashboard_link
+        if not self._dashboard_token:  # a cluster created before dashboards had tokens
+            return f"http://{address}/status"
+        return f"https://{address}/status?token={self._dashboard_token}"
+
+    def dashboard_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting only this cluster's CA, for programs that fetch the
+        dashboard (``httpx.get(link, verify=cluster.dashboard_ssl_context())``). The
+        CA is the cluster's own and issues only its certificates, which name no host:
+        the chain is checked, the host name is not."""
+        if self._ca_pem is None:
+            raise RuntimeError("the cluster has not started: no CA yet")
+        context = ssl.create_default_context(cadata=self._ca_pem)
+        context.check_hostname = False
+        return context
 
     @property
     def cluster_status(self) -> str:

@@ -192,6 +192,8 @@ ROWS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("PUT", "/v1/admin/users/bob/limits", {"cores": 128}, (200, 403, 403, 403, 403, 403)),
     ("PUT", "/v1/admin/teams/etl/limits", {"cores": 512}, (200, 403, 403, 403, 403, 403)),
     ("GET", "/v1/usage", None, (200, 200, 200, 200, 200, 200)),
+    # The deployment's machine catalog: local processes have none (409), for everyone.
+    ("GET", "/v1/instance-types", None, (409, 409, 409, 409, 409, 409)),
 ]
 # What a 404 is compared with: the same route naming something that does not exist.
 MISSING = {
@@ -265,6 +267,7 @@ def test_each_caller_gets_the_documented_outcome(
                 401: ["unauthorized"],
                 403: ["forbidden"],
                 404: ["not-found"],
+                409: ["conflict"],
             }[status]
         )
         if method != "GET":  # a refusal changes nothing

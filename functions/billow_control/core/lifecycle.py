@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from . import tags
+from . import ingress, placement, tags
 from .auth import INSTANCE_TOKEN_PREFIX, hash_token, new_token
 from .errors import Conflict, NotFound
 from .models import (
@@ -309,7 +309,13 @@ class Lifecycle:
                 "BILLOW_ROLE": role.value,
                 **software,
             },
+            ingress=ingress.cidrs(request),
+            arch=placement.arch_of(request),
+            spot_policy=request.spot_policy,
+            after_interruption=record.spot_interruptions > 0,
         )
+        if self.ports.machines is not None:
+            spec.vm_types = placement.machine_types(self.ports.machines, request, role.value)
         self.ports.provider.launch(spec)
 
     # -- tear down ---------------------------------------------------------------------
@@ -340,6 +346,8 @@ class Lifecycle:
         record.ready_at = self.ports.clock.now()
         record.scheduler_address = beat.heartbeat.scheduler_address
         record.dashboard_address = beat.heartbeat.dashboard_address
+        record.scheduler_public_address = beat.heartbeat.scheduler_public_address
+        record.dashboard_public_address = beat.heartbeat.dashboard_public_address
         return self._write(record, "ready")
 
     def _begin_teardown(self, record: ClusterRecord) -> ClusterRecord:

@@ -23,6 +23,7 @@ from pydantic import (
 from . import tags
 from .accounts import DEFAULT_TEAM, TEAM_PATTERN, USER_NAME_PATTERN, Role
 from .accounts import User as User  # re-exported: users were defined here
+from .placement import Placement
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
 
@@ -67,8 +68,9 @@ class InstanceRole(StrEnum):
 WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
 
 
-class ClusterRequest(BaseModel):
-    """What a user asks for. Unknown fields are rejected, not ignored."""
+class ClusterRequest(Placement):
+    """What a user asks for. Unknown fields are rejected, not ignored. Placement fields
+    (machine types, arm, GPUs, spot, ingress) come from ``core.placement.Placement``."""
 
     # Validation errors never quote the input: it may hold secrets.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -248,6 +250,9 @@ class Heartbeat(BaseModel):
 
     scheduler_address: str
     dashboard_address: str | None = None
+    # As clients outside the instance's network reach it (its public IP), when it has one.
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     workers: list[str] = Field(default_factory=list)
     busy: bool = False
     idle_seconds: float = Field(default=0.0, ge=0)
@@ -258,6 +263,7 @@ class Heartbeat(BaseModel):
         "or before any client ever connected.",
     )
     gpus: int = 0
+    spot_interrupted: list[str] = Field(default_factory=list)  # workers noticed, cumulative
     gpu_low_seconds: float | None = Field(
         default=None, description="How long GPU utilisation has stayed below the threshold."
     )
@@ -292,8 +298,11 @@ class ClusterRecord(BaseModel):
     fail_on_stop: bool = False
     idempotency_key: str | None = None  # SHA-256 of the create's Idempotency-Key; hidden
     warnings: list[str] = Field(default_factory=list)
+    spot_interruptions: int = 0
     scheduler_address: str | None = None
     dashboard_address: str | None = None
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     software_environment: str | None = Field(
         default=None,
         description="'name:revision' of the software environment whose spec "
@@ -335,6 +344,14 @@ class InstanceSpec(BaseModel):
     memory: str
     tags: dict[str, str]
     environment: dict[str, str]
+    # CIDR blocks that may reach the scheduler and dashboard; empty: the deployment's.
+    ingress: list[str] = Field(default_factory=list)
+    # Machine types in order of preference (empty: the deployment's), their
+    # architecture, and spot, on-demand or spot_with_fallback (None: the deployment's).
+    vm_types: list[str] = Field(default_factory=list)
+    arch: str = "x86_64"
+    spot_policy: str | None = None
+    after_interruption: bool = False  # the cluster lost spot capacity: fall back sooner
 
     @property
     def client_token(self) -> str:

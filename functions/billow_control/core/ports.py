@@ -22,6 +22,7 @@ from .models import (
     InstanceSpec,
     User,
 )
+from .placement import MachineCatalog
 from .settings import ControlSettings
 from .software import SoftwareEnvironment, SoftwareSpec
 
@@ -372,7 +373,8 @@ class Ports:
 
     Any port may be given as ``lazy(factory)``: the adapter is built on first access and
     kept. ``idempotency`` is optional (``None``: the store alone answers repeats), and so
-    is ``objects`` (``None``: package sync of local code is refused with a clear error).
+    is ``objects`` (``None``: package sync of local code is refused with a clear error),
+    and ``machines`` (``None``: instances are not cloud machines; sizing is the provider's).
     """
 
     store: _Port[Store] = _Port()
@@ -382,6 +384,7 @@ class Ports:
     events: _Port[EventBus] = _Port()
     idempotency: _Port[IdempotencyCache | None] = _Port()
     objects: _Port[ObjectStore | None] = _Port()
+    machines: _Port[MachineCatalog | None] = _Port()
 
     def __init__(
         self,
@@ -395,6 +398,7 @@ class Ports:
         settings: ControlSettings,
         idempotency: IdempotencyCache | None = None,
         objects: ObjectStore | None = None,
+        machines: MachineCatalog | None = None,
     ) -> None:
         self._build_lock = threading.RLock()
         self.store = store
@@ -404,11 +408,13 @@ class Ports:
         self.events = events
         self.idempotency = idempotency
         self.objects = objects
+        self.machines = machines
         self.clock = clock
         self.settings = settings
 
     def built(self) -> list[str]:
         """Names of the adapters built so far (what requests have paid for); absent
         optional ports are not listed."""
-        names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency", "objects")
+        names = ["store", "provider", "orchestrator", "secrets", "events", "idempotency"]
+        names += ["objects", "machines"]
         return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy | None)]

@@ -13,10 +13,10 @@ import json
 import secrets
 from typing import Any
 
-from . import access, idempotency
+from . import access, idempotency, placement
 from .access import Action
 from .accounts import Caller
-from .agents import ENVIRON_SECRETS, ClusterAgents, unseal
+from .agents import DASHBOARD_TOKEN, ENVIRON_SECRETS, ClusterAgents, unseal
 from .auth import hash_token
 from .catalog import SoftwareCatalog
 from .errors import Conflict, Invalid
@@ -64,6 +64,43 @@ class ControlPlane:
     def bootstrap_admin(self) -> str | None:
         return self.accounts.bootstrap_admin()
 
+    def first_admin(self) -> dict[str, Any]:
+        """The deployment's first admin, for a deployer who reached this use case through
+        a path the cloud's IAM guards (the AWS ``bootstrap`` function), never an API route.
+
+        Returns ``{"name", "token", "server"}`` (the token exists only in this answer and,
+        hashed, in the store). Raises ``Conflict`` when the deployment has any user: it
+        creates the first admin once, and a concurrent second call loses on the unique
+        user name.
+        """
+        token = self.bootstrap_admin()
+        if token is None:
+            raise Conflict(
+                "this deployment already has users, so its first admin exists: log in with "
+                "that admin's token (`billow login`), or ask an admin for a token"
+            )
+        return {"name": "admin", "token": token, "server": self.ports.settings.control_url}
+
+    def list_machine_types(
+        self, user: User, cores: int | None, memory: str | None, arch: str | None, gpu: int | None
+    ) -> dict[str, Any]:
+        """Machine types of the deployment's region that fit (``placement.listing``).
+        Raises ``Invalid`` naming ``memory``, and ``Conflict`` on a deployment whose
+        instances are not cloud machines."""
+        from .units import parse_bytes
+
+        if self.ports.machines is None:
+            raise Conflict("this deployment runs clusters as local processes: no machine types")
+        try:
+            size = parse_bytes(memory) if memory else None
+        except (TypeError, ValueError):
+            shown = str(memory)[:40]
+            raise Invalid(
+                f"memory: {shown!r} is not a size such as '8 GiB'", field="memory"
+            ) from None
+        found = placement.listing(self.ports.machines.types(), cores, size, arch, gpu)
+        return {"instance_types": found}
+
     # -- clusters --------------------------------------------------------------------
 
     def create_cluster(
@@ -79,6 +116,9 @@ class ControlPlane:
         """
         access.require(user, Action.create_cluster)
         key = idempotency.check_key(idempotency_key)
+        for role in InstanceRole:  # a 422 naming the field, before anything exists
+            if placement.needs_check(request, role.value) and self.ports.machines is not None:
+                placement.machine_types(self.ports.machines, request, role.value)
         # The hash is of the request as sent: a retry naming an environment matches the
         # first create even if the environment got a new revision since. Only a key's
         # hash is stored; secret values count through a digest salted with the key.
@@ -123,6 +163,7 @@ class ControlPlane:
             **{f"{role}.pem": pair.cert_pem for role, pair in pki.pairs.items()},
             **{f"{role}.key": pair.key_pem for role, pair in pki.pairs.items()},
         }
+        blobs[DASHBOARD_TOKEN] = secrets.token_urlsafe(32)
         if request.secrets:
             blobs[ENVIRON_SECRETS] = json.dumps(request.secrets)
         for secret_name, value in blobs.items():
@@ -213,9 +254,13 @@ class ControlPlane:
             "cluster_id": record.id,
             "scheduler_address": beat.heartbeat.scheduler_address if beat else None,
             "dashboard_address": beat.heartbeat.dashboard_address if beat else None,
+            "scheduler_public_address": beat.heartbeat.scheduler_public_address if beat else None,
+            "dashboard_public_address": beat.heartbeat.dashboard_public_address if beat else None,
             "ca_cert": self._secret(cluster_id, "ca.pem"),
             "client_cert": self._secret(cluster_id, "client.pem"),
             "client_key": self._secret(cluster_id, "client.key"),
+            # The dashboard's link carries it (clusters created before it have none).
+            "dashboard_token": self.agents.dashboard_token(record),
         }
 
     def cluster_logs(self, user: User, cluster_id: str, lines: int) -> dict[str, Any]:
