@@ -8,6 +8,8 @@ handler                invoked by
                        "fail", "error"?}`` -> ``{"done", "wait", "status"}``
 ``reaper_handler``     an EventBridge schedule, every minute: one watchdog pass
 ``events_handler``     ``billow.command`` events on the deployment's bus (``core.commands``)
+``bootstrap_handler``  the deployer, directly (``lambda:InvokeFunction``, ``billow admin
+                       bootstrap``): creates the first admin once; no HTTP route reaches it
 =====================  ========================================================================
 
 Each handler parses its event, makes one call into the core through the runtime that
@@ -148,3 +150,19 @@ def events_handler(event: dict, context: Any) -> dict[str, Any]:
     )
     own_account = arn[4] if len(arn) > 4 and arn[4] else None
     return carry_out(lambda: runtime().plane, envelope, own_account)
+
+
+@traced
+@logger.inject_lambda_context
+def bootstrap_handler(event: dict, context: Any) -> dict[str, Any]:
+    """Create the deployment's first admin (``ControlPlane.first_admin``): ``{"ok": True,
+    "name", "token", "server"}``, or ``{"ok": False, "error", "message"}`` once users
+    exist. IAM is the guard: only principals allowed ``lambda:InvokeFunction`` on this
+    function reach it. The answer carries the token, so it is never logged."""
+    from billow_control.core.errors import ApiError
+
+    try:
+        return {"ok": True, **runtime().plane.first_admin()}
+    except ApiError as e:
+        logger.warning("bootstrap refused", extra={"error": e.code})
+        return {"ok": False, "error": e.code, "message": e.message}

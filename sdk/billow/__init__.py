@@ -6,6 +6,7 @@ from .environments import (
     create_software_environment,
     delete_software_environment,
     get_software_environment,
+    list_instance_types,
     list_software_environments,
 )
 from .errors import (
@@ -16,6 +17,8 @@ from .errors import (
     ClusterStartError,
     ClusterStopped,
     NotLoggedIn,
+    PermissionDenied,
+    QuotaExceeded,
     ResolutionError,
     SoftwareEnvironmentNotFound,
     ValidationError,
@@ -33,6 +36,8 @@ __all__ = [
     "ClusterStartError",
     "ClusterStopped",
     "NotLoggedIn",
+    "PermissionDenied",
+    "QuotaExceeded",
     "ResolutionError",
     "SoftwareEnvironmentNotFound",
     "ValidationError",
@@ -41,6 +46,7 @@ __all__ = [
     "create_software_environment",
     "delete_software_environment",
     "get_software_environment",
+    "list_instance_types",
     "list_software_environments",
 ]
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ def await_assignment(stream: Any = None) -> str | None:
 
     with contextlib.suppress(ImportError):  # the scheduler's dashboard, when installed
         import distributed.dashboard.scheduler  # noqa: F401
+    preload_in_background().join()  # and what a first task imports
     ready = os.environ.pop("BILLOW_POOL_READY_FD", None)
     if ready:
         os.write(int(ready), b"warm\n")
@@ -109,10 +111,11 @@ def _dumpable_again() -> None:
 
 def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE) -> dict[str, Any]:
     """POST the instance token; retry while the control plane is unreachable or says
-    "not ready" (a worker waiting for its scheduler), up to ``deadline`` seconds."""
+    "not ready" (a worker waiting for its scheduler: as often as its ``retry_after``
+    says), up to ``deadline`` seconds."""
     url = control_url.rstrip("/") + "/v1/agent/bootstrap"
     give_up = time.monotonic() + deadline
-    delay = 0.05
+    delay, cap = 0.05, 1.0
     with httpx.Client(timeout=10) as http:
         while True:
             try:
@@ -122,12 +125,13 @@ def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE
                 body = response.json()
                 if body.get("error") != "not-ready":
                     raise SystemExit(f"billow agent: bootstrap refused: {body.get('message')}")
+                cap = float(body.get("retry_after") or 1.0)
             except httpx.TransportError as e:
                 log.warning("control plane unreachable (%s); retrying", e)
             if time.monotonic() > give_up:
                 raise SystemExit("billow agent: gave up waiting for the control plane")
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, cap)
 
 
 def security_for(config: dict[str, Any]) -> Any:
@@ -144,7 +148,19 @@ def security_for(config: dict[str, Any]) -> Any:
 async def run_scheduler(config: dict[str, Any], host: str) -> None:
     from distributed import Scheduler
 
+    from .imds import instance_addresses
     from .plugin import BillowSchedulerPlugin
+
+    # On EC2 the scheduler binds every interface; workers reach it at the private
+    # address and clients outside the VPC at the public one (both from IMDSv2).
+    addresses = instance_addresses(os.environ.get("BILLOW_IMDS_ENDPOINT"))
+    dashboard_token = config.get("dashboard_token")
+    if dashboard_token:  # HTTPS with the cluster's certificate, and the link's token
+        import dask.config
+
+        from .dashboard import serve_over_tls
+
+        dask.config.set(serve_over_tls(config["cert"], config["key"]))
 
     plugin = BillowSchedulerPlugin(
         os.environ["BILLOW_CONTROL_URL"],
@@ -153,6 +169,8 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         interval=float(config["heartbeat_interval"]),
         analytics=config.get("analytics", "minimal"),
         gpu_threshold=float(config.get("gpu_threshold", 0.1)),
+        private_host=addresses.private,
+        public_host=addresses.public,
     )
     scheduler = Scheduler(
         host=host,
@@ -162,6 +180,10 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         dashboard_address=f"{host}:{os.environ.get('BILLOW_DASHBOARD_PORT', '0')}",
         idle_timeout=None,
     )
+    if dashboard_token:
+        from .dashboard import require_token
+
+        require_token(scheduler, dashboard_token, config["cluster_id"])
     _close_on_signals(scheduler)
     async with scheduler:
         await scheduler.register_scheduler_plugin(plugin, idempotent=True)
@@ -171,6 +193,9 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
 
 async def run_worker(config: dict[str, Any], host: str) -> None:
     from distributed import Worker
+    from distributed.worker import DEFAULT_METRICS
+
+    from .gpu import worker_metrics
 
     worker = Worker(
         config["scheduler_address"],
@@ -180,11 +205,54 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
         memory_limit=config["memory_limit"],
         host=host,
         dashboard=False,
+        # This machine's GPUs (nvidia-ml-py), reported to the scheduler plugin.
+        metrics={**DEFAULT_METRICS, **worker_metrics()},
     )
     _close_on_signals(worker)
     async with worker:
         log.info("worker %s connected to %s", config["name"], config["scheduler_address"])
+        preload_in_background()
+        endpoint = os.environ.get("BILLOW_IMDS_ENDPOINT")
+        watch = None
+        if endpoint:  # on EC2: a spot interruption notice retires this worker gracefully
+            from .spot import watch_for_interruption
+
+            interval = float(os.environ.get("BILLOW_SPOT_POLL_INTERVAL", "5"))
+            watch = asyncio.create_task(watch_for_interruption(worker, endpoint, interval))
         await worker.finished()
+        if watch is not None:
+            watch.cancel()
+
+
+# What a first task usually imports: numpy, and Dask's collections. LocalCluster's workers
+# have them already (multiprocessing's spawn re-imports the client's __main__ module and
+# with it the client's imports); an instance imports them here, in the background, once
+# its server runs, instead of in the first task. Only what the environment has.
+PRELOAD = ("numpy", "dask.array", "pandas", "dask.dataframe")
+
+
+def preload_in_background(modules: tuple[str, ...] = PRELOAD) -> threading.Thread:
+    """Import ``modules`` (those whose top-level package is installed) in a daemon
+    thread. A task that imports one meanwhile waits for the same import, never redoes it."""
+    import importlib
+    import importlib.util
+
+    def run() -> None:
+        started = time.monotonic()
+        done = []
+        for name in modules:
+            if importlib.util.find_spec(name.split(".")[0]) is None:
+                continue
+            try:
+                importlib.import_module(name)
+                done.append(name)
+            except Exception as e:  # a broken optional package must not stop the agent
+                log.warning("preloading %s failed: %s", name, e)
+        log.info("preloaded %s in %.2f s", ", ".join(done) or "nothing", time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name="billow-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _close_on_signals(server: Any) -> None:
@@ -284,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ImportError):
                 import distributed  # noqa: F401
         config = bootstrap(url, token)
+        log.info("bootstrapped: %s %s of %s", config["role"], config["name"], config["cluster_id"])
         if config.get("software"):
             from .errors import EnvironmentBuildError
 

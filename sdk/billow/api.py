@@ -15,12 +15,19 @@ from .errors import (
     AuthenticationError,
     BillowAPIError,
     ClusterNotFound,
+    PermissionDenied,
+    QuotaExceeded,
     SoftwareEnvironmentNotFound,
     ValidationError,
 )
 
 CLUSTER_ID = re.compile(r"^c-[0-9a-f]{16}$")
-_ERRORS = {401: AuthenticationError, 404: ClusterNotFound, 422: ValidationError}
+_ERRORS = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: ClusterNotFound,
+    422: ValidationError,
+}
 
 
 class ControlPlaneClient:
@@ -172,6 +179,8 @@ def error_from_response(response: httpx.Response) -> BillowAPIError:
     except ValueError:
         body = {"message": response.text[:500] or response.reason_phrase}
     cls = _ERRORS.get(response.status_code, BillowAPIError)
+    if body.get("error") == "quota-exceeded":
+        cls = QuotaExceeded
     return cls(
         response.status_code,
         body.get("error", "error"),

@@ -24,7 +24,15 @@ env_app = typer.Typer(
     help="Named software environments: create, list, inspect, delete.", no_args_is_help=True
 )
 app.add_typer(env_app, name="env")
+setup_app = typer.Typer(help="Prepare a cloud account to run clusters.", no_args_is_help=True)
+app.add_typer(setup_app, name="setup")
 console = Console()
+# Tokens, users and teams (sdk/billow/cli_accounts.py); `admin bootstrap` is below.
+from .cli_accounts import admin_app, describe_login, token_app, usage  # noqa: E402
+
+app.add_typer(token_app, name="token")
+app.add_typer(admin_app, name="admin")
+app.command("usage")(usage)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -121,7 +129,7 @@ def login(
 
     who = _run(check())
     write_login(config.login_file(), server, token)
-    console.print(f"logged in to {server} as [bold]{who['name']}[/bold]")
+    console.print(f"logged in to {server} {describe_login(who)}", highlight=False)
 
 
 def _ago(value: str | None) -> str:
@@ -169,6 +177,8 @@ def cluster_status(cluster: str = typer.Argument(..., help="Cluster id or name."
         "workers",
         "scheduler_address",
         "dashboard_address",
+        "scheduler_public_address",
+        "dashboard_public_address",
         "created_at",
         "ready_at",
         "stopped_at",
@@ -306,6 +316,97 @@ def env_delete(name: str = typer.Argument(..., help="Environment name.")) -> Non
 
     _run(go())
     console.print(f"deleted [bold]{escape(name)}[/bold]", highlight=False)
+
+
+# -- administration ------------------------------------------------------------------
+
+
+@admin_app.command("bootstrap")
+def admin_bootstrap(
+    stack: str = typer.Option(..., help="CloudFormation stack of the deployment (billow-<stage>)."),
+    region: str = typer.Option(None, help="Its region (default: your AWS configuration's)."),
+) -> None:
+    """Create the first admin of an AWS deployment with your own AWS credentials, and log
+    in as it. Works once: a deployment that has users refuses."""
+    from billow_control.runtimes.embedded import write_login
+
+    from .aws_admin import bootstrap_first_admin
+
+    try:
+        admin = bootstrap_first_admin(stack, region)
+    except BillowError as e:
+        raise _fail(str(e)) from None
+    path = config.login_file()
+    write_login(path, admin.server, admin.token)
+    console.print(
+        f"created the first admin [bold]{escape(admin.name)}[/bold] of {escape(admin.server)}; "
+        f"its login is saved in {escape(str(path))} (mode 0600)",
+        highlight=False,
+    )
+
+
+@setup_app.command("aws")
+def setup_aws(
+    deployment: str = typer.Option(..., help="The deployment's name (billow:deployment tag)."),
+    control_plane: str = typer.Option(
+        None, help="Who assumes the role: the control plane's account id or role ARN."
+    ),
+    external_id: str = typer.Option(None, help="ExternalId to require (default: a new one)."),
+    env_bucket: str = typer.Option(None, help="An environments bucket in this account."),
+    region: str = typer.Option(None, help="Region (default: your AWS configuration's)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print every step and policy only."),
+    yes: bool = typer.Option(False, "--yes", help="Do every step without asking."),
+    remove: bool = typer.Option(False, "--remove", help="Delete what setup created."),
+) -> None:
+    """Create, in this AWS account, the IAM role the control plane assumes (with an
+    ExternalId), the instance role and profile of cluster VMs, and their log group;
+    asks before each step. --remove deletes exactly those."""
+    import json
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .aws_admin import _explain, _session
+    from .aws_setup import Setup
+
+    if not remove and not control_plane:
+        raise _fail("--control-plane is required: the account id or role ARN that assumes the role")
+    try:
+        session = _session(region)
+        setup = Setup(session, deployment, control_plane or "", env_bucket=env_bucket)
+        if external_id:
+            setup.external_id = external_id
+        if remove:
+            if dry_run:
+                console.print(
+                    f"would delete everything under IAM path {setup.path} and "
+                    f"the log group {setup.log_group}",
+                    highlight=False,
+                )
+                return
+            if not yes and not typer.confirm(f"Delete what setup created for {deployment}?"):
+                raise _fail("nothing deleted")
+            for gone in setup.remove() or ["nothing was left"]:
+                console.print(f"deleted {gone}", highlight=False, markup=False)
+            return
+        for number, step in enumerate(setup.steps(), 1):
+            console.rule(f"step {number}: {escape(step.title)}")
+            if step.policy is not None:
+                console.print_json(json.dumps(step.policy))
+            if dry_run:
+                continue
+            if not yes and not typer.confirm("Do this step?", default=True):
+                raise _fail(f"stopped before step {number}; run again to go on")
+            step.run()
+    except (BotoCoreError, ClientError) as e:
+        raise _fail(str(_explain(e, "setting up the account"))) from None
+    except BillowError as e:
+        raise _fail(str(e)) from None
+    if dry_run:
+        console.print("dry run: nothing was changed", highlight=False)
+        return
+    console.print("done. Configure the control plane with:", highlight=False)
+    for key, value in setup.outputs().items():
+        console.print(f"  {key}={value}", highlight=False, markup=False)
 
 
 def main() -> None:

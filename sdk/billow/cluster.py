@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ssl
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from tornado.ioloop import PeriodicCallback
 
 from . import config
 from .api import ControlPlaneClient
+from .credentials import DEFAULT_DURATION, Forwarder, obtain
 from .errors import ClusterStartError, ClusterStopped
 from .progress import StartProgress
 
@@ -33,6 +35,17 @@ RECORD_REFRESH_SECONDS = 30
 
 class BillowWarning(UserWarning):
     """Something the control plane wants the user to know (idle GPUs, a reaped cluster)."""
+
+
+def reachable_address(found: dict[str, Any], what: str) -> str | None:
+    """Where this client reaches the cluster's ``what`` (``scheduler``, ``dashboard``):
+    its public address when it has one, unless ``billow.network.private-only`` says this
+    client is inside the cluster's network; else the private one."""
+    public = found.get(f"{what}_public_address")
+    if public and not config.get("network.private-only", False):
+        return str(public)
+    private = found.get(f"{what}_address")
+    return str(private) if private else None
 
 
 class Cluster(DaskCluster):
@@ -71,6 +84,26 @@ class Cluster(DaskCluster):
         its latest revision, or ``"name:revision"``. Its spec is checked against this
         client's versions first; the cluster keeps the revision it started with.
         Exclusive with ``package_sync=True``.
+    credentials : {"local", None}
+        ``"local"`` (default): forward short-lived credentials of this client's AWS and
+        Google identities to the workers over the cluster's TLS connection, never through
+        the control plane, refreshed while the cluster is open here (see
+        ``billow.credentials``); ``None``: forward nothing.
+    credentials_duration_seconds : int, optional
+        Lifetime of forwarded credentials (default 3600; STS session tokens last at
+        least 900 s); fresh ones are sent at half of it.
+    worker_vm_types, scheduler_vm_types : list of str, optional
+        Machine types in order of preference (e.g. ``["m7i.xlarge", "m6i.xlarge"]``);
+        default: the smallest types that fit the cpu and memory asked.
+    arm : bool
+        ARM (arm64) machines for every instance.
+    worker_gpu : int
+        NVIDIA GPUs per worker (the scheduler never gets one).
+    spot_policy : str, optional
+        ``"on-demand"``, ``"spot"`` or ``"spot_with_fallback"``; default: the deployment's.
+    allow_ingress_from : str or list of str, optional
+        Who may reach the scheduler and dashboard: CIDR blocks, or ``"me"`` (the
+        default: the address this client's requests come from, as a /32).
     shutdown_on_close : bool
         Stop the cluster when this object closes (default ``True``).
     server, token : str, optional
@@ -115,7 +148,15 @@ class Cluster(DaskCluster):
         package_sync_only: list[str] | None = None,
         package_sync_strict: bool = False,
         software: str | None = None,
+        worker_vm_types: list[str] | None = None,
+        scheduler_vm_types: list[str] | None = None,
+        arm: bool | None = None,
+        worker_gpu: int | None = None,
+        spot_policy: str | None = None,
+        allow_ingress_from: str | list[str] | None = None,
         shutdown_on_close: bool = True,
+        credentials: str | None = "local",
+        credentials_duration_seconds: int | None = None,
         server: str | None = None,
         token: str | None = None,
         timeout: float | None = None,
@@ -128,6 +169,11 @@ class Cluster(DaskCluster):
                 "software= and package_sync=True are exclusive: the cluster runs either a "
                 "named software environment or a copy of this client's"
             )
+        if credentials not in ("local", None):
+            raise ValueError("credentials must be 'local' (forward this client's) or None")
+        self._credentials = credentials
+        self._credentials_duration = int(credentials_duration_seconds or DEFAULT_DURATION)
+        self._forwarder: Forwarder | None = None
         self._software_environment = software
         spec: dict[str, Any] = {
             "n_workers": list(n_workers) if isinstance(n_workers, tuple) else n_workers,
@@ -143,6 +189,12 @@ class Cluster(DaskCluster):
             "tags": tags,
             "environ": environ,
             "secrets": secrets,
+            "allow_ingress_from": allow_ingress_from,
+            "worker_vm_types": worker_vm_types,
+            "scheduler_vm_types": scheduler_vm_types,
+            "arm": arm,
+            "worker_gpu": worker_gpu,
+            "spot_policy": spot_policy,
         }
         self._spec = {k: v for k, v in spec.items() if v is not None}
         self._spec["shutdown_on_close"] = shutdown_on_close
@@ -170,6 +222,8 @@ class Cluster(DaskCluster):
         self.reconnected = False
         self._api: ControlPlaneClient | None = None
         self._warned: set[str] = set()
+        self._dashboard_token: str | None = None
+        self._ca_pem: str | None = None
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.periodic_callbacks["billow-record"] = PeriodicCallback(
             self._refresh_record, RECORD_REFRESH_SECONDS * 1000
@@ -196,6 +250,12 @@ class Cluster(DaskCluster):
         self.status = Status.starting
         self._api = ControlPlaneClient(self._server, self._token)
         created = False
+        # Obtained while the cluster starts (an STS call, or the identity chain's probes).
+        obtaining = (
+            asyncio.ensure_future(asyncio.to_thread(obtain, self._credentials_duration))
+            if self._credentials == "local"
+            else None
+        )
         try:
             record = None
             if self._requested_name:
@@ -215,6 +275,8 @@ class Cluster(DaskCluster):
             self._set_record(record)
             record = await self._wait_until_ready()
             creds = await self._api.credentials(record["id"])
+            self._dashboard_token = creds.get("dashboard_token")
+            self._ca_pem = str(creds["ca_cert"])
             self.security = Security(
                 require_encryption=True,
                 tls_ca_file=creds["ca_cert"],
@@ -222,11 +284,17 @@ class Cluster(DaskCluster):
                 tls_client_key=creds["client_key"],
             )
             self.scheduler_comm = rpc(
-                creds["scheduler_address"],
+                reachable_address(creds, "scheduler"),
                 connection_args=self.security.get_connection_args("client"),
             )
             await super()._start()
+            if obtaining is not None:
+                self._forwarder = Forwarder(self.scheduler_comm, self._credentials_duration)
+                for note in await self._forwarder.start(obtaining):
+                    warnings.warn(f"billow: {note}", BillowWarning, stacklevel=2)
         except BaseException:
+            if obtaining is not None:
+                obtaining.cancel()
             # Leave nothing behind that this call created (Ctrl-C included).
             if created and self.cluster_id and self.shutdown_on_close:
                 with contextlib.suppress(Exception):
@@ -263,13 +331,17 @@ class Cluster(DaskCluster):
         assert self._api is not None and self.cluster_id is not None
         deadline = time.monotonic() + self._timeout
         with StartProgress(self.name, self.cluster_id, enabled=self._show_progress) as progress:
-            delay = 0.05
+            delay, seen = 0.05, None
             while True:
                 record = await self._api.get_cluster(self.cluster_id)
                 self._set_record(record)
                 progress.update(record)
                 if record["status"] == "ready":
                     return record
+                if (record["status"], record["workers"]) != seen:
+                    # Progress (workers joining): ready is near, look again soon. A long
+                    # boot is polled every 0.5 s at most (each look is a request).
+                    delay, seen = 0.05, (record["status"], record["workers"])
                 # A failed start is reported once teardown finished: nothing is left running.
                 if record["status"] in _TERMINAL:
                     raise ClusterStartError(
@@ -289,6 +361,8 @@ class Cluster(DaskCluster):
     async def _close(self) -> None:
         if self.status == Status.closed:
             return
+        if self._forwarder is not None:
+            self._forwarder.stop()
         await super()._close()
         if self._api is None:
             return
@@ -389,8 +463,27 @@ class Cluster(DaskCluster):
 
     @property
     def dashboard_link(self) -> str:
-        address = self.record.get("dashboard_address")
-        return f"http://{address}/status" if address else super().dashboard_link
+        """``https://<address>/status?token=...``: the scheduler serves its dashboard with
+        the cluster's certificate and asks for the token this link carries (the page
+        trades it for a cookie). Browsers warn about the certificate unless the cluster's
+        CA is trusted; programs pin it with ``dashboard_ssl_context()``."""
+        address = reachable_address(self.record, "dashboard")
+        if not address:
+            return super().dashboard_link
+        if not self._dashboard_token:  # a cluster created before dashboards had tokens
+            return f"http://{address}/status"
+        return f"https://{address}/status?token={self._dashboard_token}"
+
+    def dashboard_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting only this cluster's CA, for programs that fetch the
+        dashboard (``httpx.get(link, verify=cluster.dashboard_ssl_context())``). The
+        CA is the cluster's own and issues only its certificates, which name no host:
+        the chain is checked, the host name is not."""
+        if self._ca_pem is None:
+            raise RuntimeError("the cluster has not started: no CA yet")
+        context = ssl.create_default_context(cadata=self._ca_pem)
+        context.check_hostname = False
+        return context
 
     @property
     def cluster_status(self) -> str:

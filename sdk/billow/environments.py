@@ -184,6 +184,29 @@ def list_software_environments(
     return _sync(get())
 
 
+def list_instance_types(
+    cores: int | None = None,
+    memory: str | None = None,
+    arch: str | None = None,
+    gpu: int | None = None,
+    server: str | None = None,
+    token: str | None = None,
+) -> list[dict[str, Any]]:
+    """Machine types of the deployment's region with at least ``cores`` vCPUs and
+    ``memory`` (``"8 GiB"``) on ``arch`` (``"x86_64"``, ``"arm64"``), with ``gpu`` GPUs
+    (0: none), smallest first: what ``worker_vm_types`` may name. Asked of the control
+    plane, which knows the region (and its account) and chooses from the same list."""
+    params = {"cores": cores, "memory": memory, "arch": arch, "gpu": gpu}
+
+    async def get() -> list[dict[str, Any]]:
+        async with ControlPlaneClient(server, token) as api:
+            query = {k: v for k, v in params.items() if v is not None}
+            found = await api.request("GET", "/v1/instance-types", params=query)
+            return list(found["instance_types"])
+
+    return _sync(get())
+
+
 def delete_software_environment(
     name: str, server: str | None = None, token: str | None = None
 ) -> None:

@@ -42,6 +42,15 @@ class AuthenticationError(BillowAPIError):
     """The token is missing or wrong (HTTP 401)."""
 
 
+class PermissionDenied(BillowAPIError):
+    """Your role or your token's scope does not allow this (HTTP 403)."""
+
+
+class QuotaExceeded(PermissionDenied):
+    """Over a quota limit (HTTP 403 ``quota-exceeded``); the message names the limit,
+    what was asked and what is in use."""
+
+
 class ClusterNotFound(BillowAPIError):
     """No such cluster, or not yours (HTTP 404)."""
 

@@ -31,30 +31,15 @@ from typing import Any
 import httpx
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from .gpu import METRIC as GPU_METRIC
+from .gpu import GPUProbe, aggregate
+
+__all__ = ["BillowSchedulerPlugin", "GPUProbe"]  # GPUProbe moved to billow.gpu
+
 log = logging.getLogger("billow.plugin")
 
 ANALYTICS_LEVELS = ("off", "minimal", "full")
 IN_FLIGHT = frozenset({"queued", "no-worker", "processing"})  # what makes a cluster busy
-
-
-class GPUProbe:
-    """Utilisation of the GPUs on this machine through ``pynvml``, when it is installed."""
-
-    def __init__(self) -> None:
-        self.handles: list[Any] = []
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self.handles = [
-                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
-            ]
-        except Exception:  # no pynvml, no driver or no GPU: report none
-            self.handles = []
-
-    def utilisation(self) -> list[float]:
-        return [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100 for h in self.handles]
 
 
 class BillowSchedulerPlugin(SchedulerPlugin):
@@ -69,6 +54,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         analytics: str = "minimal",
         gpu_threshold: float = 0.1,
         clock: Any = time.monotonic,
+        private_host: str | None = None,
+        public_host: str | None = None,
     ) -> None:
         if analytics not in ANALYTICS_LEVELS:
             raise ValueError(f"analytics must be one of {ANALYTICS_LEVELS}, not {analytics!r}")
@@ -79,6 +66,10 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self.analytics = analytics
         self.gpu_threshold = gpu_threshold
         self.clock = clock
+        # The instance's addresses (IMDS on EC2): workers use the private one, clients
+        # outside its network the public one; None keeps the address Dask found.
+        self.private_host = private_host
+        self.public_host = public_host
         self.scheduler: Any = None
         self.target = "running"
         self.next_heartbeat = interval  # until the control plane says otherwise
@@ -91,8 +82,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self._reported_busy = False  # what the last snapshot said
         self._ever_had_client = False
         self._last_client_left: float | None = None
-        self._gpu = GPUProbe()
         self._gpu_low_since: float | None = None
+        self._spot_interrupted: list[str] = []  # workers that got a spot notice
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -138,6 +129,15 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             self._in_flight = 0
             self._went_idle_at = self._last_activity  # reported if nothing follows
 
+    def log_event(self, topic: str, msg: Any) -> None:
+        """A worker's agent reports a spot interruption notice (``billow.spot``): count
+        it and report it at once."""
+        from .spot import SPOT_TOPIC
+
+        if topic == SPOT_TOPIC and isinstance(msg, dict):
+            self._spot_interrupted.append(str(msg.get("worker")))
+            self._wake.set()
+
     def _touch(self) -> None:
         """Work happened now: news if the control plane last heard of work long ago."""
         now = self.clock()
@@ -172,13 +172,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         if busy:
             self._last_activity = now
         clients = self._user_clients()
-        dashboard = None
-        if "dashboard" in s.services:
-            host = s.address.split("://", 1)[1].rsplit(":", 1)[0]
-            dashboard = f"{host}:{s.services['dashboard'].port}"
         beat: dict[str, Any] = {
-            "scheduler_address": s.address,
-            "dashboard_address": dashboard,
+            **self._addresses(),
             "workers": sorted(str(ws.name) for ws in workers),
             "busy": busy,
             "idle_seconds": max(0.0, now - self._last_activity),
@@ -190,6 +185,8 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             ),
             **self._gpu_report(now),
         }
+        if self._spot_interrupted:
+            beat["spot_interrupted"] = list(self._spot_interrupted)
         if self.analytics in ("minimal", "full"):
             import dask
             import distributed
@@ -219,18 +216,50 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             ]
         return beat
 
+    def _addresses(self) -> dict[str, str | None]:
+        """Where workers (private) and outside clients (public) reach the scheduler and
+        its dashboard: the instance's addresses when known, else the one Dask found."""
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        s = self.scheduler
+        dashboard = s.services.get("dashboard")
+        if not (self.private_host or self.public_host):
+            host = s.address.split("://", 1)[1].rsplit(":", 1)[0]
+            return {
+                "scheduler_address": s.address,
+                "dashboard_address": f"{host}:{dashboard.port}" if dashboard else None,
+            }
+        protocol, location = parse_address(s.address)
+        host, port = parse_host_port(location)
+        private = self.private_host or host
+        out: dict[str, str | None] = {
+            "scheduler_address": f"{protocol}://{private}:{port}",
+            "dashboard_address": f"{private}:{dashboard.port}" if dashboard else None,
+        }
+        if self.public_host:
+            out["scheduler_public_address"] = f"{protocol}://{self.public_host}:{port}"
+            if dashboard:
+                out["dashboard_public_address"] = f"{self.public_host}:{dashboard.port}"
+        return out
+
     def _gpu_report(self, now: float) -> dict[str, Any]:
-        if not self._gpu.handles:
+        """GPU use of the workers (their ``billow_gpu`` metric, ``billow.gpu``); the
+        scheduler's own machine never counts."""
+        found = aggregate(ws.metrics.get(GPU_METRIC) for ws in self.scheduler.workers.values())
+        if not found["gpus"]:
+            self._gpu_low_since = None
             return {"gpus": 0, "gpu_low_seconds": None}
-        usage = self._gpu.utilisation()
-        low = max(usage) < self.gpu_threshold
+        low = found["utilization_max"] < self.gpu_threshold
         if not low:
             self._gpu_low_since = None
         elif self._gpu_low_since is None:
             self._gpu_low_since = now
         return {
-            "gpus": len(usage),
-            "gpu_low_seconds": now - self._gpu_low_since if self._gpu_low_since else None,
+            "gpus": found["gpus"],
+            "gpu_low_seconds": now - self._gpu_low_since if low else None,
+            "gpu_utilization": round(found["utilization_mean"], 4),
+            "gpu_memory_used": found["memory_used"],
+            "gpu_memory_total": found["memory_total"],
         }
 
     async def send(self) -> None:

@@ -84,7 +84,6 @@ import httpx
 
 from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, delete_tables
 from billow_control.adapters.local.sqlite_store import SqliteStore
-from billow_control.core.auth import hash_token
 from billow_control.core.models import ClusterRequest
 from billow_control.core.ports import Store
 from billow_control.core.settings import ControlSettings
@@ -151,8 +150,7 @@ def prepare_clusters(root: Path, port: int, n: int) -> list[str]:
     token = runtime.plane.bootstrap_admin()
     assert token is not None, "fresh data dir expected"
     write_login(root / "login.yaml", url, token)
-    admin = runtime.ports.store.user_for_token(hash_token(token))
-    assert admin is not None
+    admin = runtime.plane.authenticate(token)
     ids = []
     for i in range(n):
         request = ClusterRequest(name=f"hb-{i}", n_workers=0, analytics="minimal")

@@ -47,6 +47,7 @@ from tests.support.aws import (
     tagged_instances,
     user_data_of,
 )
+from tests.support.imds import ImdsServer, NatForwarder
 from tests.support.processes import ROOT, stop_process, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -129,14 +130,24 @@ def live(live_deployment: Deployment) -> Iterator[Live]:
 
 @pytest.fixture
 def runner(live: Live, tmp_path: Path, instance_kit: InstanceKit) -> Iterator[InstanceRunner]:
-    instances = InstanceRunner(
-        live.deployment.url, live.deployment.name, tmp_path / "instances", instance_kit
-    )
-    instances.start()
-    try:
-        yield instances
-    finally:
-        instances.stop()
+    """Instances booted from their user data, each with an IMDSv2 endpoint (private
+    address 127.0.0.1) and, for schedulers, a public address 127.0.0.2 NAT'd to it."""
+    nat = NatForwarder()
+    with ImdsServer() as imds:
+        instances = InstanceRunner(
+            live.deployment.url,
+            live.deployment.name,
+            tmp_path / "instances",
+            instance_kit,
+            imds=imds,
+            nat=nat,
+        )
+        instances.start()
+        try:
+            yield instances
+        finally:
+            instances.stop()
+            nat.close()
     assert not instances.errors, instances.errors
 
 
@@ -150,9 +161,31 @@ def cluster_resources(ec2: Any, cluster_id: str) -> tuple[list, list]:
 # -- the seed computation -------------------------------------------------------------------
 
 
+def spot_events(deployment: Deployment) -> Callable[[], list[dict[str, Any]]]:
+    """The deployment bus's ``billow.cluster.spot-interrupted`` events, through an SQS
+    queue (an EventBridge rule's target)."""
+    events, sqs = client(deployment.url, "events"), client(deployment.url, "sqs")
+    queue = sqs.create_queue(QueueName=f"{deployment.name}-spot-{uuid.uuid4().hex[:6]}")
+    arn = sqs.get_queue_attributes(QueueUrl=queue["QueueUrl"], AttributeNames=["QueueArn"])
+    rule = f"spot-{uuid.uuid4().hex[:6]}"
+    pattern = {"detail-type": ["billow.cluster.spot-interrupted"]}
+    events.put_rule(Name=rule, EventBusName=deployment.name, EventPattern=json.dumps(pattern))
+    target = {"Id": "q", "Arn": arn["Attributes"]["QueueArn"]}
+    events.put_targets(Rule=rule, EventBusName=deployment.name, Targets=[target])
+    received: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        found = sqs.receive_message(QueueUrl=queue["QueueUrl"], MaxNumberOfMessages=10)
+        received.extend(json.loads(m["Body"]) for m in found.get("Messages", []))
+        return received
+
+    return read
+
+
 def test_seed_computation_on_the_aws_control_plane(
     live: Live, runner: InstanceRunner, gateway: ApiGateway, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    spot_published = spot_events(live.deployment)
     with (
         billow.Cluster(
             n_workers=2,
@@ -161,13 +194,63 @@ def test_seed_computation_on_the_aws_control_plane(
             token=live.token,
             show_progress=False,
             timeout=120,
+            spot_policy="spot_with_fallback",
         ) as cluster,
         Client(cluster) as dask_client,
     ):
-        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        # The client connects to the public address the scheduler learnt from IMDSv2,
+        # through the NAT; workers use the private one. The security group opens the
+        # scheduler and dashboard ports to the requester's address alone ("me").
+        record = cluster.record
+        assert cluster.scheduler_address.startswith("tls://127.0.0.2:")
+        assert record["scheduler_public_address"] == cluster.scheduler_address
+        port = cluster.scheduler_address.rsplit(":", 1)[1]
+        assert record["scheduler_address"] == f"tls://127.0.0.1:{port}"
+        assert runner.nat is not None and runner.nat.connections[int(port)] >= 1
+        assert cluster.dashboard_link.startswith("https://127.0.0.2:")
+        assert record["request"]["allow_ingress_from"] == ["127.0.0.1/32"]
+        _, (group,) = cluster_resources(live.ec2, cluster.cluster_id)
+        opened = {
+            (p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]
+        }
+        assert opened == {(8786, "127.0.0.1/32"), (8787, "127.0.0.1/32")}
         assert len(dask_client.scheduler_info()["workers"]) == 2
         result = da.random.random((10000, 10000)).sum().compute()
         cluster_id = cluster.cluster_id
+
+        # EC2 posts a spot interruption notice to one worker: its agent retires it (the
+        # scheduler moves its data and tasks), its tasks finish on the other worker, the
+        # event is published, the record counts it, and reconcile starts a replacement,
+        # on demand (spot_with_fallback after an interruption).
+        def slow(x: int) -> int:
+            import time
+
+            time.sleep(0.2)
+            return x + 1
+
+        futures = dask_client.map(slow, range(40))
+        workers = tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id, "billow:role": "worker"})
+        victim = workers[0]
+        victim_name = {t["Key"]: t["Value"] for t in victim["Tags"]}["billow:instance-name"]
+        notice = {"action": "terminate", "time": "2026-01-01T00:02:00Z"}
+        runner.imds.set(victim["InstanceId"], "spot/instance-action", json.dumps(notice))
+        assert dask_client.gather(futures) == list(range(1, 41))
+        names = lambda: {w["name"] for w in dask_client.scheduler_info()["workers"].values()}  # noqa: E731
+        wait_until(lambda: victim_name not in names(), 60, "the noticed worker retired")
+        wait_until(lambda: len(names()) == 2, 120, "a replacement worker joined")
+        assert victim_name not in names()
+        wait_until(lambda: spot_published(), 30, "the spot-interrupted event")
+        (event,) = spot_published()
+        assert event["detail"]["cluster_id"] == cluster_id
+        assert event["detail"]["detail"] == {"workers": [victim_name], "count": 1}
+        record = live.runtime.ports.store.get_cluster(cluster_id)
+        assert record is not None and record.spot_interruptions == 1
+        fleets = live.ec2.describe_fleets(
+            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_id]}]
+        )["Fleets"]
+        capacity = [f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets]
+        assert sorted(capacity) == ["on-demand", "spot", "spot", "spot"]  # the replacement
+        assert "spot interruption notice" in runner.log_of(victim["InstanceId"])
         logs = cluster.get_logs()
     assert abs(result - 5e7) < 1e5  # mean 0.5 of 1e8 uniforms; std ~2.9e3
     assert cluster.record["status"] == "stopped"
@@ -175,10 +258,10 @@ def test_seed_computation_on_the_aws_control_plane(
     assert "scheduler listening at tls://" in logs["scheduler"]
 
     instances = tagged_instances(live.ec2, **{TAG_CLUSTER: cluster_id})
-    assert len(instances) == 3
+    assert len(instances) == 4  # scheduler, two workers, the replacement
     assert {i["State"]["Name"] for i in instances} == {"terminated"}
     assert cluster_resources(live.ec2, cluster_id) == ([], [])
-    assert len(runner.pids()) == 3
+    assert len(runner.pids()) == 4
     wait_until(lambda: not runner.live_pids(), 30, "agent processes gone")
     # Each instance ran its real user data on a bare python3: it fetched uv and the wheel
     # through pre-signed S3 URLs (checked by sha256) and ran the agent from the venv it
@@ -507,3 +590,127 @@ def test_crash_right_after_a_provider_call_converges_without_leaks(
     # A crash inside teardown can leave the template or group: the reaper deletes them.
     aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
     assert cluster_resources(ec2, cluster_id) == ([], [])
+
+
+# -- clusters in another account: billow setup aws, then the control plane assumes the role --
+
+CUSTOMER_ACCOUNT = "111111111111"
+
+
+def customer_credentials(url: str) -> dict[str, str]:
+    """Credentials of an admin of another account (moto maps assumed-role credentials to
+    the role's account)."""
+    found = client(url, "sts").assume_role(
+        RoleArn=f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role/admin", RoleSessionName="customer-admin"
+    )["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": found["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": found["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": found["SessionToken"],
+    }
+
+
+def setup_aws(url: str, creds: dict[str, str], *args: str, stdin: str = "") -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BILLOW_"))}
+    env.update(creds, AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "billow.cli", "setup", "aws", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+    )
+
+
+def test_setup_aws_then_a_cluster_lives_only_through_the_assumed_role(
+    aws_url: str, gateway: ApiGateway
+) -> None:
+    creds = customer_credentials(aws_url)
+    kw = {
+        "aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"],
+        "aws_session_token": creds["AWS_SESSION_TOKEN"],
+        "region_name": "us-east-1",
+        "endpoint_url": aws_url,
+    }
+    import boto3
+
+    iam_b, ec2_b = boto3.client("iam", **kw), boto3.client("ec2", **kw)
+    deployment = Deployment.create(aws_url, gateway.url, machine="noop")
+    name = deployment.name
+    path = f"/billow-setup/{name}/"
+    principal = "arn:aws:iam::123456789012:root"
+    common = ("--deployment", name, "--control-plane", principal)
+    try:
+        # --dry-run prints every step and policy and changes nothing; without --yes each
+        # step is asked for, and a "no" stops before it.
+        dry = setup_aws(aws_url, creds, *common, "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "ec2:RunInstances" in dry.stdout and "sts:ExternalId" in dry.stdout
+        assert "step 6" in dry.stdout and "nothing was changed" in dry.stdout
+        declined = setup_aws(aws_url, creds, *common, stdin="n\n")
+        assert declined.returncode == 1 and "stopped before step 1" in declined.stdout
+        assert iam_b.list_roles(PathPrefix=path)["Roles"] == []
+
+        done = setup_aws(aws_url, creds, *common, stdin="y\n" * 6)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs = dict(
+            line.strip().split("=", 1) for line in done.stdout.splitlines() if "=" in line
+        )
+        role_arn = outputs["BILLOW_ASSUME_ROLE_ARN"]
+        assert role_arn == f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role{path}billow-{name}-control"
+        (role,) = [r for r in iam_b.list_roles(PathPrefix=path)["Roles"] if "control" in r["Arn"]]
+        trust = role["AssumeRolePolicyDocument"]
+        trust = json.loads(trust) if isinstance(trust, str) else trust
+        condition = trust["Statement"][0]["Condition"]["StringEquals"]
+        assert condition == {"sts:ExternalId": outputs["BILLOW_EXTERNAL_ID"]}
+
+        env = {**deployment.env, **outputs}
+        with functions_env(env) as rt:
+            # The control plane's EC2 identity is the assumed role in the other account.
+            frozen = rt.clients.ec2._request_signer._credentials.get_frozen_credentials()
+            caller = boto3.client(
+                "sts",
+                endpoint_url=aws_url,
+                region_name="us-east-1",
+                aws_access_key_id=frozen.access_key,
+                aws_secret_access_key=frozen.secret_key,
+                aws_session_token=frozen.token,
+            ).get_caller_identity()
+            assert caller["Arn"].startswith(
+                f"arn:aws:sts::{CUSTOMER_ACCOUNT}:assumed-role/billow-{name}-control/"
+            )
+            _, token = rt.plane.create_user(f"x-{uuid.uuid4().hex[:6]}", is_admin=True)
+            status, cluster = call_api("POST", "/v1/clusters", token, {"n_workers": 1})
+            assert status == 201, cluster
+            cluster_id = cluster["id"]
+            agents = FakeAgents(ec2_b, cluster_id)
+            drive(cluster_id, lambda out: out["status"] == "ready" and out["done"], agents)
+            status, _ = call_api("POST", f"/v1/clusters/{cluster_id}/stop", token)
+            assert status == 200
+            drive(cluster_id, lambda out: out["done"])
+        in_customer = tagged_instances(ec2_b, **{TAG_CLUSTER: cluster_id})
+        assert len(in_customer) == 2  # scheduler and worker, in the customer's account
+        assert {i["State"]["Name"] for i in in_customer} == {"terminated"}
+        profile = in_customer[0].get("IamInstanceProfile", {}).get("Arn")
+        assert profile in (None, outputs["BILLOW_INSTANCE_PROFILE_ARN"])
+        assert tagged_instances(client(aws_url, "ec2"), **{TAG_CLUSTER: cluster_id}) == []
+        assert cluster_resources(ec2_b, cluster_id) == ([], [])
+
+        # --remove deletes exactly what setup created: nothing tagged with it is left.
+        removed = setup_aws(aws_url, creds, "--deployment", name, "--remove", "--yes")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "deleted role billow-" in removed.stdout
+        assert iam_b.list_roles(PathPrefix=path)["Roles"] == []
+        assert iam_b.list_instance_profiles(PathPrefix=path)["InstanceProfiles"] == []
+        for r in iam_b.list_roles()["Roles"]:
+            tags = {
+                t["Key"]: t["Value"] for t in iam_b.list_role_tags(RoleName=r["RoleName"])["Tags"]
+            }
+            assert tags.get("billow:deployment") != name, r["RoleName"]
+        logs_b = boto3.client("logs", **kw)
+        groups = logs_b.describe_log_groups(logGroupNamePrefix=f"/billow/{name}/")["logGroups"]
+        assert groups == []
+    finally:
+        deployment.delete()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -85,3 +86,66 @@ def test_server_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     assert "billow.idle-timeout" in proc.stdout and "'soon' is not a duration" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not data_dir.exists()  # nothing was created
+
+
+def test_team_admin_adds_users_and_rotates_tokens(
+    embedded_server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team admin's day through the CLI: add a team and a user, log in as them, rotate
+    their token, disable them; every refusal is one line. In process (typer's runner:
+    the same code as ``billow``, without an interpreter start per command)."""
+    import dask.config
+    from typer.testing import CliRunner
+
+    from billow import cli
+
+    admin_login = tmp_path / "admin.yaml"
+    user_login = tmp_path / "user.yaml"
+    team = f"t-{uuid.uuid4().hex[:6]}"
+    name = f"u-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(cli.console, "_width", 200)
+    runner = CliRunner()
+
+    def run(*args: str, login: Path = admin_login, stdin: str | None = None) -> str:
+        with dask.config.set({"billow.login-file": str(login)}):
+            done = runner.invoke(cli.app, list(args), input=stdin)
+        assert done.exception is None or isinstance(done.exception, SystemExit), done.output
+        return f"{done.exit_code}:{done.output}"
+
+    def token_of(output: str) -> str:
+        return next(w for w in output.split() if w.startswith("bw_"))
+
+    assert (
+        run("login", "--server", embedded_server.url, stdin=embedded_server.token + "\n")[0] == "0"
+    )
+    assert run("admin", "team", "add", team).startswith("0:added team")
+    added = run("admin", "user", "add", name, "--team", team, "--role", "member")
+    assert added.startswith("0:") and f"member of {team}" in added
+    first = token_of(added)
+
+    login = run("login", "--server", embedded_server.url, login=user_login, stdin=first + "\n")
+    assert f"as {name} (member, team {team})" in login and "expires 20" in login
+    # rotate: a new token, log in with it, revoke the first
+    made = run("token", "create", "--name", "laptop", login=user_login)
+    assert made.startswith("0:") and "laptop" in made
+    second = token_of(made)
+    run("login", "--server", embedded_server.url, login=user_login, stdin=second + "\n")
+    listed = run("token", "list", login=user_login)
+    ids = [w for w in listed.split() if w.startswith("t-")]
+    assert len(ids) == 2 and "laptop" in listed
+    first_id = ids[0]
+    assert run("token", "revoke", first_id, login=user_login).startswith("0:revoked")
+    with httpx.Client(base_url=embedded_server.url) as http:
+        headers = {"Authorization": f"Bearer {first}"}
+        assert http.get("/v1/whoami", headers=headers).status_code == 401
+    # limits: an admin raises them, the user sees use against them
+    raised = run("admin", "limits", "user", name, "--cores", "128", "--cpu-hours", "500")
+    assert raised.startswith("0:") and "cores 128, cpu-hours 500" in raised
+    usage = run("usage", login=user_login)
+    assert usage.startswith("0:") and "0 / 128" in usage and "0 / 500" in usage
+    # a member is no admin: one line, exit 1
+    refused = run("admin", "team", "add", "nope", login=user_login)
+    assert refused.startswith("1:") and "cannot manage teams" in refused
+    assert run("admin", "user", "disable", name).startswith("0:disabled")
+    gone = run("token", "list", login=user_login)
+    assert gone.startswith("1:") and "invalid API token" in gone  # revoked with the user

@@ -50,7 +50,12 @@ for round in ("cold", "warm"):
                 "groupby": grouped.compute().sort_index().to_dict(),
                 "pandas": client.run(lambda: __import__("pandas").__version__),
                 "cluster_id": cluster.cluster_id,
-                "dashboard": httpx.get(cluster.dashboard_link, timeout=30).text,
+                "dashboard": httpx.get(
+                    cluster.dashboard_link,
+                    verify=cluster.dashboard_ssl_context(),
+                    follow_redirects=True,
+                    timeout=30,
+                ).text,
             }
 print("RESULTS " + json.dumps(results))
 """

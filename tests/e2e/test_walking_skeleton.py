@@ -34,7 +34,7 @@ def test_seed_computation_then_close_leaves_nothing_running(
         assert "seed-demo" in repr(cluster) and "ready" in repr(cluster)
         page = cluster._repr_html_()
         assert "seed-demo" in page and cluster.cluster_id in page and "4 of 4" in page
-        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert cluster.dashboard_link.startswith("https://127.0.0.1:")
 
     assert abs(result - 5e7) < 1e5  # mean 0.5 of 1e8 uniforms; std ~2.9e3
     record = api.get(f"/v1/clusters/{cluster_id}").json()

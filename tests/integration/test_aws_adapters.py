@@ -25,9 +25,10 @@ from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 
 from billow_control.adapters.aws.eventbridge_bus import EventBridgeBus
-from billow_control.adapters.aws.kms_box import ENVELOPE, KmsSecretBox
+from billow_control.adapters.aws.kms_box import KmsSecretBox
 from billow_control.adapters.aws.s3_object_store import S3ObjectStore
 from billow_control.adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+from billow_control.adapters.envelope import ENVELOPE
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.models import ClusterRecord, ClusterRequest, ClusterStatus, new_id
 from tests.support.aws import SQS_TASK, client

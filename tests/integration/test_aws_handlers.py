@@ -96,7 +96,8 @@ def test_the_reaper_resubmits_clusters_that_are_not_converging(
 def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> None:
     """A Lambda container pays only for what its requests use: reading clusters builds
     the store alone; a create adds the secret box, orchestrator, bus and idempotency
-    cache, and still no EC2 client (only reconcile launches instances)."""
+    cache, and still no EC2 client: a create of default size needs no machine types
+    (only reconcile chooses them, and launches instances)."""
     assert rt.ports.built() == [] and rt.clients.built() == []
     status, _ = call_api("GET", "/v1/health")
     assert status == 200 and rt.ports.built() == []
@@ -106,5 +107,29 @@ def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> Non
     assert rt.ports.built() == ["store"] and rt.clients.built() == []
     status, created = call_api("POST", "/v1/clusters", token, {"n_workers": 1})
     assert status == 201, created
-    assert "provider" not in rt.ports.built()
+    assert "provider" not in rt.ports.built() and "machines" not in rt.ports.built()
     assert rt.clients.built() == ["dynamodb", "events", "kms", "stepfunctions"]
+
+
+def test_a_create_no_machine_fits_is_a_422_and_the_region_lists_its_types(
+    rt: AwsRuntime,
+) -> None:
+    user, token = rt.plane.create_user("sizing")
+    asks = [
+        ({"worker_vm_types": ["zz9.huge"]}, "worker_vm_types", "does not exist in this region"),
+        ({"worker_cpu": 4, "worker_vm_types": ["t3.medium"]}, "worker_vm_types", "2 vCPUs"),
+        ({"worker_gpu": 16}, "worker_cpu", "no machine type"),
+        ({"worker_vm_types": ["m5.large"], "spot_policy": "sometimes"}, "spot_policy", ""),
+    ]
+    for fields, field, words in asks:
+        status, body = call_api("POST", "/v1/clusters", token, {"n_workers": 1, **fields})
+        assert status == 422 and words in body["message"], body
+        assert body.get("field", (body.get("detail") or [{}])[0].get("field")) == field
+    assert rt.ports.store.list_clusters(user.id, active_only=False) == []
+    status, listed = call_api("GET", "/v1/instance-types?cores=4&memory=16%20GiB&gpu=1", token)
+    assert status == 200, listed
+    found = listed["instance_types"]
+    assert found and all(t["cores"] >= 4 and t["memory_gib"] >= 16 for t in found)
+    assert all(t["gpus"] >= 1 for t in found) and found[0]["name"] == "g4dn.xlarge"
+    status, bad = call_api("GET", "/v1/instance-types?memory=lots", token)
+    assert status == 422 and bad["field"] == "memory"

@@ -28,7 +28,9 @@ TOOLS_BIN = ROOT / ".tools" / "node_modules" / ".bin"
 STATE_MACHINES = sorted((ROOT / "infra" / "statemachines").glob("*.json"))
 CUSTOMER_POLICY = ROOT / "infra" / "iam" / "customer-role-policy.json"
 STAGE = "test"
-FUNCTIONS = {"api", "reconcile", "reaper", "events"}
+FUNCTIONS = {"api", "reconcile", "reaper", "events", "bootstrap"}
+# Functions that reach the whole store (bootstrap writes only the first admin).
+STORE_FUNCTIONS = FUNCTIONS - {"bootstrap"}
 LAMBDA_RETRY_ERRORS = {
     "Lambda.ServiceException",
     "Lambda.SdkClientException",
@@ -282,6 +284,7 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
         "states:DescribeExecution",
         "events:PutEvents",
         "ec2:DescribeInstances",  # cluster logs list the cluster's instances
+        "ec2:DescribeInstanceTypes",  # a create no machine fits is a 422; /v1/instance-types
     } <= actions("api")
     assert {
         "dynamodb:UpdateItem",
@@ -314,6 +317,12 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     assert kms["Condition"]["StringEquals"] == context
 
     reconcile = _statements(_role_of(template, "reconcile"))
+    # The default image of each architecture: the public Amazon Linux 2023 parameters only.
+    (images,) = [s for s in reconcile if "ssm:GetParameter" in _actions(s)]
+    assert _actions(images) == ["ssm:GetParameter"]
+    assert json.dumps(images["Resource"]).endswith(
+        '::parameter/aws/service/ami-amazon-linux-latest/*"}'
+    )
     deployment = {"aws:RequestTag/billow:deployment": f"billow-{STAGE}"}
     launches = [s for s in reconcile if "ec2:RunInstances" in _actions(s)]
     tagged = [s for s in launches if s.get("Condition", {}).get("StringEquals") == deployment]
@@ -338,6 +347,13 @@ def test_functions_get_the_deployment_environment(template: dict[str, Any]) -> N
         assert env["BILLOW_ENV_BUCKET"] == {"Ref": "EnvBucket"}
         # Set by --param after scripts/upload-instance-kit.sh; empty (not absent) before.
         assert env["BILLOW_AGENT_WHEEL"] == env["BILLOW_UV_SHA256"] == ""
+        # Clusters in this account unless `billow setup aws` values are passed as params.
+        assert env["BILLOW_ASSUME_ROLE_ARN"] == env["BILLOW_EXTERNAL_ID"] == ""
+        assert env["BILLOW_INSTANCE_LOG_GROUP"] == f"/billow/{STAGE}/instances"
+        assert env["BILLOW_INSTANCE_PROFILE_ARN"] == {
+            "Fn::If": ["OwnInstanceProfile", {"Fn::GetAtt": ["InstanceProfile", "Arn"]}, ""]
+        }
+    assert template["Conditions"]["OwnInstanceProfile"] == {"Fn::Equals": ["", ""]}
 
 
 def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
@@ -439,7 +455,7 @@ def test_store_permissions_cover_every_table_and_index(template: dict[str, Any])
         for logical_id, t in tables.items()
         if not t["Properties"]["TableName"].endswith("-idempotency")
     } - api_only
-    for name in FUNCTIONS:
+    for name in STORE_FUNCTIONS:
         statements = _statements(_role_of(template, name))
         (store,) = [s for s in statements if s.get("Sid") == "Store"]
         text = json.dumps(store["Resource"])
@@ -484,6 +500,40 @@ def test_commands_on_the_deployment_bus_reach_the_events_function(template: dict
     assert rules[0]["EventPattern"] == {"detail-type": ["billow.command"]}
     assert rules[0]["EventBusName"] == {"Fn::GetAtt": ["EventBus", "Name"]}
     assert events_id in json.dumps(rules[0]["Targets"])
+
+
+def test_the_first_admin_comes_only_from_a_directly_invoked_function(
+    template: dict[str, Any],
+) -> None:
+    """``billow admin bootstrap`` finds the bootstrap function in the stack's outputs and
+    invokes it with the deployer's AWS credentials: no route, rule or permission lets
+    anything else invoke it, and its role writes users and their tokens, nothing else."""
+    bootstrap_id, _ = _function(template, "bootstrap")
+    outputs = template["Outputs"]
+    assert outputs["BootstrapFunctionName"]["Value"] == {"Ref": bootstrap_id}
+    invokers = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] in ("AWS::Lambda::Permission", "AWS::ApiGatewayV2::Integration")
+        or r["Type"] == "AWS::Events::Rule"
+    ]
+    assert bootstrap_id not in json.dumps(invokers)
+    statements = _statements(_role_of(template, "bootstrap"))
+    granted = {a for s in statements for a in _actions(s)}
+    assert granted == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "dynamodb:GetItem",
+        "dynamodb:Scan",
+        "dynamodb:PutItem",
+        "dynamodb:ConditionCheckItem",
+    }
+    (users,) = [s for s in statements if s.get("Sid") == "Users"]
+    assert {r["Fn::GetAtt"][0] for r in users["Resource"]} == {
+        "UsersTable",
+        "UserNamesTable",
+        "ApiTokensTable",
+    }
 
 
 def test_http_api_routes_v1_to_the_api_function(template: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from botocore.awsrequest import AWSResponse
 
 from billow_control.adapters.aws.ec2 import (
     MAX_USER_DATA,
+    AmiResolver,
     EC2LaunchError,
     EC2Provider,
     EC2Settings,
@@ -264,6 +265,45 @@ def test_security_group_opens_only_scheduler_and_dashboard(make_provider, make_s
     assert again.security_group_id == group["GroupId"]
     regroup = ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"][0]
     assert len(regroup["IpPermissions"]) == len(perms)
+
+
+def test_a_spec_brings_its_types_image_purchase_and_ingress(
+    make_provider, make_spec, ec2, moto_url
+):
+    """What the core chose for a cluster (machine types, architecture, spot policy,
+    allow_ingress_from) wins over the deployment's defaults; the image of an arm64
+    cluster is the arm64 Amazon Linux 2023 from SSM when no AMI is pinned."""
+    ssm = boto3.client("ssm", endpoint_url=moto_url, region_name=REGION)
+    provider = make_provider(purchase="spot")
+    provider.fleet.images = AmiResolver(ssm)  # what runtimes/aws wires: no BILLOW_AMI_ID
+    spec = make_spec().model_copy(
+        update={
+            "vm_types": ["m7g.large", "c7g.large"],
+            "arch": "arm64",
+            "spot_policy": "on-demand",
+            "ingress": ["198.51.100.7/32", "203.0.113.0/24"],
+        }
+    )
+    info = provider.launch(spec)
+    (instance,) = ec2.describe_instances(InstanceIds=[info.id])["Reservations"][0]["Instances"]
+    assert instance["InstanceType"] == "m7g.large"
+    fleets = ec2.describe_fleets(
+        Filters=[{"Name": f"tag:{tags.CLUSTER}", "Values": [spec.cluster_id]}]
+    )["Fleets"]
+    capacity = {f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets}
+    assert capacity == {"on-demand"}  # the cluster's policy, not the deployment's "spot"
+    template = ec2.describe_launch_template_versions(
+        LaunchTemplateName=f"billow-{spec.cluster_id}"
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    arm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+    assert template["ImageId"] == ssm.get_parameter(Name=arm)["Parameter"]["Value"]
+    group = ec2.describe_security_groups(Filters=cluster_filter(spec))["SecurityGroups"][0]
+    opened = {
+        (p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p.get("IpRanges", [])
+    }
+    assert opened == {
+        (port, cidr) for port in (8786, 8787) for cidr in ("198.51.100.7/32", "203.0.113.0/24")
+    }
 
 
 def test_terminate_all_then_template_and_group_are_deleted(make_provider, make_spec, ec2):

@@ -11,8 +11,8 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from google.api_core import exceptions as gexc
 
+from billow_control.adapters.envelope import ENVELOPE
 from billow_control.adapters.gcp.kms_box import (
-    ENVELOPE,
     KMS_MAX_PLAINTEXT,
     MAX_PLAINTEXT,
     CloudKmsSecretBox,

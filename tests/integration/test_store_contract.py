@@ -26,6 +26,7 @@ import pytest
 
 from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.local.sqlite_store import SqliteStore
+from billow_control.core.accounts import ApiToken, Limits, Role, Team, TokenScope
 from billow_control.core.models import (
     ClusterRecord,
     ClusterRequest,
@@ -440,11 +441,56 @@ def test_users_and_api_tokens(store: Store) -> None:
     assert store.count_users() == 2
     assert store.get_user("u-bob") == bob
     assert store.get_user("u-nobody") is None
-    store.put_api_token("hash-a", "u-alice")
-    store.put_api_token("hash-b", "u-bob")
-    assert store.user_for_token("hash-a") == alice
-    assert store.user_for_token("hash-b") == bob
-    assert store.user_for_token("hash-unknown") is None
+    assert store.list_users() == [alice, bob]
+    carol = User(id="u-carol", name="carol", team="etl", role=Role.viewer, disabled=True)
+    store.put_user(carol)
+    assert store.get_user("u-carol") == carol
+
+
+def test_api_tokens_keep_metadata_and_are_revoked(store: Store) -> None:
+    first = ApiToken(
+        id="t-1",
+        token_hash="hash-a",
+        user_id="u-alice",
+        name="laptop",
+        created_at=T0,
+        expires_at=T0 + timedelta(days=90),
+    )
+    second = ApiToken(
+        id="t-2",
+        token_hash="hash-b",
+        user_id="u-alice",
+        scope=TokenScope.read_only,
+        created_at=T0 + timedelta(seconds=1),
+    )
+    store.put_api_token(first)
+    store.put_api_token(second)
+    store.put_api_token(ApiToken(id="t-3", token_hash="hash-c", user_id="u-bob", created_at=T0))
+    assert store.get_api_token("hash-a") == first
+    assert store.get_api_token("hash-unknown") is None
+    assert store.list_api_tokens("u-alice") == [first, second]
+    assert store.list_api_tokens("u-nobody") == []
+    store.touch_api_token("hash-a", T0 + timedelta(hours=1))
+    touched = store.get_api_token("hash-a")
+    assert touched == first.model_copy(update={"last_used_at": T0 + timedelta(hours=1)})
+    assert store.delete_api_token("hash-a") is True
+    assert store.delete_api_token("hash-a") is False
+    assert store.get_api_token("hash-a") is None
+    store.touch_api_token("hash-a", T0 + timedelta(hours=2))  # never brings a revoked one back
+    assert store.get_api_token("hash-a") is None
+    assert [t.id for t in store.list_api_tokens("u-alice")] == ["t-2"]
+
+
+def test_teams(store: Store) -> None:
+    assert store.list_teams() == [] and store.get_team("etl") is None
+    etl = Team(name="etl", created_at=T0)
+    store.put_team(etl)
+    store.put_team(Team(name="bi", created_at=T0))
+    assert store.get_team("etl") == etl
+    assert [t.name for t in store.list_teams()] == ["bi", "etl"]
+    raised = etl.model_copy(update={"limits": Limits(cores=128, cpu_hours=1000.0)})
+    store.put_team(raised)  # replaced: limits change
+    assert store.get_team("etl") == raised
 
 
 def test_user_names_are_unique(store: Store) -> None:
@@ -549,7 +595,37 @@ def test_sqlite_file_of_an_older_version_keeps_its_idempotency_keys(tmp_path: Pa
     assert store.create_cluster(record(name="c"), "key-1", "hash-2") == (later, False)
 
 
+def test_sqlite_users_and_tokens_of_an_older_version_land_in_the_default_team(
+    tmp_path: Path,
+) -> None:
+    """Users written before teams read as members of ``default``; tokens written before
+    they had metadata read as legacy tokens (no expiry) until revoked."""
+    path = tmp_path / "billow.db"
+    SqliteStore(path)
+    with sqlite3.connect(path) as old:  # the tables as older versions wrote them
+        old.execute("ALTER TABLE api_tokens DROP COLUMN doc")
+        old.execute("""INSERT INTO users VALUES ('u-old', '{"id":"u-old","name":"old"}')""")
+        old.execute("INSERT INTO api_tokens VALUES ('hash-old', 'u-old')")
+    store = SqliteStore(path)
+    user = store.get_user("u-old")
+    assert user is not None and (user.team, user.role, user.disabled) == (
+        "default",
+        "member",
+        False,
+    )
+    assert store.get_api_token("hash-old") == ApiToken.legacy("hash-old", "u-old")
+    assert store.get_api_token("hash-old").expires_at is None  # type: ignore[union-attr]
+    store.touch_api_token("hash-old", T0)
+    assert store.list_api_tokens("u-old")[0].last_used_at == T0
+
+
 # -- DynamoDB only -----------------------------------------------------------------------
+
+
+def test_dynamodb_tokens_of_an_older_version_read_as_legacy(dynamo: DynamoDBStore) -> None:
+    dynamo.models.api_token("hash-old", user_id="u-old").save()  # no doc: as older versions
+    assert dynamo.get_api_token("hash-old") == ApiToken.legacy("hash-old", "u-old")
+    assert [t.id for t in dynamo.list_api_tokens("u-old")] == ["t-hash-old"]
 
 
 class _Reads:

@@ -54,6 +54,7 @@ from billow_control.adapters.aws.dynamodb import DynamoDBStore, create_tables, d
 from billow_control.adapters.aws.ec2 import AGENT_LOG
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
+from tests.support.imds import ImdsServer, NatForwarder
 from tests.support.instances import (
     InstanceKit,
     RunningInstance,
@@ -62,7 +63,7 @@ from tests.support.instances import (
     sha256_of,
     stop_instances,
 )
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, free_port
 
 __all__ = ["InstanceKit", "RunningInstance", "exported_env", "sha256_of"]
 
@@ -175,7 +176,8 @@ class Deployment:
             "BILLOW_AMI_ID": ami,
             "BILLOW_INSTANCE_TYPES": "t3.medium",
             "BILLOW_PURCHASE": "on-demand",
-            "BILLOW_ALLOWED_CIDR": "127.0.0.1/32",
+            # Only clusters recorded without allow_ingress_from fall back to this.
+            "BILLOW_ALLOWED_CIDR": "192.0.2.0/24",
             "BILLOW_INSTANCE_LOG_GROUP": log_group,
             "BILLOW_RECONCILE_INTERVAL": "1",
             "BILLOW_HEARTBEAT_INTERVAL": "1",
@@ -363,8 +365,17 @@ class InstanceRunner:
     the module docstring)."""
 
     def __init__(
-        self, url: str, deployment: str, workdir: Path, kit: InstanceKit, grace: float = 5.0
+        self,
+        url: str,
+        deployment: str,
+        workdir: Path,
+        kit: InstanceKit,
+        grace: float = 5.0,
+        imds: ImdsServer | None = None,
+        nat: NatForwarder | None = None,
     ) -> None:
+        self.imds = imds
+        self.nat = nat
         self.ec2 = client(url, "ec2")
         self.logs = client(url, "logs")
         self.deployment = deployment
@@ -440,9 +451,34 @@ class InstanceRunner:
             instance_id,
             script,
             file_path.group(1) if file_path else AGENT_LOG,
+            extra=self._metadata(instance_id, exported_env(script).get("BILLOW_ROLE")),
         )
         inst.log_group = group.group(1) if group else ""
         self.instances[instance_id] = inst
+
+    def _metadata(self, instance_id: str, role: str | None) -> dict[str, str]:
+        """With an ``ImdsServer``: the instance's IMDS endpoint and addresses (private
+        127.0.0.1; with a ``NatForwarder``, public 127.0.0.2, relayed to fixed scheduler
+        and dashboard ports, as EC2's NAT relays a public IP)."""
+        if self.imds is None:
+            return {}
+        self.imds.set(instance_id, "local-ipv4", "127.0.0.1")
+        env = {
+            "BILLOW_IMDS_ENDPOINT": self.imds.endpoint(instance_id),
+            "BILLOW_SPOT_POLL_INTERVAL": "0.5",  # workers watch for spot notices
+        }
+        if self.nat is not None and role == "scheduler":
+            self.imds.set(instance_id, "public-ipv4", self.nat.public_host)
+            for variable in ("BILLOW_SCHEDULER_PORT", "BILLOW_DASHBOARD_PORT"):
+                for _ in range(20):  # free on both addresses
+                    port = free_port()
+                    try:
+                        self.nat.add(port)
+                        break
+                    except OSError:
+                        continue
+                env[variable] = str(port)
+        return env
 
     def _ship_logs(self, inst: RunningInstance) -> None:
         """What the CloudWatch agent of the bootstrap script does: new lines to the stream

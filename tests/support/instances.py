@@ -210,10 +210,16 @@ class RunningInstance:
 
 
 def boot_script(
-    kit: InstanceKit, root: Path, instance_id: str, script: str, log_path: str = AGENT_LOG
+    kit: InstanceKit,
+    root: Path,
+    instance_id: str,
+    script: str,
+    log_path: str = AGENT_LOG,
+    extra: dict[str, str] | None = None,
 ) -> RunningInstance:
     """Run bootstrap ``script`` as a bare instance ``instance_id`` under ``root`` (see the
-    module docstring); ``log_path`` is where the script logs, under its root."""
+    module docstring); ``log_path`` is where the script logs, under its root; ``extra``:
+    more environment (a cloud harness's metadata endpoint, say)."""
     root.mkdir(parents=True)
     (root / "user-data").write_text(script)
     # One machine hosts every "instance": loopback only, ports the OS picks, one uv cache;
@@ -226,6 +232,7 @@ def boot_script(
         "BILLOW_SCHEDULER_PORT": "0",
         "BILLOW_DASHBOARD_PORT": "0",
         "UV_CACHE_DIR": str(kit.uv_cache),
+        **(extra or {}),
     }
     with open(root / "console.log", "wb") as console:  # before the script's redirect
         proc = subprocess.Popen(

@@ -52,6 +52,7 @@ class Worker:
     nthreads: int = 1
     memory_limit: int = 1 << 30
     nbytes: int = 0
+    metrics: dict = field(default_factory=dict)
 
 
 class Scheduler:

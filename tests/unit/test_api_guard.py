@@ -104,6 +104,20 @@ USER_ROUTES = [
     ("POST", "/v1/environments/etl"),
     ("GET", "/v1/environments/etl"),
     ("DELETE", "/v1/environments/etl"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/t-0000000000000000"),
+    ("POST", "/v1/admin/users"),
+    ("GET", "/v1/admin/users"),
+    ("POST", "/v1/admin/users/bob/disable"),
+    ("POST", "/v1/admin/users/bob/enable"),
+    ("POST", "/v1/admin/users/bob/tokens"),
+    ("GET", "/v1/admin/teams"),
+    ("POST", "/v1/admin/teams"),
+    ("GET", "/v1/admin/teams/etl/members"),
+    ("PUT", "/v1/admin/users/bob/limits"),
+    ("PUT", "/v1/admin/teams/etl/limits"),
+    ("GET", "/v1/usage"),
 ]
 
 BAD_BODIES: list[tuple[str, bytes, dict[str, str]]] = [

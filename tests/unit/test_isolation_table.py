@@ -36,6 +36,7 @@ pytestmark = pytest.mark.unit
 
 MISSING_CLUSTER = "c-0123456789abcdef"
 MISSING_ENV = "nobody-has-this"
+MISSING_TOKEN = "t-0123456789abcdef"
 PUBLIC = {("GET", "/v1/health")}
 USER = {
     ("GET", "/v1/whoami"),
@@ -51,14 +52,38 @@ USER = {
     ("POST", "/v1/environments/{name}"),
     ("GET", "/v1/environments/{name}"),
     ("DELETE", "/v1/environments/{name}"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/{token_id}"),
+    ("GET", "/v1/usage"),
 }
+# About the deployment, not any tenant: any answer but a 5xx, with nothing of Alice's (the
+# embedded deployment has no machine catalog: 409).
+DEPLOYMENT_WIDE = {("GET", "/v1/instance-types")}
 AGENT = {("POST", "/v1/agent/kit"), ("POST", "/v1/agent/bootstrap")}
 HEARTBEAT = ("POST", "/v1/clusters/{cluster_id}/heartbeat")
-ADMIN_ONLY = {("POST", "/v1/users")}
+ADMIN_ONLY = {
+    ("POST", "/v1/users"),
+    ("GET", "/v1/admin/users"),
+    ("POST", "/v1/admin/users"),
+    ("POST", "/v1/admin/users/{name}/disable"),
+    ("POST", "/v1/admin/users/{name}/enable"),
+    ("POST", "/v1/admin/users/{name}/tokens"),
+    ("PUT", "/v1/admin/users/{name}/limits"),
+    ("GET", "/v1/admin/teams"),
+    ("POST", "/v1/admin/teams"),
+    ("GET", "/v1/admin/teams/{name}/members"),
+    ("PUT", "/v1/admin/teams/{name}/limits"),
+}
 # A valid body for each route that takes one, so that Bob's requests are judged on whose
 # resource they name, not refused for their shape.
 BODIES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/users"): {"name": "mallory"},
+    ("POST", "/v1/admin/users"): {"name": "mallory"},
+    ("PUT", "/v1/admin/users/{name}/limits"): {"cores": 1000},
+    ("POST", "/v1/admin/teams"): {"name": "mallorys"},
+    ("PUT", "/v1/admin/teams/{name}/limits"): {"cores": 1000},
+    ("POST", "/v1/tokens"): {"name": "bobs"},
     ("POST", "/v1/clusters"): {"n_workers": 1},
     ("POST", "/v1/clusters/{cluster_id}/scale"): {"n_workers": 2},
     ("POST", "/v1/software/uploads"): {
@@ -102,7 +127,10 @@ class World:
         self.call(self.alice, "POST", "/v1/environments/etl", self.env_body, 201)
         self.bobs_cluster = self.call(self.bob, "POST", "/v1/clusters", {"name": "bobs"}, 201)["id"]
         alice_id = self.call(self.alice, "GET", "/v1/whoami", None, 200)["id"]
-        self.secrets = [self.cluster, "alices", alice_id, self.alice, self.cluster_token]
+        self.token_id = self.call(self.alice, "GET", "/v1/tokens", None, 200)["tokens"][0]["id"]
+        self.secrets = [
+            self.cluster, "alices", alice_id, self.alice, self.cluster_token, self.token_id
+        ]  # fmt: skip
 
     def user(self, name: str) -> str:
         status, _, body = self.api.call("POST", "/v1/users", {"name": name})
@@ -145,8 +173,12 @@ def routes(world: World) -> list[tuple[str, str]]:
     )
 
 
-def fill(template: str, cluster: str, env: str) -> str:
-    return template.replace("{cluster_id}", cluster).replace("{name}", env)
+def fill(template: str, cluster: str, env: str, token_id: str) -> str:
+    return (
+        template.replace("{cluster_id}", cluster)
+        .replace("{name}", env)
+        .replace("{token_id}", token_id)
+    )
 
 
 def body_for(world: World, route: tuple[str, str]) -> dict | None:
@@ -181,14 +213,18 @@ def expected(route: tuple[str, str], kind: str) -> int | str:
         return 401
     if route in ADMIN_ONLY:
         return 403
-    if "{cluster_id}" in route[1] or ("{name}" in route[1] and route[0] != "POST"):
+    if route in DEPLOYMENT_WIDE:
+        return "deployment-wide"
+    if "{cluster_id}" in route[1] or "{token_id}" in route[1]:
+        return "absent"
+    if "{name}" in route[1] and route[0] != "POST":
         return "absent"
     return "own data"
 
 
 def test_every_route_is_in_the_table(world: World) -> None:
     """A route added to the API must be classified here before this test passes."""
-    table = PUBLIC | USER | ADMIN_ONLY | AGENT | {HEARTBEAT}
+    table = PUBLIC | USER | DEPLOYMENT_WIDE | ADMIN_ONLY | AGENT | {HEARTBEAT}
     assert set(routes(world)) <= table, set(routes(world)) - table
     assert set(routes(world)) >= table - PUBLIC, table - PUBLIC - set(routes(world))
 
@@ -204,19 +240,23 @@ def test_isolation_table(world: World, kind: str) -> None:
             continue
         method, template = route
         target = world.bobs_cluster if kind == "cluster token" else world.cluster
-        path = fill(template, target, "etl")
+        path = fill(template, target, "etl", world.token_id)
         status, headers, raw = world.request(token, method, path, body_for(world, route))
         want = expected(route, kind)
         seen.append(f"{method} {template}: {status}")
         if want == "absent":
-            missing = fill(template, MISSING_CLUSTER, MISSING_ENV)
+            missing = fill(template, MISSING_CLUSTER, MISSING_ENV, MISSING_TOKEN)
             body = body_for(world, route)
             m_status, m_headers, m_raw = world.request(token, method, missing, body)
-            swapped = raw.replace(world.cluster.encode(), MISSING_CLUSTER.encode()).replace(
-                b"'etl'", f"'{MISSING_ENV}'".encode()
+            swapped = (
+                raw.replace(world.cluster.encode(), MISSING_CLUSTER.encode())
+                .replace(b"'etl'", f"'{MISSING_ENV}'".encode())
+                .replace(world.token_id.encode(), MISSING_TOKEN.encode())
             )
             assert (status, headers, swapped) == (404, m_headers, m_raw), (route, raw, m_raw)
             assert m_status == 404
+        elif want == "deployment-wide":
+            assert status < 500 and status not in (401, 403, 404), (route, status, raw)
         elif want == "own data":
             assert 200 <= status < 300, (route, status, raw)
             if route == ("POST", "/v1/environments/{name}"):  # Bob's own "etl"

@@ -88,10 +88,12 @@ def bootstrap_script(
     log_setup: Sequence[str],
     shutdown: str,
     max_bytes: int,
+    defaults: Mapping[str, str] | None = None,
 ) -> str:
     """The bash bootstrap script: the four ``BOOTSTRAP_ENV`` variables of ``environment``
     and nothing else secret, the cloud's ``log_setup`` lines (run before the kit is
-    fetched, so the log agent ships every line) and its ``shutdown`` line.
+    fetched, so the log agent ships every line), its ``shutdown`` line, and its own
+    ``defaults`` of variables the agent reads (each overridable from the environment).
 
     Raises
     ------
@@ -106,6 +108,7 @@ def bootstrap_script(
         "BILLOW_DASHBOARD_PORT": str(dashboard_port),
         "UV_CACHE_DIR": "$B/uv-cache",
         "UV_PYTHON_INSTALL_DIR": "$B/python",
+        **(defaults or {}),
     }
     lines = [
         "#!/bin/bash",

@@ -29,6 +29,7 @@ from .body import parse_json
 from .guard import PUBLIC, RequestGuard, registered_routes
 from .openapi import openapi_document
 from .responses import json_response
+from .routes_accounts import account_router
 from .routes_agent import agent_router
 from .routes_clusters import cluster_router
 from .routes_environments import environment_router
@@ -44,6 +45,7 @@ def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
     app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=parse_json)
     RequestGuard.install(app, plane)
     app.include_router(cluster_router(plane))
+    app.include_router(account_router(plane))
     app.include_router(agent_router(plane))
     app.include_router(software_router(plane))
     app.include_router(environment_router(plane))

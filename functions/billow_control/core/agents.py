@@ -11,8 +11,9 @@ import json
 from typing import Any
 
 from .auth import CLUSTER_TOKEN_PREFIX, hash_token, new_token, same_hash
+from .convergence import converged
 from .errors import Conflict, NotFound, NotReady, Unauthorized
-from .lifecycle import Lifecycle, converged
+from .lifecycle import Lifecycle
 from .models import (
     ClusterRecord,
     ClusterTarget,
@@ -22,10 +23,13 @@ from .models import (
     InstanceRole,
 )
 from .ports import Ports
+from .spot import note_interruptions
 from .watchdog import steady_heartbeat
 
 # The blob holding a cluster's ``request.secrets``: their JSON, sealed by the secret box.
 ENVIRON_SECRETS = "environ-secrets"
+# The token the scheduler's dashboard asks for (``billow.dashboard``), sealed like the keys.
+DASHBOARD_TOKEN = "dashboard-token"
 
 
 def unseal(ports: Ports, cluster_id: str, name: str) -> str:
@@ -147,6 +151,7 @@ class ClusterAgents:
             config["cluster_token"] = cluster_token
             config["analytics"] = request.analytics
             config["gpu_threshold"] = self.ports.settings.gpu_utilization_threshold
+            config["dashboard_token"] = self.dashboard_token(record)
         else:
             assert beat is not None
             config["scheduler_address"] = beat.heartbeat.scheduler_address
@@ -172,6 +177,8 @@ class ClusterAgents:
             cluster_id=cluster_id, received_at=self.ports.clock.now(), heartbeat=beat
         )
         self.ports.store.put_heartbeat(stored)
+        if beat.spot_interrupted:
+            record = note_interruptions(self.ports, record, beat)
         record = self.lifecycle.observe(record, stored)
         settings = self.ports.settings
         next_heartbeat = steady_heartbeat(record, settings)
@@ -183,6 +190,13 @@ class ClusterAgents:
             "status": record.status.value,
             "next_heartbeat": next_heartbeat,
         }
+
+    def dashboard_token(self, record: ClusterRecord) -> str | None:
+        """The cluster's dashboard token; ``None`` for a cluster created without one."""
+        try:
+            return unseal(self.ports, record.id, DASHBOARD_TOKEN)
+        except NotFound:
+            return None
 
     # -- helpers ---------------------------------------------------------------------
 

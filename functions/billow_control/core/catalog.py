@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import access
+from .access import Action
 from .errors import Conflict, Invalid, NotFound
 from .models import ClusterRequest, User
 from .ports import Ports, StaleRecordError
@@ -77,7 +79,8 @@ class SoftwareCatalog:
         """Where to ``PUT`` each wheel the caller wants to use: a pre-signed URL and the
         headers the ``PUT`` must carry, or ``present`` when the store has it already
         (wheels are named by their sha256, so an object's content is the same whoever
-        uploaded it). Any user may upload."""
+        uploaded it). Any user whose role may create clusters may upload."""
+        access.require(user, Action.write_software)
         objects = self.ports.objects
         if objects is None:
             raise Invalid("this deployment has no object store for wheels", field="files")
@@ -106,6 +109,7 @@ class SoftwareCatalog:
         packages or naming wheels the object store does not have, and ``Conflict`` when
         concurrent writers kept winning.
         """
+        access.require(user, Action.write_software)
         name = self._environment_name(name)
         self.check(spec, "spec")
         store = self.ports.store
@@ -123,6 +127,7 @@ class SoftwareCatalog:
     def get_environment(self, user: User, name: str, revision: int | None = None) -> dict[str, Any]:
         """The caller's environment ``name`` (latest revision, or ``revision``), spec
         included. Raises ``NotFound`` for a missing one, another tenant's included."""
+        access.require(user, Action.read_software)
         if revision is not None and revision < 1:
             raise Invalid("revision must be 1 or more", field="revision")
         env = self.ports.store.get_environment(user.id, self._environment_name(name), revision)
@@ -134,6 +139,7 @@ class SoftwareCatalog:
     def list_environments(self, user: User) -> list[dict[str, Any]]:
         """The latest revision of each of the caller's environments (admins included: an
         environment is its owner's), by name, without their package lists."""
+        access.require(user, Action.read_software)
         return [
             env.public(include_spec=False) for env in self.ports.store.list_environments(user.id)
         ]
@@ -141,6 +147,7 @@ class SoftwareCatalog:
     def delete_environment(self, user: User, name: str) -> dict[str, Any]:
         """Delete every revision of the caller's environment ``name``; clusters started
         from it keep their copy of the spec. Raises ``NotFound`` for a missing one."""
+        access.require(user, Action.write_software)
         try:
             deleted = self.ports.store.delete_environment(user.id, self._environment_name(name))
         except StaleRecordError:

@@ -112,7 +112,7 @@ def carry_out(
     )
     control = plane()
     user = control.ports.store.get_user(command.user_id)
-    if user is None:
+    if user is None or user.disabled:
         return refused(envelope, "unknown-user", f"no user {command.user_id!r}")
     try:
         if command.action == "stop":

@@ -18,10 +18,11 @@ Every transition is one conditional write followed by its event (``provisioning`
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from . import tags
+from . import ingress, placement, tags
 from .auth import INSTANCE_TOKEN_PREFIX, hash_token, new_token
+from .convergence import start_deadline_passed
 from .errors import Conflict, NotFound
 from .models import (
     ClusterRecord,
@@ -36,7 +37,6 @@ from .models import (
     ReconcileResult,
 )
 from .ports import LaunchRefused, Ports, StaleRecordError
-from .settings import ControlSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +52,6 @@ INSTANCE_BASE_ENVIRONMENT = {
 }
 WRITE_RETRIES = 20  # re-reads after a lost conditional write before giving up
 MAX_POLL_WAIT = 10.0  # seconds between reconcile steps while instances boot
-
-
-def converged(record: ClusterRecord, beat: HeartbeatRecord | None) -> bool:
-    """The one convergence rule: has the cluster, as last observed, reached its target?
-
-    Stopped target: the cluster is terminal. Running target: it is ready, no named
-    removal is pending, and its last heartbeat (when there is one) counts the desired
-    workers. Whoever sees a cluster that has not converged submits it to the
-    orchestrator (a heartbeat, the watchdog's resync).
-    """
-    if record.target == ClusterTarget.stopped:
-        return record.status.terminal
-    if record.status != ClusterStatus.ready or record.remove_workers:
-        return False
-    return beat is None or len(beat.heartbeat.workers) == record.desired_workers
-
-
-def start_deadline_passed(record: ClusterRecord, now: datetime, settings: ControlSettings) -> str:
-    """Why a not-yet-ready cluster is out of time (the start-timeout failure message), or
-    ``""`` while it is within ``settings.start_timeout`` or already ready."""
-    if record.status == ClusterStatus.ready:
-        return ""
-    if (now - record.created_at).total_seconds() <= settings.start_timeout:
-        return ""
-    return f"cluster was not ready {settings.start_timeout:.0f}s after it was requested"
 
 
 def _worker_index(name: str) -> int:
@@ -229,8 +204,10 @@ class Lifecycle:
                 f"scheduler instance {dead.id} exited{code}",
                 self._logs_of(dead),
             )
+        batch = settings.launch_batch  # instances launched by this step, at most
         if live_scheduler is None:
             self._launch(record, SCHEDULER_NAME, InstanceRole.scheduler)
+            batch -= 1
 
         workers = [i for i in instances if i.role == InstanceRole.worker]
         live = [w for w in workers if w.state != InstanceState.terminated]
@@ -259,9 +236,10 @@ class Lifecycle:
             record.remove_workers = []
             record = self._write(record, None)
 
-        # Scale up with fresh names, so a replaced worker never reuses a dead one's token.
+        # Scale up with fresh names, so a replaced worker never reuses a dead one's token;
+        # in batches of at most ``launch_batch`` per step: the next step launches more.
         next_index = max((_worker_index(w.name) for w in workers), default=-1) + 1
-        for i in range(record.desired_workers - len(rest)):
+        for i in range(min(record.desired_workers - len(rest), batch)):
             self._launch(record, f"worker-{next_index + i}", InstanceRole.worker)
 
         waiting = ReconcileResult(done=False, wait=self._poll_wait(record), status=record.status)
@@ -306,7 +284,13 @@ class Lifecycle:
                 "BILLOW_ROLE": role.value,
                 **software,
             },
+            ingress=ingress.cidrs(request),
+            arch=placement.arch_of(request),
+            spot_policy=request.spot_policy,
+            after_interruption=record.spot_interruptions > 0,
         )
+        if self.ports.machines is not None:
+            spec.vm_types = placement.machine_types(self.ports.machines, request, role.value)
         self.ports.provider.launch(spec)
 
     # -- tear down ---------------------------------------------------------------------
@@ -349,6 +333,8 @@ class Lifecycle:
         record.ready_at = self.ports.clock.now()
         record.scheduler_address = beat.heartbeat.scheduler_address
         record.dashboard_address = beat.heartbeat.dashboard_address
+        record.scheduler_public_address = beat.heartbeat.scheduler_public_address
+        record.dashboard_public_address = beat.heartbeat.dashboard_public_address
         return self._write(record, "ready")
 
     def _begin_teardown(self, record: ClusterRecord) -> ClusterRecord:

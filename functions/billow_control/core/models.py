@@ -21,6 +21,9 @@ from pydantic import (
 )
 
 from . import tags
+from .accounts import DEFAULT_TEAM, TEAM_PATTERN, USER_NAME_PATTERN, Role
+from .accounts import User as User  # re-exported: users were defined here
+from .placement import Placement
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
 
@@ -65,8 +68,9 @@ class InstanceRole(StrEnum):
 WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
 
 
-class ClusterRequest(BaseModel):
-    """What a user asks for. Unknown fields are rejected, not ignored."""
+class ClusterRequest(Placement):
+    """What a user asks for. Unknown fields are rejected, not ignored. Placement fields
+    (machine types, arm, GPUs, spot, ingress) come from ``core.placement.Placement``."""
 
     # Validation errors never quote the input: it may hold secrets.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -230,7 +234,13 @@ class ScaleRequest(BaseModel):
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(min_length=1, max_length=64, pattern=USER_NAME_PATTERN)
+    team: str | None = Field(
+        default=None,
+        pattern=TEAM_PATTERN,
+        description="An existing team; the admin's own when omitted.",
+    )
+    role: Role = Role.member
 
 
 class Heartbeat(BaseModel):
@@ -240,6 +250,9 @@ class Heartbeat(BaseModel):
 
     scheduler_address: str
     dashboard_address: str | None = None
+    # As clients outside the instance's network reach it (its public IP), when it has one.
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     workers: list[str] = Field(default_factory=list)
     busy: bool = False
     idle_seconds: float = Field(default=0.0, ge=0)
@@ -250,6 +263,7 @@ class Heartbeat(BaseModel):
         "or before any client ever connected.",
     )
     gpus: int = 0
+    spot_interrupted: list[str] = Field(default_factory=list)  # workers noticed, cumulative
     gpu_low_seconds: float | None = Field(
         default=None, description="How long GPU utilisation has stayed below the threshold."
     )
@@ -267,6 +281,7 @@ class ClusterRecord(BaseModel):
     id: str
     owner: str
     name: str
+    team: str = DEFAULT_TEAM  # the owner's team at create (records before teams: default)
     request: ClusterRequest
     status: ClusterStatus = ClusterStatus.pending
     target: ClusterTarget = ClusterTarget.running
@@ -281,9 +296,13 @@ class ClusterRecord(BaseModel):
     error: str | None = None
     error_logs: list[str] = Field(default_factory=list)
     fail_on_stop: bool = False
+    idempotency_key: str | None = None  # SHA-256 of the create's Idempotency-Key; hidden
     warnings: list[str] = Field(default_factory=list)
+    spot_interruptions: int = 0
     scheduler_address: str | None = None
     dashboard_address: str | None = None
+    scheduler_public_address: str | None = None
+    dashboard_public_address: str | None = None
     software_environment: str | None = Field(
         default=None,
         description="'name:revision' of the software environment whose spec "
@@ -301,7 +320,8 @@ class ClusterRecord(BaseModel):
 
     def public(self, heartbeat: HeartbeatRecord | None = None) -> dict[str, Any]:
         """The JSON users see: no secrets, plus the latest observed workers."""
-        out = self.model_dump(mode="json", exclude={"version", "remove_workers", "fail_on_stop"})
+        hidden = {"version", "remove_workers", "fail_on_stop", "idempotency_key"}
+        out = self.model_dump(mode="json", exclude=hidden)
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
         return out
@@ -324,6 +344,14 @@ class InstanceSpec(BaseModel):
     memory: str
     tags: dict[str, str]
     environment: dict[str, str]
+    # CIDR blocks that may reach the scheduler and dashboard; empty: the deployment's.
+    ingress: list[str] = Field(default_factory=list)
+    # Machine types in order of preference (empty: the deployment's), their
+    # architecture, and spot, on-demand or spot_with_fallback (None: the deployment's).
+    vm_types: list[str] = Field(default_factory=list)
+    arch: str = "x86_64"
+    spot_policy: str | None = None
+    after_interruption: bool = False  # the cluster lost spot capacity: fall back sooner
 
     @property
     def client_token(self) -> str:
@@ -345,12 +373,6 @@ class InstanceInfo(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     launched_at: datetime
     exit_code: int | None = None
-
-
-class User(BaseModel):
-    id: str
-    name: str
-    is_admin: bool = False
 
 
 class InstanceCredential(BaseModel):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from .accounts import ApiToken, Team
 from .models import (
     ClusterRecord,
     HeartbeatRecord,
@@ -21,41 +22,17 @@ from .models import (
     InstanceSpec,
     User,
 )
+from .placement import MachineCatalog
+from .port_errors import (  # re-exported: what adapters raise through the ports
+    FinishedClusterError as FinishedClusterError,
+)
+from .port_errors import IdempotencyMismatch as IdempotencyMismatch
+from .port_errors import LaunchRefused as LaunchRefused
+from .port_errors import NameTakenError as NameTakenError
+from .port_errors import StaleRecordError as StaleRecordError
+from .port_errors import UserNameTakenError as UserNameTakenError
 from .settings import ControlSettings
 from .software import SoftwareEnvironment, SoftwareSpec
-
-
-class StaleRecordError(Exception):
-    """A conditional write lost: the record changed since it was read. Re-read and retry.
-
-    (Not an HTTP error: the API's 409 is ``core.errors.Conflict``.)"""
-
-
-class FinishedClusterError(ValueError):
-    """A write tried to make a stopped or failed cluster active again; its name may belong
-    to a newer cluster by now. Nothing was written."""
-
-
-class NameTakenError(Exception):
-    """An active cluster of this owner already has that name."""
-
-
-class UserNameTakenError(Exception):
-    """Another user already has that name. Nothing was written."""
-
-
-class LaunchRefused(ValueError):
-    """``Provider.launch`` cannot ever launch this spec (no machine type fits it, a type
-    the region does not have): retrying will not help, so the cluster fails at once with
-    this message. ``field`` names the request field at fault, when one is."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class IdempotencyMismatch(Exception):
-    """An Idempotency-Key was reused with a different request body."""
 
 
 class Clock(Protocol):
@@ -137,9 +114,36 @@ class Store(Protocol):
 
     def count_users(self) -> int: ...
 
-    def put_api_token(self, token_hash: str, user_id: str) -> None: ...
+    def list_users(self) -> list[User]:
+        """Every user, by name (a consistent read; the table is small)."""
 
-    def user_for_token(self, token_hash: str) -> User | None: ...
+    def put_team(self, team: Team) -> None:
+        """Insert ``team``, or replace the team of its name."""
+        ...
+
+    def get_team(self, name: str) -> Team | None: ...
+
+    def list_teams(self) -> list[Team]:
+        """Every team, by name."""
+
+    def put_api_token(self, token: ApiToken) -> None:
+        """Insert ``token`` (or replace the one with its ``token_hash``)."""
+
+    def get_api_token(self, token_hash: str) -> ApiToken | None:
+        """The token, as last written (a strongly consistent read), or ``None``. Tokens
+        written before they had metadata come back as ``ApiToken.legacy``."""
+        ...
+
+    def list_api_tokens(self, user_id: str) -> list[ApiToken]:
+        """The tokens of one user, oldest first."""
+
+    def touch_api_token(self, token_hash: str, at: datetime) -> None:
+        """Set ``last_used_at`` of an existing token; never recreates a deleted one."""
+        ...
+
+    def delete_api_token(self, token_hash: str) -> bool:
+        """Delete the token (it stops working at once); ``False`` when it did not exist."""
+        ...
 
     def put_cluster_token(self, cluster_id: str, token_hash: str) -> None:
         """Replace the cluster-scoped (heartbeat) token hash."""
@@ -344,7 +348,8 @@ class Ports:
 
     Any port may be given as ``lazy(factory)``: the adapter is built on first access and
     kept. ``idempotency`` is optional (``None``: the store alone answers repeats), and so
-    is ``objects`` (``None``: package sync of local code is refused with a clear error).
+    is ``objects`` (``None``: package sync of local code is refused with a clear error),
+    and ``machines`` (``None``: instances are not cloud machines; sizing is the provider's).
     """
 
     store: _Port[Store] = _Port()
@@ -354,6 +359,7 @@ class Ports:
     events: _Port[EventBus] = _Port()
     idempotency: _Port[IdempotencyCache | None] = _Port()
     objects: _Port[ObjectStore | None] = _Port()
+    machines: _Port[MachineCatalog | None] = _Port()
 
     def __init__(
         self,
@@ -367,6 +373,7 @@ class Ports:
         settings: ControlSettings,
         idempotency: IdempotencyCache | None = None,
         objects: ObjectStore | None = None,
+        machines: MachineCatalog | None = None,
     ) -> None:
         self._build_lock = threading.RLock()
         self.store = store
@@ -376,11 +383,13 @@ class Ports:
         self.events = events
         self.idempotency = idempotency
         self.objects = objects
+        self.machines = machines
         self.clock = clock
         self.settings = settings
 
     def built(self) -> list[str]:
         """Names of the adapters built so far (what requests have paid for); absent
         optional ports are not listed."""
-        names = ("store", "provider", "orchestrator", "secrets", "events", "idempotency", "objects")
+        names = ["store", "provider", "orchestrator", "secrets", "events", "idempotency"]
+        names += ["objects", "machines"]
         return [n for n in names if not isinstance(self.__dict__.get(n), _Lazy | None)]

@@ -13,15 +13,13 @@ import json
 import secrets
 from typing import Any
 
-from . import idempotency
-from .agents import ENVIRON_SECRETS, ClusterAgents, unseal
-from .auth import (
-    API_TOKEN_PREFIX,
-    hash_token,
-    new_token,
-)
+from . import access, idempotency, placement
+from .access import Action
+from .accounts import Caller
+from .agents import DASHBOARD_TOKEN, ENVIRON_SECRETS, ClusterAgents, unseal
+from .auth import hash_token
 from .catalog import SoftwareCatalog
-from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from .errors import Conflict, Invalid
 from .lifecycle import WRITE_RETRIES, Lifecycle
 from .log_lines import LOG_RESPONSE_BYTES, newest_within
 from .models import (
@@ -33,23 +31,11 @@ from .models import (
     User,
     new_id,
 )
-from .ports import (
-    IdempotencyMismatch,
-    NameTakenError,
-    Ports,
-    StaleRecordError,
-    UserNameTakenError,
-)
+from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
+from .quotas import Quotas
+from .teams import SINGLE_TENANT as SINGLE_TENANT  # re-exported
+from .teams import AccountService
 from .watchdog import Watchdog
-
-SINGLE_TENANT = (
-    "this server is single-tenant: it cannot isolate one user's instances from another's "
-    "(they would run as the same OS user as the server and could read its secrets), so "
-    "it serves one user only. To serve several users, run `billow server` as root, with "
-    "billow installed where unprivileged users can read it (each user's instances then "
-    "run as an OS user of their own; the server's log says what is missing), or run one "
-    "server per user."
-)
 
 
 class ControlPlane:
@@ -61,53 +47,59 @@ class ControlPlane:
         self.lifecycle = Lifecycle(ports)
         self.agents = ClusterAgents(ports, self.lifecycle)
         self.watchdog = Watchdog(ports, self.lifecycle)
+        self.accounts = AccountService(ports)
+        self.quotas = Quotas(ports)
 
-    # -- users and tokens ------------------------------------------------------------
+    # -- users and tokens (core.teams) ------------------------------------------------
 
-    def authenticate(self, token: str | None) -> User:
-        """The user owning an API token. Raises ``Unauthorized`` for a missing or bad one."""
-        if not token:
-            raise Unauthorized("missing bearer token; run `billow login` or pass token=")
-        user = self.ports.store.user_for_token(hash_token(token))
-        if user is None:
-            raise Unauthorized("invalid API token")
-        return user
+    def authenticate(self, token: str | None) -> Caller:
+        return self.accounts.authenticate(token)
 
     def create_user(self, name: str, is_admin: bool = False) -> tuple[User, str]:
-        """A new user and its first API token (returned once, stored hashed).
-
-        Raises ``Conflict`` on ``name`` when another user has that name.
-        """
-        user = User(id=new_id("u"), name=name, is_admin=is_admin)
-        try:
-            self.ports.store.put_user(user)
-        except UserNameTakenError:
-            raise Conflict(f"a user named {name!r} already exists", field="name") from None
-        token = new_token(API_TOKEN_PREFIX)
-        self.ports.store.put_api_token(hash_token(token), user.id)
-        return user, token
+        return self.accounts.create_user(name, is_admin=is_admin)
 
     def add_user(self, admin: User, name: str) -> dict[str, Any]:
-        """Admins create users; the new token is in the answer and nowhere else.
-
-        A single-tenant deployment (``ControlSettings.multi_tenant`` off: its instances
-        could read one another's files and the control plane's) refuses any user beyond
-        the first with ``Conflict``.
-        """
-        if not admin.is_admin:
-            raise Forbidden("only admins can create users")
-        if not name or len(name) > 64:
-            raise Invalid("name must be 1 to 64 characters", field="name")
-        if not self.ports.settings.multi_tenant and self.ports.store.count_users() > 0:
-            raise Conflict(SINGLE_TENANT)
-        user, token = self.create_user(name)
-        return {**user.model_dump(), "token": token}
+        return self.accounts.add_user(admin, name)
 
     def bootstrap_admin(self) -> str | None:
-        """Create the first admin and return its token, or ``None`` if users exist."""
-        if self.ports.store.count_users() > 0:
-            return None
-        return self.create_user("admin", is_admin=True)[1]
+        return self.accounts.bootstrap_admin()
+
+    def first_admin(self) -> dict[str, Any]:
+        """The deployment's first admin, for a deployer who reached this use case through
+        a path the cloud's IAM guards (the AWS ``bootstrap`` function), never an API route.
+
+        Returns ``{"name", "token", "server"}`` (the token exists only in this answer and,
+        hashed, in the store). Raises ``Conflict`` when the deployment has any user: it
+        creates the first admin once, and a concurrent second call loses on the unique
+        user name.
+        """
+        token = self.bootstrap_admin()
+        if token is None:
+            raise Conflict(
+                "this deployment already has users, so its first admin exists: log in with "
+                "that admin's token (`billow login`), or ask an admin for a token"
+            )
+        return {"name": "admin", "token": token, "server": self.ports.settings.control_url}
+
+    def list_machine_types(
+        self, user: User, cores: int | None, memory: str | None, arch: str | None, gpu: int | None
+    ) -> dict[str, Any]:
+        """Machine types of the deployment's region that fit (``placement.listing``).
+        Raises ``Invalid`` naming ``memory``, and ``Conflict`` on a deployment whose
+        instances are not cloud machines."""
+        from .units import parse_bytes
+
+        if self.ports.machines is None:
+            raise Conflict("this deployment runs clusters as local processes: no machine types")
+        try:
+            size = parse_bytes(memory) if memory else None
+        except (TypeError, ValueError):
+            shown = str(memory)[:40]
+            raise Invalid(
+                f"memory: {shown!r} is not a size such as '8 GiB'", field="memory"
+            ) from None
+        found = placement.listing(self.ports.machines.types(), cores, size, arch, gpu)
+        return {"instance_types": found}
 
     # -- clusters --------------------------------------------------------------------
 
@@ -122,7 +114,11 @@ class ControlPlane:
         cluster is never missing its certificates or its sealed ``request.secrets``; the
         record keeps only the names of those.
         """
+        access.require(user, Action.create_cluster)
         key = idempotency.check_key(idempotency_key)
+        for role in InstanceRole:  # a 422 naming the field, before anything exists
+            if placement.needs_check(request, role.value) and self.ports.machines is not None:
+                placement.machine_types(self.ports.machines, request, role.value)
         # The hash is of the request as sent: a retry naming an environment matches the
         # first create even if the environment got a new revision since. Only a key's
         # hash is stored; secret values count through a digest salted with the key.
@@ -156,6 +152,8 @@ class ControlPlane:
         from .tls import make_cluster_pki  # cryptography: only creates pay for it
 
         ports = self.ports
+        if not self._replay(user, key):  # a replay is answered as the first create was
+            self.quotas.check(user, request, request.initial_workers)  # before anything
         name = request.name or f"{user.name}-{secrets.token_hex(3)}"
         cluster_id = new_id("c")
         now = ports.clock.now()
@@ -165,6 +163,7 @@ class ControlPlane:
             **{f"{role}.pem": pair.cert_pem for role, pair in pki.pairs.items()},
             **{f"{role}.key": pair.key_pem for role, pair in pki.pairs.items()},
         }
+        blobs[DASHBOARD_TOKEN] = secrets.token_urlsafe(32)
         if request.secrets:
             blobs[ENVIRON_SECRETS] = json.dumps(request.secrets)
         for secret_name, value in blobs.items():
@@ -173,12 +172,14 @@ class ControlPlane:
             id=cluster_id,
             owner=user.id,
             name=name,
+            team=user.team,
             request=request.model_copy(update={"secrets": {}}),  # the values stay sealed
             secrets=sorted(request.secrets),
             desired_workers=request.initial_workers,
             created_at=now,
             updated_at=now,
             software_environment=environment,
+            idempotency_key=hash_token(key) if key is not None else None,
         )
         try:
             stored, created = ports.store.create_cluster(record, key, request_hash)
@@ -197,23 +198,30 @@ class ControlPlane:
         return self._public(stored), created
 
     def get_cluster(self, user: User, cluster_id: str) -> dict[str, Any]:
-        return self._public(self._owned(user, cluster_id))
+        return self._public(self._owned(user, cluster_id, Action.read_clusters))
 
     def list_clusters(
         self, user: User, active_only: bool, name: str | None = None
     ) -> list[dict[str, Any]]:
-        """The caller's clusters (everyone's for an admin, unless ``name`` is given, which
-        always means the caller's own), newest first."""
-        owner = None if user.is_admin and name is None else user.id
-        return [self._public(r) for r in self.ports.store.list_clusters(owner, active_only, name)]
+        """The clusters the caller may see (``access.listing``: everyone's for a
+        deployment admin, the team's for team admins and viewers, else their own;
+        ``name`` always means the caller's own), newest first."""
+        access.require(user, Action.read_clusters)
+        owner, team = access.listing(user) if name is None else (user.id, None)
+        found = self.ports.store.list_clusters(owner, active_only, name)
+        return [self._public(r) for r in found if team is None or r.team == team]
 
     def scale_cluster(self, user: User, cluster_id: str, scale: ScaleRequest) -> dict[str, Any]:
-        """Set the desired worker count; the orchestrator converges on it."""
+        """Set the desired worker count; the orchestrator converges on it. Scaling up is
+        checked against the owner's quotas (``QuotaExceeded``, nothing written)."""
         for _ in range(WRITE_RETRIES):
-            record = self._owned(user, cluster_id)
+            record = self._owned(user, cluster_id, Action.scale_cluster)
             if record.target != ClusterTarget.running or record.status.terminal:
                 reason = f" (stop_reason: {record.stop_reason})" if record.stop_reason else ""
                 raise Conflict(f"cluster is {record.status.value}{reason}; it cannot be scaled")
+            if scale.n_workers > record.desired_workers:
+                owner = self.ports.store.get_user(record.owner) or user
+                self.quotas.check(owner, record.request, scale.n_workers, record.id)
             record.desired_workers = scale.n_workers
             record.remove_workers = sorted(set(record.remove_workers) | set(scale.remove))
             record.updated_at = self.ports.clock.now()
@@ -226,14 +234,19 @@ class ControlPlane:
             return self._public(record)
         raise Conflict("cluster is changing too quickly; try again")
 
-    def stop_cluster(self, user: User, cluster_id: str, reason: str = "user") -> dict[str, Any]:
-        """Set target=stopped (idempotent); the orchestrator terminates the instances."""
-        record = self._owned(user, cluster_id)
+    def stop_cluster(
+        self, user: User, cluster_id: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Set target=stopped (idempotent); the orchestrator terminates the instances.
+        The stop reason, unless given, is ``user``, or ``admin:<name>`` when an admin
+        stops another's cluster."""
+        record = self._owned(user, cluster_id, Action.stop_cluster)
+        reason = reason or access.stop_reason(user, record)
         return self._public(self.lifecycle.request_stop(record, reason))
 
     def client_credentials(self, user: User, cluster_id: str) -> dict[str, Any]:
         """The owner's TLS bundle and the scheduler address. Owners only, admins included."""
-        record = self._owned(user, cluster_id, owner_only=True)
+        record = self._owned(user, cluster_id, Action.connect_cluster)
         if record.status.terminal:
             raise Conflict(f"cluster is {record.status.value}")
         beat = self.ports.store.get_heartbeat(cluster_id)
@@ -241,16 +254,20 @@ class ControlPlane:
             "cluster_id": record.id,
             "scheduler_address": beat.heartbeat.scheduler_address if beat else None,
             "dashboard_address": beat.heartbeat.dashboard_address if beat else None,
+            "scheduler_public_address": beat.heartbeat.scheduler_public_address if beat else None,
+            "dashboard_public_address": beat.heartbeat.dashboard_public_address if beat else None,
             "ca_cert": self._secret(cluster_id, "ca.pem"),
             "client_cert": self._secret(cluster_id, "client.pem"),
             "client_key": self._secret(cluster_id, "client.key"),
+            # The dashboard's link carries it (clusters created before it have none).
+            "dashboard_token": self.agents.dashboard_token(record),
         }
 
     def cluster_logs(self, user: User, cluster_id: str, lines: int) -> dict[str, Any]:
         """The last ``lines`` lines of each instance's log, scheduler first. The answer
         holds at most ``LOG_RESPONSE_BYTES`` of lines, shared equally by the instances
         (each keeps its newest); the provider may also read less of a huge log."""
-        record = self._owned(user, cluster_id)
+        record = self._owned(user, cluster_id, Action.read_clusters)
         if not 1 <= lines <= 10_000:
             raise Invalid("lines must be between 1 and 10000", field="lines")
         instances = sorted(
@@ -272,12 +289,19 @@ class ControlPlane:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _owned(self, user: User, cluster_id: str, owner_only: bool = False) -> ClusterRecord:
-        record = self.ports.store.get_cluster(cluster_id)
-        if record is None or (record.owner != user.id and (owner_only or not user.is_admin)):
-            # Same answer for "absent" and "not yours": ids of other tenants do not leak.
-            raise NotFound(f"no cluster {cluster_id!r}", field="cluster_id")
-        return record
+    def _replay(self, user: User, key: str | None) -> bool:
+        """Whether an active cluster of ``user`` was created with ``key``: the store then
+        answers the repeat (or refuses another request with the key), so the quota the
+        first create used is not counted against its own replay."""
+        if key is None:
+            return False
+        active = self.ports.store.list_clusters(user.id, active_only=True)
+        return any(c.idempotency_key == hash_token(key) for c in active)
+
+    def _owned(self, user: User, cluster_id: str, action: Action) -> ClusterRecord:
+        """The record if ``user`` may ``action`` it (``access.cluster``): the same 404 for
+        "absent" and "not yours", so ids of other tenants do not leak."""
+        return access.cluster(user, action, self.ports.store.get_cluster(cluster_id), cluster_id)
 
     def _public(self, record: ClusterRecord) -> dict[str, Any]:
         return record.public(self.ports.store.get_heartbeat(record.id))

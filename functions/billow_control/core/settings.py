@@ -31,6 +31,7 @@ DURATIONS = (
     "reaper_interval",
     "orphan_grace",
     "gpu_idle_warning",
+    "tokens_lifetime",
 )
 
 
@@ -54,6 +55,19 @@ class ControlSettings(BaseModel):
     orphan_grace: float = 300.0
     gpu_utilization_threshold: float = 0.1
     gpu_idle_warning: float = 900.0
+    # ``billow.tokens.lifetime``: how long a new API token lives (0: forever); also the
+    # longest lifetime a user may ask for.
+    tokens_lifetime: float = Field(default=90 * 86400.0, ge=0)
+    # At most this many instances launched per reconcile step (``billow.launch-batch``).
+    launch_batch: int = Field(default=20, ge=1, le=1000)
+    # Deployment defaults of each user's quotas (``billow.quotas.user.cores``...), which a
+    # user's own limits override; deployment admins have only the limits set on them.
+    # Teams have none unless an admin sets them. ``core.quotas`` enforces them.
+    quotas_user_cores: int = Field(default=64, ge=0)
+    quotas_user_gpus: int = Field(default=8, ge=0)
+    quotas_user_instances: int = Field(default=64, ge=0)
+    quotas_user_clusters: int = Field(default=16, ge=0)
+    quotas_user_cpu_hours: float = Field(default=10_000.0, ge=0)
     # Whether the instances of one user are isolated from another's. Cloud instances are
     # machines of their own; the embedded server turns this off when its processes would
     # share an OS user (it is not root), and then refuses a second user.
@@ -105,12 +119,13 @@ class ControlSettings(BaseModel):
     def from_values(cls, values: Mapping[str, Any], **defaults: Any) -> ControlSettings:
         """Settings from ``values`` over ``defaults`` over the field defaults.
 
-        Keys are field names, in snake or kebab case (``start-timeout``); keys that name
+        Keys are field names, in snake or kebab case (``start-timeout``), nested mappings
+        joined by ``_`` (``{"tokens": {"lifetime": ...}}`` is ``tokens_lifetime``); keys that name
         no field and empty values (``None``, ``""``) are skipped. Raises ``ValueError``
         naming the field and what it accepts.
         """
         chosen = dict(defaults)
-        for key, value in values.items():
+        for key, value in _flatten(values, set(cls.model_fields)).items():
             name = key.replace("-", "_")
             if name in cls.model_fields and value is not None and value != "":
                 chosen[name] = value
@@ -122,3 +137,14 @@ class ControlSettings(BaseModel):
         return cls.from_values(
             {name: env.get(f"BILLOW_{name.upper()}") for name in cls.model_fields}, **defaults
         )
+
+
+def _flatten(values: Mapping[str, Any], fields: set[str], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``a_b`` keys, except where ``a`` itself is a field."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and f"{prefix}{key}".replace("-", "_") not in fields:
+            out.update(_flatten(value, fields, f"{prefix}{key}_"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

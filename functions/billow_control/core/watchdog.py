@@ -16,7 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .lifecycle import Lifecycle, converged, start_deadline_passed
+from .convergence import converged, start_deadline_passed
+from .lifecycle import Lifecycle
 from .models import (
     ClusterRecord,
     ClusterStatus,

@@ -15,15 +15,19 @@ variable                        meaning
 ``BILLOW_STATE_MACHINE_ARN``    the cluster lifecycle state machine (required)
 ``BILLOW_EVENT_BUS``            name of the deployment's EventBridge bus (required)
 ``BILLOW_KMS_KEY_ID``           key sealing cluster secrets (required)
-``BILLOW_AMI_ID``               image of cluster instances (required)
-``BILLOW_INSTANCE_TYPES``       comma-separated, in order of preference (required)
-``BILLOW_PURCHASE``             ``spot_with_fallback`` (default), ``spot`` or ``on-demand``
+``BILLOW_AMI_ID``               image of every cluster instance (default: the latest Amazon
+                                Linux 2023 of the cluster's architecture, from SSM)
+``BILLOW_INSTANCE_TYPES``       comma-separated types the automatic choice picks from
+                                (default: every type of the region)
+``BILLOW_PURCHASE``             ``spot_with_fallback`` (default), ``spot`` or ``on-demand``;
+                                a cluster's ``spot_policy`` overrides it
 ``BILLOW_SUBNET_IDS``           comma-separated subnets to use instead of a Billow VPC
 ``BILLOW_SECURITY_GROUP_ID``    one group for every cluster instead of one per cluster
 ``BILLOW_VPC_CIDR``             CIDR of the Billow VPC (default ``10.86.0.0/16``)
 ``BILLOW_MAX_SUBNETS``          availability zones to span (default 3)
-``BILLOW_ALLOWED_CIDR``         who may reach schedulers and dashboards (default
-                                ``0.0.0.0/0``: mutual TLS is the access control there)
+``BILLOW_ALLOWED_CIDR``         who may reach schedulers and dashboards of clusters recorded
+                                without ``allow_ingress_from`` (older ones; default
+                                ``0.0.0.0/0``); new clusters carry their own blocks
 ``BILLOW_INSTANCE_LOG_GROUP``   CloudWatch Logs group of instance logs
 ``BILLOW_INSTANCE_PROFILE_ARN`` instance profile of cluster instances
 ``BILLOW_ENV_BUCKET``           S3 bucket of environments: wheels of users' local code, the
@@ -36,7 +40,12 @@ variable                        meaning
                                 bucket. ``scripts/upload-instance-kit.sh`` uploads both and
                                 prints these two values
 ``BILLOW_<SETTING>``            any ``ControlSettings`` field, e.g. ``BILLOW_START_TIMEOUT=10m``,
-                                ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration)
+                                ``BILLOW_RECONCILE_INTERVAL=5`` (seconds or a duration),
+                                ``BILLOW_TOKENS_LIFETIME=30d``, ``BILLOW_LAUNCH_BATCH=20``,
+                                ``BILLOW_QUOTAS_USER_CORES=128``
+``BILLOW_ASSUME_ROLE_ARN``      run clusters in the account of this role (``billow setup
+                                aws``): EC2, instance logs and SSM through sts:AssumeRole
+``BILLOW_EXTERNAL_ID``          its ExternalId (required with the role)
 ``BILLOW_AWS_ENDPOINT_URL``     one endpoint for every AWS client (tests: moto_server)
 ``AWS_REGION``                  region (Lambda sets it; ``AWS_DEFAULT_REGION`` otherwise)
 ==============================  ==============================================================
@@ -61,6 +70,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..adapters.aws.assume import CUSTOMER_SERVICES, assumed_session
 from ..adapters.clock import SystemClock
 from ..core.models import ClusterRecord, ReconcileResult
 from ..core.ports import EventBus, Ports, lazy
@@ -102,8 +112,6 @@ def ec2_settings(env: Mapping[str, str]) -> Any:
     """``EC2Settings`` from ``BILLOW_*`` variables; unset ones keep their defaults."""
     from ..adapters.aws.ec2 import EC2Settings
 
-    _required(env, "BILLOW_AMI_ID")
-    _required(env, "BILLOW_INSTANCE_TYPES")
     values: dict[str, Any] = {"allowed_cidr": "0.0.0.0/0"}
     for key, variable in EC2_VARIABLES.items():
         if env.get(variable):
@@ -117,11 +125,15 @@ def ec2_settings(env: Mapping[str, str]) -> Any:
 class AwsClients:
     """boto3 clients of one session, each built on first use and then reused."""
 
-    def __init__(self, region: str, endpoint: str | None) -> None:
+    def __init__(
+        self, region: str, endpoint: str | None, assume: tuple[str, str, str] | None = None
+    ) -> None:
         self.region = region
         self.endpoint = endpoint
+        self.assume = assume  # (role ARN, ExternalId, session name): clusters' account
         self._clients: dict[str, Any] = {}
         self._session: Any = None
+        self._assumed: Any = None
         self._lock = threading.Lock()
 
     def __getattr__(self, service: str) -> Any:
@@ -137,7 +149,12 @@ class AwsClients:
                     import boto3
 
                     self._session = boto3.session.Session(region_name=self.region)
-                self._clients[service] = self._session.client(
+                session = self._session
+                if self.assume is not None and service in CUSTOMER_SERVICES:
+                    if self._assumed is None:
+                        self._assumed = assumed_session(self.region, self.endpoint, *self.assume)
+                    session = self._assumed
+                self._clients[service] = session.client(
                     service, endpoint_url=self.endpoint, config=self._config(service)
                 )
             return self._clients[service]
@@ -219,7 +236,12 @@ class AwsRuntime:
                 "BILLOW_AGENT_WHEEL and BILLOW_UV_SHA256 name objects of BILLOW_ENV_BUCKET, "
                 "which is not set"
             )
-        clients = AwsClients(region, endpoint)
+        role_arn = env.get("BILLOW_ASSUME_ROLE_ARN", "").strip()
+        assume = None
+        if role_arn:
+            external_id = _required(env, "BILLOW_EXTERNAL_ID")
+            assume = (role_arn, external_id, f"billow-{settings.deployment}")
+        clients = AwsClients(region, endpoint, assume)
 
         def store() -> Any:
             from ..adapters.aws.dynamodb import DynamoDBStore
@@ -229,9 +251,15 @@ class AwsRuntime:
             )
 
         def provider() -> Any:
-            from ..adapters.aws.ec2 import EC2Provider
+            from ..adapters.aws.ec2 import AmiResolver, EC2Provider
 
-            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config)
+            images = AmiResolver(clients.ssm, ec2_config.ami_id)
+            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config, images)
+
+        def machines() -> Any:
+            from ..adapters.aws.ec2 import EC2MachineCatalog
+
+            return EC2MachineCatalog(clients.ec2, ec2_config.instance_types)
 
         def orchestrator() -> Any:
             from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
@@ -266,6 +294,7 @@ class AwsRuntime:
             events=lazy(events),
             idempotency=None if idempotency_table.lower() == "off" else lazy(idempotency),
             objects=lazy(objects) if env_bucket else None,
+            machines=lazy(machines),
             clock=SystemClock(),
             settings=settings,
         )

@@ -10,21 +10,20 @@ Up to ``KMS_MAX_PLAINTEXT`` bytes (TLS keys and certificates) a secret is one KM
 ``Encrypt``. A larger one (a cluster's ``secrets``, up to 64 KiB) is sealed by envelope
 encryption: one ``GenerateDataKey`` under the same key and context, then AES-256-GCM
 with that data key here; the blob keeps the data key as KMS encrypted it, so opening it
-is again one KMS ``Decrypt``. An envelope blob starts with ``ENVELOPE``, which no KMS
-ciphertext blob does (those start with a version byte, ``0x01``, never ``0x00``).
+is again one KMS ``Decrypt``. An envelope blob (``adapters.envelope``) starts with
+``ENVELOPE``, which no KMS ciphertext blob does (those start with a version byte,
+``0x01``, never ``0x00``).
 """
 
 from __future__ import annotations
 
-import os
-import struct
 from typing import Any
+
+from .. import envelope
 
 KMS_MAX_PLAINTEXT = 4096  # bytes: the limit of a direct KMS Encrypt
 MAX_PLAINTEXT = 256 * 1024  # bytes: well within a DynamoDB item (400 KB)
 CONTEXT_KEY = "billow:deployment"
-ENVELOPE = b"\x00billow-envelope-1\x00"
-_NONCE_BYTES = 12
 
 
 class KmsSecretBox:
@@ -71,8 +70,8 @@ class KmsSecretBox:
         blob of another key or deployment, and ``cryptography``'s ``InvalidTag`` for a
         tampered envelope.
         """
-        if ciphertext.startswith(ENVELOPE):
-            return self._open_envelope(ciphertext)
+        if envelope.is_envelope(ciphertext):
+            return envelope.open_envelope(ciphertext, self._kms_decrypt)
         return self._kms_decrypt(ciphertext)
 
     def _kms_decrypt(self, blob: bytes) -> bytes:
@@ -82,25 +81,8 @@ class KmsSecretBox:
         return bytes(response["Plaintext"])
 
     def _seal_envelope(self, plaintext: bytes) -> bytes:
-        """``ENVELOPE``, the encrypted data key's length (2 bytes) and bytes, the nonce,
-        then the AES-GCM ciphertext, authenticated with everything before it."""
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+        """An envelope (``adapters.envelope``) under a data key from ``GenerateDataKey``."""
         key = self.kms.generate_data_key(
             KeyId=self.key_id, KeySpec="AES_256", EncryptionContext=self.context
         )
-        sealed_key = bytes(key["CiphertextBlob"])
-        header = ENVELOPE + struct.pack(">H", len(sealed_key)) + sealed_key
-        nonce = os.urandom(_NONCE_BYTES)
-        body = AESGCM(bytes(key["Plaintext"])).encrypt(nonce, plaintext, header)
-        return header + nonce + body
-
-    def _open_envelope(self, blob: bytes) -> bytes:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        at = len(ENVELOPE)
-        (size,) = struct.unpack(">H", blob[at : at + 2])
-        header_end = at + 2 + size
-        header, nonce = blob[:header_end], blob[header_end : header_end + _NONCE_BYTES]
-        data_key = self._kms_decrypt(blob[at + 2 : header_end])
-        return AESGCM(data_key).decrypt(nonce, blob[header_end + _NONCE_BYTES :], header)
+        return envelope.seal(bytes(key["Plaintext"]), bytes(key["CiphertextBlob"]), plaintext)

@@ -17,14 +17,13 @@ GenerateDataKey); opening it is again one KMS ``decrypt``. An envelope blob star
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Mapping
 from typing import Any
 
+from .. import envelope
+
 KMS_MAX_PLAINTEXT = 64 * 1024  # bytes: the limit of a Cloud KMS encrypt
 MAX_PLAINTEXT = 256 * 1024  # bytes, as the AWS box
-ENVELOPE = b"\x00billow-envelope-1\x00"
-_NONCE_BYTES = 12
 
 
 def _crc32c_table() -> list[int]:
@@ -96,8 +95,8 @@ class CloudKmsSecretBox:
         deployment, ``cryptography``'s ``InvalidTag`` for a tampered envelope, and
         ``KmsIntegrityError`` on a checksum mismatch.
         """
-        if ciphertext.startswith(ENVELOPE):
-            return self._open_envelope(ciphertext)
+        if envelope.is_envelope(ciphertext):
+            return envelope.open_envelope(ciphertext, self._kms_decrypt)
         return self._kms_decrypt(ciphertext)
 
     def _kms_encrypt(self, plaintext: bytes) -> bytes:
@@ -136,25 +135,9 @@ class CloudKmsSecretBox:
         return plaintext
 
     def _seal_envelope(self, plaintext: bytes) -> bytes:
-        """``ENVELOPE``, the sealed data key's length (2 bytes) and bytes, the nonce, then
-        the AES-GCM ciphertext, authenticated with everything before it."""
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+        """An envelope (``adapters.envelope``) under a fresh data key sealed by KMS."""
         data_key = os.urandom(32)
-        sealed_key = self._kms_encrypt(data_key)
-        header = ENVELOPE + struct.pack(">H", len(sealed_key)) + sealed_key
-        nonce = os.urandom(_NONCE_BYTES)
-        return header + nonce + AESGCM(data_key).encrypt(nonce, plaintext, header)
-
-    def _open_envelope(self, blob: bytes) -> bytes:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        at = len(ENVELOPE)
-        (size,) = struct.unpack(">H", blob[at : at + 2])
-        header_end = at + 2 + size
-        header, nonce = blob[:header_end], blob[header_end : header_end + _NONCE_BYTES]
-        data_key = self._kms_decrypt(blob[at + 2 : header_end])
-        return AESGCM(data_key).decrypt(nonce, blob[header_end + _NONCE_BYTES :], header)
+        return envelope.seal(data_key, self._kms_encrypt(data_key), plaintext)
 
 
 def kms_box_from_env(env: Mapping[str, str] | None = None) -> CloudKmsSecretBox:

@@ -4,25 +4,14 @@ revision in ``software_environments``; a put takes the next revision in one
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import AbstractContextManager
 from datetime import datetime
 
 from ...core.software import SoftwareEnvironment, SoftwareSpec
+from .sqlite_host import SqliteHost
 
 
-class EnvironmentRevisions:
-    """The environment methods of the ``Store`` port; the host class provides ``_tx``
-    (a ``BEGIN IMMEDIATE`` transaction), ``_one`` and ``_conn``."""
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _one(self, sql: str, *args: object) -> tuple | None:
-        raise NotImplementedError
-
-    def _conn(self) -> sqlite3.Connection:
-        raise NotImplementedError
+class EnvironmentRevisions(SqliteHost):
+    """The environment methods of the ``Store`` port."""
 
     def put_environment_revision(
         self, owner: str, name: str, spec: SoftwareSpec, now: datetime

@@ -31,14 +31,15 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential, User
+from ...core.models import ClusterRecord, HeartbeatRecord, InstanceCredential
 from ...core.ports import (
     FinishedClusterError,
     IdempotencyMismatch,
     NameTakenError,
     StaleRecordError,
-    UserNameTakenError,
 )
+from .sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
+from .sqlite_accounts import Accounts
 from .sqlite_environments import EnvironmentRevisions
 
 SCHEMA = """
@@ -63,8 +64,6 @@ CREATE TABLE IF NOT EXISTS secrets (
     cluster_id TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (cluster_id, name)
 );
-CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS api_tokens (token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cluster_tokens (cluster_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instance_credentials (token_hash TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS software_environments (
@@ -72,12 +71,13 @@ CREATE TABLE IF NOT EXISTS software_environments (
     PRIMARY KEY (owner, name, revision)
 );
 """
+SCHEMA += ACCOUNTS_SCHEMA
 
 SYNCHRONOUS = ("FULL", "NORMAL")
 _SQL_PARAMETERS = 500  # bound parameters of one statement (SQLite allows 32766 since 3.32)
 
 
-class SqliteStore(EnvironmentRevisions):
+class SqliteStore(EnvironmentRevisions, Accounts):
     """Implements ``billow_control.core.ports.Store`` on one SQLite file.
 
     Parameters
@@ -113,7 +113,8 @@ class SqliteStore(EnvironmentRevisions):
         self._migrate()
 
     def _migrate(self) -> None:
-        """Add ``idempotency.expires_at_epoch`` to a file that lacks it.
+        """Add ``idempotency.expires_at_epoch`` and ``api_tokens.doc`` to a file that
+        lacks them (``sqlite_accounts``: old tokens read as legacy ones).
 
         Keys stored before the column existed get a full lifetime from now: as if created
         now, so none expires earlier than it would have, and the table stays bounded by the
@@ -124,12 +125,16 @@ class SqliteStore(EnvironmentRevisions):
 
         def migrated(db: sqlite3.Connection) -> bool:
             columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
-            return "expires_at_epoch" in columns
+            return "expires_at_epoch" in columns and self._accounts_migrated(db)
 
         if migrated(self._conn()):
             return
         with self._tx() as db:
             if migrated(db):
+                return
+            self._migrate_accounts(db)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
+            if "expires_at_epoch" in columns:
                 return
             db.execute("ALTER TABLE idempotency ADD COLUMN expires_at_epoch INTEGER")
             db.execute(
@@ -311,46 +316,6 @@ class SqliteStore(EnvironmentRevisions):
     def get_secret(self, cluster_id: str, name: str) -> bytes | None:
         row = self._one("SELECT value FROM secrets WHERE cluster_id=? AND name=?", cluster_id, name)
         return bytes(row[0]) if row else None
-
-    def put_user(self, user: User) -> None:
-        """Insert or replace ``user``; ``UserNameTakenError`` when another user has its name.
-
-        The check and the write are one ``BEGIN IMMEDIATE`` transaction, so concurrent
-        puts of one name are serialized (files written before names were unique may hold
-        duplicates: they stay, and no new one is added).
-        """
-        with self._tx() as db:
-            taken = db.execute(
-                "SELECT 1 FROM users WHERE json_extract(doc, '$.name') = ? AND id != ?",
-                (user.name, user.id),
-            ).fetchone()
-            if taken:
-                raise UserNameTakenError(user.name)
-            db.execute(
-                "INSERT INTO users (id, doc) VALUES (?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
-                (user.id, user.model_dump_json()),
-            )
-
-    def get_user(self, user_id: str) -> User | None:
-        row = self._one("SELECT doc FROM users WHERE id=?", user_id)
-        return User.model_validate_json(row[0]) if row else None
-
-    def count_users(self) -> int:
-        row = self._one("SELECT COUNT(*) FROM users")
-        return int(row[0]) if row else 0
-
-    def put_api_token(self, token_hash: str, user_id: str) -> None:
-        self._conn().execute(
-            "INSERT INTO api_tokens (token_hash, user_id) VALUES (?, ?)", (token_hash, user_id)
-        )
-
-    def user_for_token(self, token_hash: str) -> User | None:
-        row = self._one(
-            "SELECT u.doc FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash=?",
-            token_hash,
-        )
-        return User.model_validate_json(row[0]) if row else None
 
     def put_cluster_token(self, cluster_id: str, token_hash: str) -> None:
         self._conn().execute(

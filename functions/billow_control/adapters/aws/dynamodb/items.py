@@ -16,13 +16,15 @@ table (suffix)              key                             holds
 ``users``                   ``id``                          users
 ``user-names``              ``name``                        ``user_id``: the lock that keeps
                                                             user names unique
-``api-tokens``              ``token_hash``                  ``user_id`` of an API token
+``api-tokens``              ``token_hash``                  ``user_id`` of an API token and its
+                                                            ``ApiToken`` as JSON in ``doc``
 ``cluster-tokens``          ``cluster_id``                  the cluster's heartbeat token hash
 ``instance-credentials``    ``token_hash``                  one-time bootstrap tokens
 ``software-environments``   ``owner`` + ``key``             ``latest#<name>``: the latest
                                                             revision of a named environment;
                                                             ``rev#<name>#<revision>``: each
                                                             revision (zero-padded, immutable)
+``teams``                   ``name``                        teams (``Team`` as JSON in ``doc``)
 ==========================  ==============================  ===================================
 
 A software environment's items keep the whole ``SoftwareEnvironment`` as JSON in ``doc``
@@ -138,6 +140,12 @@ class UserNameItem(Model):
 class ApiTokenItem(Model):
     token_hash = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
+    doc = UnicodeAttribute(null=True)  # ApiToken; absent on tokens from before metadata
+
+
+class TeamItem(Model):
+    name = UnicodeAttribute(hash_key=True)
+    doc = UnicodeAttribute()
 
 
 class ClusterTokenItem(Model):
@@ -178,6 +186,7 @@ class Models:
     cluster_token: type[ClusterTokenItem]
     credential: type[CredentialItem]
     environment: type[EnvironmentItem]
+    team: type[TeamItem]
 
     def all(self) -> list[type[Model]]:
         """Every bound class, one per table."""
@@ -192,6 +201,7 @@ class Models:
             self.cluster_token,
             self.credential,
             self.environment,
+            self.team,
         ]
 
 
@@ -227,6 +237,7 @@ def bind_models(prefix: str, region: str, host: str | None) -> Models:
         cluster_token=bind(ClusterTokenItem, "cluster-tokens"),
         credential=bind(CredentialItem, "instance-credentials"),
         environment=bind(EnvironmentItem, "software-environments"),
+        team=bind(TeamItem, "teams"),
     )
 
 

@@ -21,6 +21,7 @@ from .fleet import (
     launch_template_name,
 )
 from .instances import LIVE_STATES
+from .machines import AmiResolver, EC2MachineCatalog
 from .network import DeploymentNetwork
 from .provider import EC2Provider
 from .settings import EC2Settings, Network
@@ -32,6 +33,8 @@ __all__ = [
     "BOOTSTRAP_ENV",
     "CAPACITY_ERRORS",
     "LIVE_STATES",
+    "AmiResolver",
+    "EC2MachineCatalog",
     "MAX_USER_DATA",
     "DeploymentNetwork",
     "EC2LaunchError",

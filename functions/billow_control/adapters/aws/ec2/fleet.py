@@ -22,6 +22,7 @@ from ....core import tags as billow_tags
 from ....core.models import InstanceInfo, InstanceSpec, InstanceState
 from ..errors import error_code
 from .instances import find_instance
+from .machines import AmiResolver
 from .network import DeploymentNetwork
 from .settings import EC2Settings, Network
 from .tagging import cluster_tags, tag_list, tag_specs
@@ -73,19 +74,27 @@ class FleetLauncher:
     """Starts one instance per ``InstanceSpec``; see ``launch``."""
 
     def __init__(
-        self, ec2: Any, deployment: str, settings: EC2Settings, network: DeploymentNetwork
+        self,
+        ec2: Any,
+        deployment: str,
+        settings: EC2Settings,
+        network: DeploymentNetwork,
+        images: AmiResolver | None = None,
     ) -> None:
         self.ec2 = ec2
         self.deployment = deployment
         self.settings = settings
         self.network = network
+        self.images = images
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
         """Start ``spec`` as a one-instance instant fleet, or return the instance already
         tagged with its deployment, cluster and instance name (any state).
 
-        ``purchase`` picks spot, on-demand, or spot first and on-demand when every spot
-        pool reports no capacity.
+        The spec's ``vm_types`` (else the deployment's ``instance_types``) are tried in
+        order; its ``spot_policy`` (else the deployment's ``purchase``) picks spot,
+        on-demand, or spot first and on-demand when every spot pool reports no capacity
+        (on demand at once after the cluster lost a spot instance: ``after_interruption``).
 
         Raises
         ------
@@ -99,22 +108,32 @@ class FleetLauncher:
         existing = find_instance(self.ec2, self.deployment, spec)
         if existing is not None:
             return existing
+        types = spec.vm_types or self.settings.instance_types
+        if not types:
+            raise ValueError(
+                f"no machine type for {spec.name}: the spec and the deployment name none"
+            )
         user_data = render_user_data(spec.environment, self.settings)
         shared_tags = cluster_tags(self.deployment, spec.cluster_id, spec.tags)
-        network = self.network.ensure(spec.cluster_id, shared_tags)
-        template_id = self._ensure_launch_template(spec.cluster_id, network, shared_tags)
+        network = self.network.ensure(spec.cluster_id, shared_tags, spec.ingress)
+        image = self._image(spec.arch)
+        template_id = self._ensure_launch_template(
+            spec.cluster_id, network, shared_tags, image, types[0]
+        )
         tags = {
             **shared_tags,
             billow_tags.INSTANCE_NAME: spec.name,
             billow_tags.ROLE: spec.role.value,
             "Name": f"billow-{spec.cluster_id}-{spec.name}"[:255],
         }
-        purchase = self.settings.purchase
+        purchase = spec.spot_policy or self.settings.purchase
+        if spec.after_interruption and purchase == "spot_with_fallback":
+            purchase = "on-demand"  # the cluster already lost spot capacity once
         codes: list[str] = []
         messages: list[str] = []
         for capacity in _ATTEMPTS[purchase]:
             instance_id, errors = self._create_fleet(
-                spec, template_id, network.subnet_ids, user_data, tags, capacity
+                spec, template_id, network.subnet_ids, user_data, tags, capacity, types
             )
             if instance_id is not None:
                 self._tag_volumes(instance_id, tags)
@@ -140,8 +159,15 @@ class FleetLauncher:
             codes,
         )
 
+    def _image(self, arch: str) -> str:
+        if self.images is not None:
+            return self.images.image_for(arch)
+        if self.settings.ami_id:
+            return self.settings.ami_id
+        raise ValueError("no image: set BILLOW_AMI_ID or give the provider an AmiResolver")
+
     def _ensure_launch_template(
-        self, cluster_id: str, network: Network, tags: dict[str, str]
+        self, cluster_id: str, network: Network, tags: dict[str, str], image: str, first: str
     ) -> str:
         name = launch_template_name(cluster_id)
         found = self.ec2.describe_launch_templates(
@@ -150,8 +176,8 @@ class FleetLauncher:
         if found:
             return str(found[0]["LaunchTemplateId"])
         data: dict[str, Any] = {
-            "ImageId": self.settings.ami_id,
-            "InstanceType": self.settings.instance_types[0],
+            "ImageId": image,
+            "InstanceType": first,
             "SecurityGroupIds": [network.security_group_id],
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -181,12 +207,13 @@ class FleetLauncher:
         user_data: str,
         tags: dict[str, str],
         capacity: str,
+        types: list[str],
     ) -> tuple[str | None, list[dict[str, Any]]]:
         """``(instance id, [])`` when EC2 started (or had already started) the instance,
         else ``(None, fleet errors)``."""
         overrides = [
             {"InstanceType": t, "SubnetId": s, "Priority": float(rank)}
-            for rank, t in enumerate(self.settings.instance_types)
+            for rank, t in enumerate(types)
             for s in subnet_ids
         ]
         template = {

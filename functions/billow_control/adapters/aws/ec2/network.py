@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -37,17 +37,20 @@ class DeploymentNetwork:
         self._lock = threading.Lock()
         self._shared: tuple[str | None, list[str]] | None = None  # (vpc id, subnet ids)
 
-    def ensure(self, cluster_id: str, tags: Mapping[str, str]) -> Network:
+    def ensure(
+        self, cluster_id: str, tags: Mapping[str, str], ingress: Sequence[str] = ()
+    ) -> Network:
         """Find or create the deployment network and the cluster's security group.
 
         The VPC, subnets (one per availability zone, public IPs on launch), internet
         gateway and default route are shared by the deployment and tagged
         ``billow:deployment``; configured ``subnet_ids`` replace them. The per-cluster
         group, tagged with ``tags`` and this cluster, opens only the scheduler and
-        dashboard ports to ``allowed_cidr``, plus all traffic between members of the
-        group; a configured ``security_group_id`` is used as is. Concurrent first calls
-        from *different processes* may each create a VPC; later calls then all use the
-        one with the lowest id.
+        dashboard ports to the CIDR blocks of ``ingress`` (the cluster's
+        ``allow_ingress_from``; empty: the deployment's ``allowed_cidr``), plus all
+        traffic between members of the group; a configured ``security_group_id`` is used
+        as is. Concurrent first calls from *different processes* may each create a VPC;
+        later calls then all use the one with the lowest id.
 
         Raises ``ValueError`` when configured subnets span several VPCs.
         """
@@ -62,7 +65,10 @@ class DeploymentNetwork:
                     vpc_id = self._vpc_of(subnet_ids)
                     self._shared = (vpc_id, subnet_ids)
                 group_id = self._ensure_security_group(
-                    vpc_id, cluster_id, cluster_tags(self.deployment, cluster_id, tags)
+                    vpc_id,
+                    cluster_id,
+                    cluster_tags(self.deployment, cluster_id, tags),
+                    list(ingress) or [self.settings.allowed_cidr],
                 )
         return Network(vpc_id=vpc_id, subnet_ids=subnet_ids, security_group_id=group_id)
 
@@ -202,7 +208,9 @@ class DeploymentNetwork:
         )["SecurityGroups"]
         return groups[0] if groups else None
 
-    def _ensure_security_group(self, vpc_id: str, cluster_id: str, tags: dict[str, str]) -> str:
+    def _ensure_security_group(
+        self, vpc_id: str, cluster_id: str, tags: dict[str, str], cidrs: list[str]
+    ) -> str:
         name = f"billow-{cluster_id}"
         group = self._find_security_group(vpc_id, name)
         if group is None:
@@ -221,7 +229,7 @@ class DeploymentNetwork:
                 if group is None:
                     raise
         group_id = group["GroupId"]
-        for rule in _wanted_rules(self.settings, group_id):
+        for rule in _wanted_rules(self.settings, group_id, cidrs):
             if _has_rule(group.get("IpPermissions", []), rule):
                 continue
             try:
@@ -232,19 +240,21 @@ class DeploymentNetwork:
         return str(group_id)
 
 
-def _wanted_rules(settings: EC2Settings, group_id: str) -> list[dict[str, Any]]:
-    """Ingress of a cluster group: scheduler and dashboard ports from ``allowed_cidr``,
-    everything from members of the group itself."""
-    net = ipaddress.ip_network(settings.allowed_cidr)
-    ranges = (
-        {"Ipv6Ranges": [{"CidrIpv6": str(net), "Description": "billow clients"}]}
-        if net.version == 6
-        else {"IpRanges": [{"CidrIp": str(net), "Description": "billow clients"}]}
-    )
-    rules: list[dict[str, Any]] = [
-        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **ranges}
-        for port in (settings.scheduler_port, settings.dashboard_port)
-    ]
+def _wanted_rules(settings: EC2Settings, group_id: str, cidrs: list[str]) -> list[dict[str, Any]]:
+    """Ingress of a cluster group: scheduler and dashboard ports from each of ``cidrs``
+    (one rule per block and port), everything from members of the group itself."""
+    rules: list[dict[str, Any]] = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        ranges = (
+            {"Ipv6Ranges": [{"CidrIpv6": str(net), "Description": "billow clients"}]}
+            if net.version == 6
+            else {"IpRanges": [{"CidrIp": str(net), "Description": "billow clients"}]}
+        )
+        rules += [
+            {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **ranges}
+            for port in (settings.scheduler_port, settings.dashboard_port)
+        ]
     rules.append(
         {
             "IpProtocol": "-1",

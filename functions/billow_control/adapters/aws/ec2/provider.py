@@ -18,6 +18,7 @@ from ....core.models import InstanceInfo, InstanceSpec
 from ..errors import error_code
 from .fleet import FleetLauncher
 from .instances import LIVE_STATES, instance_infos, instances
+from .machines import AmiResolver
 from .network import DeploymentNetwork
 from .settings import EC2Settings, Network
 from .tagging import tag_filters, tags_of
@@ -31,13 +32,20 @@ class EC2Provider:
     ``botocore.exceptions.ClientError``; the reconciler retries them with backoff.
     """
 
-    def __init__(self, ec2: Any, logs: Any, deployment: str, settings: EC2Settings) -> None:
+    def __init__(
+        self,
+        ec2: Any,
+        logs: Any,
+        deployment: str,
+        settings: EC2Settings,
+        images: AmiResolver | None = None,
+    ) -> None:
         self.ec2 = ec2
         self.logs = logs
         self.deployment = deployment
         self.settings = settings
         self.network = DeploymentNetwork(ec2, deployment, settings)
-        self.fleet = FleetLauncher(ec2, deployment, settings, self.network)
+        self.fleet = FleetLauncher(ec2, deployment, settings, self.network, images)
 
     def ensure_network(self, cluster_id: str, tags: Mapping[str, str]) -> Network:
         """The cluster's subnets and security group, created if missing (see

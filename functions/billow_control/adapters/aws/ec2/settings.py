@@ -25,8 +25,17 @@ class EC2Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ami_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
-    instance_types: list[str] = Field(min_length=1, max_length=20)
+    ami_id: str | None = Field(
+        default=None,
+        pattern=r"^ami-[0-9a-f]{8,17}$",
+        description="Image of every instance; None: the latest Amazon Linux 2023 of the "
+        "cluster's architecture (SSM public parameter).",
+    )
+    instance_types: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="The types the automatic choice picks from; empty: all of the region.",
+    )
     purchase: Literal["spot", "on-demand", "spot_with_fallback"] = "spot_with_fallback"
     subnet_ids: list[str] = Field(
         default_factory=list,

@@ -56,6 +56,7 @@ def render_user_data(environment: Mapping[str, str], settings: EC2Settings) -> s
         log_setup=log_setup,
         shutdown=_SHUTDOWN,
         max_bytes=MAX_USER_DATA,
+        defaults={"BILLOW_IMDS_ENDPOINT": "http://169.254.169.254"},  # addresses (IMDSv2)
     )
 
 

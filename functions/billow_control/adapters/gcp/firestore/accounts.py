@@ -1,4 +1,4 @@
-"""Users and their API tokens on Firestore, mixed into ``FirestoreStore``.
+"""Users, teams and API tokens on Firestore, mixed into ``FirestoreStore``.
 
 A user's name is unique: a ``user-names`` document (the name lock) is written in the same
 conditional commit as the user, created if free or kept if this user's; a new name
@@ -7,11 +7,25 @@ deletes the user's old lock in that commit.
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
 from typing import Any
 
+from google.cloud.firestore_v1 import FieldFilter
+
+from ....core.accounts import ApiToken, Team
 from ....core.models import User
 from ....core.ports import UserNameTakenError
-from .documents import API_TOKENS, LOST, USER_NAMES, USERS, Collections, optimistic, unchanged
+from .documents import (
+    API_TOKENS,
+    LOST,
+    TEAMS,
+    USER_NAMES,
+    USERS,
+    Collections,
+    optimistic,
+    unchanged,
+)
 
 _ATTEMPTS = 25
 
@@ -67,10 +81,64 @@ class UserAccounts:
         result = self.col(USERS).count().get()
         return int(result[0][0].value)
 
-    def put_api_token(self, token_hash: str, user_id: str) -> None:
-        self.col.doc(API_TOKENS, token_hash).set({"user_id": user_id})
+    def list_users(self) -> list[User]:
+        found = (User.model_validate_json(s.get("doc")) for s in self.col(USERS).stream())
+        return sorted(found, key=lambda u: u.name)
 
-    def user_for_token(self, token_hash: str) -> User | None:
-        """The token's user; ``None`` for an unknown token or a deleted user."""
+    # -- teams ---------------------------------------------------------------------------
+
+    def put_team(self, team: Team) -> None:
+        self.col.doc(TEAMS, team.name).set({"doc": team.model_dump_json()})
+
+    def get_team(self, name: str) -> Team | None:
+        snap = self.col.doc(TEAMS, name).get()
+        return Team.model_validate_json(snap.get("doc")) if snap.exists else None
+
+    def list_teams(self) -> list[Team]:
+        found = (Team.model_validate_json(s.get("doc")) for s in self.col(TEAMS).stream())
+        return sorted(found, key=lambda t: t.name)
+
+    # -- API tokens ----------------------------------------------------------------------
+
+    def put_api_token(self, token: ApiToken) -> None:
+        self.col.doc(API_TOKENS, token.token_hash).set(
+            {"user_id": token.user_id, "doc": token.model_dump_json()}
+        )
+
+    @staticmethod
+    def _token(snap: Any) -> ApiToken:
+        data = snap.to_dict() or {}
+        if data.get("doc"):
+            return ApiToken.model_validate_json(data["doc"])
+        return ApiToken.legacy(snap.id, str(data.get("user_id")))
+
+    def get_api_token(self, token_hash: str) -> ApiToken | None:
         snap = self.col.doc(API_TOKENS, token_hash).get()
-        return self.get_user(str(snap.get("user_id"))) if snap.exists else None
+        return self._token(snap) if snap.exists else None
+
+    def list_api_tokens(self, user_id: str) -> list[ApiToken]:
+        query = self.col(API_TOKENS).where(filter=FieldFilter("user_id", "==", user_id))
+        found = [self._token(s) for s in query.stream()]
+        return sorted(found, key=lambda t: (t.created_at is not None, t.created_at, t.id))
+
+    def touch_api_token(self, token_hash: str, at: datetime) -> None:
+        """Rewrite ``doc`` with ``last_used_at``, conditional on the token being unchanged
+        since read (a concurrent revoke wins; so does a concurrent touch)."""
+        ref = self.col.doc(API_TOKENS, token_hash)
+        snap = ref.get()
+        if not snap.exists:
+            return
+        doc = self._token(snap).model_copy(update={"last_used_at": at}).model_dump_json()
+        with contextlib.suppress(*LOST):
+            ref.update({"doc": doc}, option=unchanged(self.client, snap))
+
+    def delete_api_token(self, token_hash: str) -> bool:
+        ref = self.col.doc(API_TOKENS, token_hash)
+        snap = ref.get()
+        if not snap.exists:
+            return False
+        try:
+            ref.delete(option=unchanged(self.client, snap))
+        except LOST:
+            return False
+        return True

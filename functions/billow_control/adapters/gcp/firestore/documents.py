@@ -61,6 +61,7 @@ SECRETS = "secrets"
 USERS = "users"
 USER_NAMES = "user-names"
 API_TOKENS = "api-tokens"
+TEAMS = "teams"
 CLUSTER_TOKENS = "cluster-tokens"
 CREDENTIALS = "instance-credentials"
 ENV_HEADS = "environment-heads"
@@ -73,6 +74,7 @@ COLLECTIONS = (
     USERS,
     USER_NAMES,
     API_TOKENS,
+    TEAMS,
     CLUSTER_TOKENS,
     CREDENTIALS,
     ENV_HEADS,
