@@ -44,7 +44,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from tests.support.instances import (
     sha256_of,
     stop_instances,
 )
+from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 from tests.support.processes import ROOT, free_port
 
 __all__ = ["InstanceKit", "RunningInstance", "exported_env", "sha256_of"]
@@ -312,7 +312,7 @@ class ApiGateway:
     def __init__(self, handler: Callable[[dict, Any], dict]) -> None:
         lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _serve(self) -> None:
@@ -340,24 +340,15 @@ class ApiGateway:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="api-gateway", daemon=True
-        )
+        self.http = LoopbackHttpServer(Handler, "api-gateway")
+        self.server, self.url = self.http.server, self.http.url
 
     def start(self) -> ApiGateway:
-        self._thread.start()
+        self.http.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
+        self.http.stop()
 
 
 class InstanceRunner:

@@ -21,8 +21,8 @@ import contextlib
 import secrets
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 
 TOKEN_HEADER = "x-aws-ec2-metadata-token"
 TTL_HEADER = "x-aws-ec2-metadata-token-ttl-seconds"
@@ -35,7 +35,7 @@ class ImdsServer:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _reply(self, status: int, text: str = "") -> None:
@@ -70,13 +70,8 @@ class ImdsServer:
                     return self._reply(404, "Not Found")
                 self._reply(200, value)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="imds", daemon=True)
+        self.http = LoopbackHttpServer(Handler, "imds")
+        self.server, self.url = self.http.server, self.http.url
 
     def set(self, instance_id: str, path: str, value: str | None) -> None:
         if value is None:
@@ -88,13 +83,11 @@ class ImdsServer:
         return f"{self.url}/{instance_id}"
 
     def __enter__(self) -> ImdsServer:
-        self._thread.start()
+        self.http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
+        self.http.stop()
 
 
 class NatForwarder:

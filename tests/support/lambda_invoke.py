@@ -16,14 +16,13 @@ message, as the Lambda service does.
 from __future__ import annotations
 
 import json
-import threading
 import traceback
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
 from tests.support.aws import FakeLambdaContext
+from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 
 PREFIX = "/2015-03-31/functions/"
 SUFFIX = "/invocations"
@@ -37,7 +36,7 @@ class LambdaInvoke:
         self.calls: list[str] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -83,21 +82,12 @@ class LambdaInvoke:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="lambda-invoke", daemon=True
-        )
+        self.http = LoopbackHttpServer(Handler, "lambda-invoke")
+        self.server, self.url = self.http.server, self.http.url
 
     def __enter__(self) -> LambdaInvoke:
-        self._thread.start()
+        self.http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
+        self.http.stop()

@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -36,6 +36,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 
 
 def service_account_key(path: Path, email: str) -> rsa.RSAPublicKey:
@@ -76,7 +78,7 @@ class GcsFake:
         self._lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _serve(self) -> None:
@@ -91,22 +93,15 @@ class GcsFake:
 
             do_GET = do_PUT = do_POST = do_DELETE = _serve
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.http = LoopbackHttpServer(Handler)
+        self.server, self.url = self.http.server, self.http.url
 
     def start(self) -> GcsFake:
-        self._thread.start()
+        self.http.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
+        self.http.stop()
 
     def put(self, name: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         with self._lock:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import traceback
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 
 Handler = Callable[[dict[str, str], dict[str, str], Any], tuple[int, Any]]
 
@@ -57,7 +57,7 @@ class FakeServer:
         self.requests: list[tuple[str, str]] = []
         fake = self
 
-        class RequestHandler(BaseHTTPRequestHandler):
+        class RequestHandler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def _serve(self) -> None:
@@ -89,22 +89,15 @@ class FakeServer:
 
             do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.http = LoopbackHttpServer(RequestHandler)
+        self.server, self.url = self.http.server, self.http.url
 
     def start(self) -> FakeServer:
-        self._thread.start()
+        self.http.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
+        self.http.stop()
 
 
 def _error(status: int, message: str, reason: str = "") -> dict[str, Any]:
