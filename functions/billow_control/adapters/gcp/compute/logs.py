@@ -46,10 +46,11 @@ def text_of(payload: Any) -> str:
 class InstanceLogs:
     """Reads the agent log. ``logging`` is a ``google.cloud.logging.Client``."""
 
-    def __init__(self, logging: Any, project: str, log_name: str) -> None:
+    def __init__(self, logging: Any, project: str, log_name: str, deployment: str) -> None:
         self.client = logging
         self.project = project
         self.log_name = log_name
+        self.deployment = deployment
 
     def tail(self, instance: str, lines: int) -> list[str]:
         """The last ``lines`` lines of ``instance``, oldest first; ``[]`` when there are
@@ -69,11 +70,12 @@ class InstanceLogs:
         return newest_first[::-1]
 
     def gone_instances(self, cluster_id: str) -> list[InstanceInfo]:
-        """The instances of ``cluster_id`` known from their ``STARTED`` lines, as terminated
-        (Compute Engine forgets deleted instances; their logs stay). Best effort: ``[]``
-        when Logging cannot be read."""
+        """This deployment's instances of ``cluster_id`` known from their ``STARTED``
+        lines, as terminated (Compute Engine forgets deleted instances; their logs stay).
+        Best effort: ``[]`` when Logging cannot be read."""
         started = (
             f'logName="projects/{self.project}/logs/{self.log_name}" '
+            f'AND labels."billow-deployment"="{self.deployment}" '
             f'AND labels."billow-cluster-id"="{cluster_id}" '
             f'AND jsonPayload.message="{STARTED}" AND timestamp>="{_since()}"'
         )

@@ -64,7 +64,7 @@ class GceProvider:
         self.launcher = Launcher(
             instances, templates, self.reader, self.firewalls, self.catalog, settings
         )
-        self.logs = InstanceLogs(logging, settings.project, settings.log_name)
+        self.logs = InstanceLogs(logging, settings.project, settings.log_name, settings.deployment)
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
         """Start ``spec``, or return the instance already started for it (see

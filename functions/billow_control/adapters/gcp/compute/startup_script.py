@@ -51,7 +51,7 @@ def render(environment: Mapping[str, str], settings: GceSettings) -> str:
         "fi",
         f'mkdir -p "$R{config_dir}"',
         f"cat >\"$R{OPS_AGENT_CONFIG}\" <<'BILLOW_LOGS'",
-        _ops_agent_config(environment, settings.log_name),
+        _ops_agent_config(environment, settings.log_name, settings.deployment),
         "BILLOW_LOGS",
         'if [ -z "$R" ]; then systemctl restart google-cloud-ops-agent || true; fi',
         f'echo "{STARTED}"  # GceProvider.describe finds deleted instances by this line',
@@ -66,11 +66,13 @@ def render(environment: Mapping[str, str], settings: GceSettings) -> str:
     )
 
 
-def _ops_agent_config(environment: Mapping[str, str], log_name: str) -> str:
+def _ops_agent_config(environment: Mapping[str, str], log_name: str, deployment: str) -> str:
     """Ops Agent configuration: ``AGENT_LOG`` to the log ``log_name``, each entry labelled
-    with the cluster id and role (both label-safe: an id and an ``InstanceRole``)."""
+    with the deployment, cluster id and role (label-safe: a GCE name, an id and an
+    ``InstanceRole``), so that one deployment never reads another's instances from it."""
     cluster = label_value(billow_tags.CLUSTER, environment["BILLOW_CLUSTER_ID"])
     role = label_value(billow_tags.ROLE, environment["BILLOW_ROLE"])
+    deployment = label_value(billow_tags.DEPLOYMENT, deployment)
     return "\n".join(
         [
             "logging:",
@@ -82,6 +84,8 @@ def _ops_agent_config(environment: Mapping[str, str], log_name: str) -> str:
             "    billow_labels:",
             "      type: modify_fields",
             "      fields:",
+            '        labels."billow-deployment":',
+            f"          static_value: {deployment}",
             '        labels."billow-cluster-id":',
             f"          static_value: {cluster}",
             '        labels."billow-role":',
