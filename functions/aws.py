@@ -76,7 +76,8 @@ def resolver() -> Any:
 
 
 def traced(handler: Handler) -> Handler:
-    """X-Ray tracing of ``handler`` in Lambda, decided on its first invocation."""
+    """X-Ray tracing of ``handler`` in Lambda, decided on its first invocation; timings
+    and errors only, never the handler's answer."""
     chosen: list[Handler] = []
 
     @functools.wraps(handler)
@@ -89,7 +90,9 @@ def traced(handler: Handler) -> Handler:
                     from aws_lambda_powertools import Tracer
 
                     tracer = Tracer(service=SERVICE, patch_modules=["botocore"])
-                    chosen[0] = tracer.capture_lambda_handler(handler)
+                    # Never the response: answers carry API tokens, client keys and
+                    # the first admin's token, which must not land in X-Ray metadata.
+                    chosen[0] = tracer.capture_lambda_handler(handler, capture_response=False)
                 except Exception:  # aws-xray-sdk missing or broken: run untraced
                     logger.warning("X-Ray tracing unavailable", exc_info=True)
         return chosen[0](event, context)
