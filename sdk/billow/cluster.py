@@ -224,6 +224,8 @@ class Cluster(DaskCluster):
         self._warned: set[str] = set()
         self._dashboard_token: str | None = None
         self._ca_pem: str | None = None
+        self._notices: list[str] = []
+        self._started_by_constructor = not asynchronous
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.periodic_callbacks["billow-record"] = PeriodicCallback(
             self._refresh_record, RECORD_REFRESH_SECONDS * 1000
@@ -235,6 +237,14 @@ class Cluster(DaskCluster):
             except BaseException:
                 self._loop_runner.stop()
                 raise
+            self._warn_notices(stacklevel=2)
+
+    def _warn_notices(self, stacklevel: int) -> None:
+        """Each notice of the start (credentials not forwarded), once, as a warning shown
+        at the line ``stacklevel`` frames above the caller of this method."""
+        for note in self._notices:
+            warnings.warn(f"billow: {note}", BillowWarning, stacklevel=stacklevel + 1)
+        self._notices = []
 
     def __await__(self):  # type: ignore[override]
         async def _() -> Cluster:
@@ -290,8 +300,9 @@ class Cluster(DaskCluster):
             await super()._start()
             if obtaining is not None:
                 self._forwarder = Forwarder(self.scheduler_comm, self._credentials_duration)
-                for note in await self._forwarder.start(obtaining):
-                    warnings.warn(f"billow: {note}", BillowWarning, stacklevel=2)
+                self._notices = await self._forwarder.start(obtaining)
+                if not self._started_by_constructor:  # it warns from the user's line
+                    self._warn_notices(stacklevel=2)
         except BaseException:
             if obtaining is not None:
                 obtaining.cancel()
