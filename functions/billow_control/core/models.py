@@ -356,6 +356,12 @@ class InstanceInfo(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     launched_at: datetime
     exit_code: int | None = None
+    # For metering (``core.metering``); ``None``/unknown when the provider cannot tell.
+    terminated_at: datetime | None = None  # the provider's own termination time
+    machine_type: str | None = None
+    vcpus: int | None = None
+    gpus: int = 0
+    spot: bool = False
 
 
 class InstanceCredential(BaseModel):
