@@ -96,7 +96,8 @@ class World:
         if body is not None:
             raw = json.dumps(body).encode()
             headers["content-type"] = "application/json"
-        event = http_api_event(method, path, "", headers, raw, "127.0.0.1")
+        path, _, query = path.partition("?")
+        event = http_api_event(method, path, query, headers, raw, "127.0.0.1")
         out = self.app.resolve(event, LambdaContextStub("test"))  # type: ignore[arg-type]
         return out["statusCode"], out.get("headers", {}), (out.get("body") or "").encode()
 
