@@ -193,6 +193,7 @@ ROWS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("PUT", "/v1/admin/users/bob/limits", {"cores": 128}, (200, 403, 403, 403, 403, 403)),
     ("PUT", "/v1/admin/teams/etl/limits", {"cores": 512}, (200, 403, 403, 403, 403, 403)),
     ("GET", "/v1/usage", None, (200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/invoices/2025-12", None, (200, 200, 403, 200, 200, 403)),
 ]
 # What a 404 is compared with: the same route naming something that does not exist.
 MISSING = {
@@ -232,7 +233,10 @@ def test_the_matrix_covers_every_route_that_takes_an_api_token() -> None:
     covered = {
         (m, p.replace("{C}", "<cluster_id>").replace("{T}", "<token_id>")) for m, p, _, _ in ROWS
     }
-    named = {"/v1/environments/etl-env": "/v1/environments/<name>"}
+    named = {
+        "/v1/environments/etl-env": "/v1/environments/<name>",
+        "/v1/invoices/2025-12": "/v1/invoices/<month>",
+    }
     covered = {
         (m, named.get(p, p.replace("/bob/", "/<name>/").replace("/etl/", "/<name>/")))
         for m, p in covered
