@@ -92,3 +92,52 @@ def test_invoice_shows_cloud_cost_apart_from_billows_price() -> None:
     assert estimate["by_type"]["m6i.large (spot)"]["cost"] == "0.38"
     assert estimate["unpriced_instances"] == 1
     assert invoice("ml", usage, records, TIERS, "USD", now).total == Decimal("0.00")
+
+
+def test_refresh_script_reads_the_pricing_apis_shapes() -> None:
+    """The parsers of ``scripts/refresh-prices.py`` on documents shaped as the AWS Price
+    List and the Cloud Billing Catalog answer (the script itself needs their network)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "refresh-prices.py"
+    spec = importlib.util.spec_from_file_location("refresh_prices", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    item = {
+        "terms": {
+            "OnDemand": {
+                "X.Y": {
+                    "priceDimensions": {
+                        "X.Y.Z": {"unit": "Hrs", "pricePerUnit": {"USD": "0.0960000000"}}
+                    }
+                }
+            }
+        }
+    }
+    assert script.aws_on_demand(item) == 0.096
+
+    def sku(desc: str, usage: str, nanos: int) -> dict:
+        rate = {"unitPrice": {"units": "0", "nanos": nanos}}
+        return {
+            "description": desc,
+            "serviceRegions": ["us-central1"],
+            "category": {"resourceFamily": "Compute", "usageType": usage},
+            "pricingInfo": [{"pricingExpression": {"tieredRates": [rate]}}],
+        }
+
+    skus = [
+        sku("N2 Instance Core running in Americas", "OnDemand", 31611000),
+        sku("N2 Instance Ram running in Americas", "OnDemand", 4237000),
+        sku("Spot Preemptible N2 Instance Core running in Americas", "Preemptible", 7650000),
+        sku("Spot Preemptible N2 Instance Ram running in Americas", "Preemptible", 1025000),
+        sku("E2 Instance Core running in Americas", "OnDemand", 21811590),
+    ]
+    n2 = script.gcp_family_prices(skus, "N2", "us-central1")
+    assert n2 == {
+        "OnDemand": {"core": 0.031611, "ram": 0.004237},
+        "Preemptible": {"core": 0.00765, "ram": 0.001025},
+    }
+    # n2-standard-2: 2 cores + 8 GiB = the table's seed on-demand figure
+    assert round(2 * 0.031611 + 8 * 0.004237, 4) == 0.0971
