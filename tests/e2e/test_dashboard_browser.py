@@ -128,7 +128,8 @@ def _login(page: Any, url: str, token: str) -> None:
 def _shot(page: Any, name: str, shots: list[Path]) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"dashboard-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # a new token is shown once on the page: masked in the picture
+    page.screenshot(path=str(path), full_page=True, mask=[page.locator("#new-token")])
     shots.append(path)
 
 
@@ -201,7 +202,7 @@ def test_a_member_watches_stops_and_pays_for_her_cluster(
         float(cli_total), abs=2e-6
     )
     assert shown is not None and float(shown) == pytest.approx(float(cli_total), abs=2e-6)
-    series = page.evaluate("window.billowChart.data[1]")
+    series = page.evaluate("window.billowChart.data.slice(1).flat()")
     assert sum(series) == pytest.approx(float(cli_total), abs=2e-6)
     assert page.locator("[data-quota='user:cpu_hours'] .quota-fill").count() == 1
     assert "Invoices are for team admins" in (page.locator("#invoice").text_content() or "")
@@ -220,6 +221,15 @@ def test_a_member_watches_stops_and_pays_for_her_cluster(
     page.locator(f'tr[data-token="{made_id}"]').wait_for(state="detached")
     tokens = deployment.get("alice", "/v1/tokens")["tokens"]
     assert made_id not in {t["id"] for t in tokens}
+    # the deployment admin sees every team, the price so far and the invoice preview
+    admin = _page(browser, errors)
+    _login(admin, deployment.server.url, deployment.server.token)
+    admin.click("#nav-usage")
+    admin.wait_for_selector("#spend-chart:not([hidden]) canvas")
+    expect(admin.locator("#invoice")).to_contain_text("team etl")
+    expect(admin.locator("#invoice")).to_contain_text("CPU-hours 0-10,000 (free)")
+    assert float(admin.locator("#usage-total").text_content() or "0") >= float(cli_total)
+    _shot(admin, "usage-admin", shots)
     assert errors == [], errors
     print("screenshots:", *shots, sep="\n  ")
 

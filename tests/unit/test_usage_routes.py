@@ -56,6 +56,14 @@ def test_each_caller_sees_the_usage_they_may(api: Api) -> None:
     everyone = api.ask("GET", "/v1/usage", t["admin"])[1]["metered"]
     assert {k: v["cpu_hours"] for k, v in everyone["by_team"].items()} == {"etl": 6.0, "ml": 6.0}
     assert set(everyone["by_user"]) == {"alice", "mo"}
+    # the dashboard's series: per team and user per day, and each team's price so far
+    assert {t: sum(d.values()) for t, d in everyone["daily_by_team"].items()} == {
+        "etl": 6.0,
+        "ml": 6.0,
+    }
+    assert set(everyone["daily_by_user"]) == {"alice", "mo"}
+    assert all(set(d.values()) == {"0.00"} for d in everyone["spend_by_day"].values())
+    assert alice["metered"]["spend_by_day"] is None  # a member's price is the team's
     only_ml = api.ask("GET", "/v1/usage?team=ml", t["admin"])[1]["metered"]
     assert only_ml["total"]["cpu_hours"] == 6.0 and list(only_ml["by_team"]) == ["ml"]
     # another team is not found, as a missing one; a member cannot read their team's

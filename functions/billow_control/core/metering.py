@@ -171,6 +171,8 @@ class MonthUsage(BaseModel):
     by_user: dict[str, Totals] = Field(default_factory=dict)
     by_team: dict[str, Totals] = Field(default_factory=dict)
     by_day: dict[str, float] = Field(default_factory=dict, description="CPU-hours per UTC day")
+    daily_by_team: dict[str, dict[str, float]] = Field(default_factory=dict)
+    daily_by_user: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 def _days(record: UsageRecord, month: str, now: datetime) -> Iterable[tuple[str, float]]:
@@ -198,5 +200,12 @@ def aggregate(records: Iterable[UsageRecord], month: str, now: datetime) -> Mont
         ):
             groups.setdefault(key, Totals()).add(record, seconds)
         for day, secs in _days(record, month, now):
-            usage.by_day[day] = usage.by_day.get(day, 0.0) + record.vcpus * secs / 3600
+            hours = record.vcpus * secs / 3600
+            usage.by_day[day] = usage.by_day.get(day, 0.0) + hours
+            for daily, key in (
+                (usage.daily_by_team, record.team),
+                (usage.daily_by_user, record.owner),
+            ):
+                days = daily.setdefault(key, {})
+                days[day] = days.get(day, 0.0) + hours
     return usage

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from . import access
 from .accounts import User
-from .billing import invoice
+from .billing import HOURS, invoice, price_lines
 from .errors import BadRequest, Forbidden
-from .metering import UsageRecord, aggregate, month_bounds, month_of
+from .metering import MonthUsage, UsageRecord, aggregate, month_bounds, month_of
 from .ports import Ports
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -27,6 +28,13 @@ def parse_month(month: str | None, now: datetime) -> str:
     if month_bounds(month)[0] > now:
         raise BadRequest(f"month {month} has not started yet", field="month")
     return month
+
+
+def _daily(groups: dict[str, dict[str, float]], names: dict[str, str]) -> dict[str, Any]:
+    return {
+        names.get(k, k): {d: round(h, 6) for d, h in sorted(days.items())}
+        for k, days in sorted(groups.items())
+    }
 
 
 class UsageReports:
@@ -65,7 +73,23 @@ class UsageReports:
             "by_user": {names.get(k, k): v.rounded() for k, v in sorted(usage.by_user.items())},
             "by_cluster": {k: v.rounded() for k, v in sorted(usage.by_cluster.items())},
             "by_day": {k: round(v, 6) for k, v in sorted(usage.by_day.items())},
+            "daily_by_team": _daily(usage.daily_by_team, {}),
+            "daily_by_user": _daily(usage.daily_by_user, names),
+            "spend_by_day": self._spend(usage) if owner is None else None,
         }
+
+    def _spend(self, usage: MonthUsage) -> dict[str, dict[str, str]]:
+        """Each team's Billow price of the month so far, at the end of each day (USD):
+        the graduated tiers over its cumulative CPU-hours."""
+        out: dict[str, dict[str, str]] = {}
+        for team, days in sorted(usage.daily_by_team.items()):
+            total, spend = Decimal(0), {}
+            for day, hours in sorted(days.items()):
+                total += Decimal(str(hours))
+                lines = price_lines(total.quantize(HOURS), self.ports.settings.pricing_tiers)
+                spend[day] = str(sum((x.amount for x in lines), Decimal("0.00")))
+            out[team] = spend
+        return out
 
     def invoices(self, user: User, month: str, team: str | None) -> dict[str, Any]:
         """Invoice previews of ``month``: the caller's team (team admins and viewers), the

@@ -108,7 +108,7 @@ async function loadUsage() {
   $("usage-month").textContent = m.month;
   $("usage-total").textContent = m.total.cpu_hours.toFixed(6);
   $("usage-gpu").textContent = m.total.gpu_hours.toFixed(3);
-  drawChart(m.by_day);
+  drawChart(m);
   drawQuotas(report);
   const rows = $("usage-rows");
   rows.replaceChildren();
@@ -123,24 +123,67 @@ async function loadUsage() {
   await loadInvoice(m.month);
 }
 
-function drawChart(byDay) {
-  const days = Object.keys(byDay).sort();
+const COLORS = ["#3b6fd8", "#d8703b", "#2f9e5b", "#9b3bd8", "#c9a227", "#d83b6f", "#3bb5d8"];
+
+// Every day of the month up to today (the whole month once it has ended), in UTC.
+function monthDays(month) {
+  const [y, m] = month.split("-").map(Number);
+  const days = [];
+  for (let d = new Date(Date.UTC(y, m - 1, 1)); d.getUTCMonth() === m - 1; d.setUTCDate(d.getUTCDate() + 1)) {
+    if (d.getTime() > Date.now()) break;
+    days.push(d.toISOString().slice(0, 10));
+  }
+  return days;
+}
+
+function plot(box, title, days, groups, unit, asBars) {
   const xs = days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
-  const ys = days.map((d) => byDay[d]);
-  const box = $("usage-chart");
-  box.setAttribute("data-total", ys.reduce((a, b) => a + b, 0).toFixed(6));
-  box.setAttribute("data-days", String(days.length));
-  if (chart) chart.destroy();
+  const names = Object.keys(groups).sort();
+  const series = [{}];
+  const data = [xs];
+  names.forEach((name, i) => {
+    const color = COLORS[i % COLORS.length];
+    series.push({ label: name, stroke: color, width: 2,
+      fill: asBars ? color + "55" : undefined,
+      paths: asBars ? window.uPlot.paths.bars({ size: [0.7 / Math.max(1, names.length), 40] }) : undefined });
+    data.push(days.map((d) => Number(groups[name][d] || 0)));
+  });
   const opts = {
-    width: Math.min(900, box.clientWidth || 900),
-    height: 260,
-    scales: { x: { time: true } },
-    series: [{}, { label: "CPU-hours", stroke: "#3b6fd8", fill: "rgba(59,111,216,0.25)",
-      paths: window.uPlot.paths.bars({ size: [0.6, 60] }) }],
-    axes: [{}, { label: "CPU-hours" }],
+    title, width: Math.min(900, box.clientWidth || 900), height: 240,
+    scales: { x: { time: true, range: [xs[0] - 43200, xs[xs.length - 1] + 43200] } },
+    series, axes: [{}, { label: unit }],
   };
-  chart = new window.uPlot(opts, [xs, ys], box);
+  box.replaceChildren();
+  return new window.uPlot(opts, data, box);
+}
+
+function drawChart(m) {
+  const days = monthDays(m.month);
+  const box = $("usage-chart");
+  // a team's view: one series per team; a member's: their own
+  const groups = m.spend_by_day ? m.daily_by_team : m.daily_by_user;
+  let total = 0;
+  for (const g of Object.values(groups)) for (const d of days) total += g[d] || 0;
+  box.setAttribute("data-total", total.toFixed(6));
+  if (chart) chart.destroy();
+  chart = plot(box, "CPU-hours per day", days, groups, "CPU-hours", true);
   window.billowChart = chart;
+  const spendBox = $("spend-chart");
+  if (m.spend_by_day && Object.keys(m.spend_by_day).length) {
+    const carried = {};
+    for (const [team, byDay] of Object.entries(m.spend_by_day)) {
+      let last = 0;
+      carried[team] = {};
+      for (const d of days) {
+        if (byDay[d] !== undefined) last = Number(byDay[d]);
+        carried[team][d] = last;
+      }
+    }
+    spendBox.hidden = false;
+    plot(spendBox, "Billow price of the month so far, by team (USD)", days, carried, "USD", false);
+  } else {
+    spendBox.hidden = true;
+  }
 }
 
 function drawQuotas(report) {
