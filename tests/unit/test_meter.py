@@ -182,3 +182,17 @@ def test_month_closed_is_published_once_with_each_teams_totals(world: World) -> 
     assert other.run_once().months_closed == []
     assert world.watchdog.run_once().months_closed == []
     assert len(world.bus.usage_events) == 1
+
+
+def test_the_embedded_bus_writes_the_month_closed_event(tmp_path: Path) -> None:
+    import json
+
+    from billow_control.adapters.local.event_log import JsonLinesEventBus
+    from billow_control.core.usage_port import UsageEvents
+
+    bus = JsonLinesEventBus(tmp_path / "events.jsonl")
+    assert isinstance(bus, UsageEvents)
+    bus.publish_usage("usage.month-closed", {"month": "2025-01", "teams": {"etl": {}}})
+    (line,) = (tmp_path / "events.jsonl").read_text().splitlines()
+    event = json.loads(line)
+    assert event["kind"] == "usage.month-closed" and event["detail"]["month"] == "2025-01"

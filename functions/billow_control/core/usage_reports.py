@@ -23,9 +23,11 @@ def parse_month(month: str | None, now: datetime) -> str:
     """``month`` checked (``YYYY-MM``, not in the future), or the current month."""
     if month is None:
         return month_of(now)
-    if not MONTH.match(month):
-        raise BadRequest(f"month {month!r} is not YYYY-MM, e.g. {month_of(now)}", field="month")
-    if month_bounds(month)[0] > now:
+    if not MONTH.match(month) or month < "1970-01":
+        raise BadRequest(
+            f"month {month!r} is not YYYY-MM from 1970-01 on, e.g. {month_of(now)}", field="month"
+        )
+    if month > month_of(now):  # YYYY-MM strings order as the months do
         raise BadRequest(f"month {month} has not started yet", field="month")
     return month
 
