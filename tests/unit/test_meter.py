@@ -196,3 +196,22 @@ def test_the_embedded_bus_writes_the_month_closed_event(tmp_path: Path) -> None:
     (line,) = (tmp_path / "events.jsonl").read_text().splitlines()
     event = json.loads(line)
     assert event["kind"] == "usage.month-closed" and event["detail"]["month"] == "2025-01"
+
+
+def test_gpus_of_a_known_machine_type_come_from_the_instance_table(world: World) -> None:
+    c = world.cluster()
+    gpu = world.launch(c.id, "w-gpu", InstanceRole.worker, c.owner)
+    # as EC2 reports it: type, vCPUs and spot, but no GPUs
+    world.provider.instances[gpu] = world.provider.instances[gpu].model_copy(
+        update={"machine_type": "g5.xlarge", "vcpus": 4, "spot": True}
+    )
+    world.watchdog.run_once()
+    world.clock.advance(1800)
+    world.provider.exit(gpu, 0)
+    world.watchdog.run_once()
+    usage = aggregate(world.store.list_usage(START), "2025-01", world.clock.now())
+    assert (usage.total.gpu_hours, usage.total.cpu_hours, usage.total.spot_cpu_hours) == (
+        0.5,
+        2.0,
+        2.0,
+    )

@@ -92,13 +92,19 @@ def instance_prices() -> dict[str, Any]:
     return table
 
 
-def _price(machine_type: str, spot: bool) -> float | None:
+def instance_type(machine_type: str) -> dict[str, Any] | None:
+    """The bundled table's row of ``machine_type`` (vcpus, memory_gib, gpus, prices)."""
     table = instance_prices()
     for cloud in ("aws", "gcp"):
-        entry = table[cloud]["types"].get(machine_type)
+        entry: dict[str, Any] | None = table[cloud]["types"].get(machine_type)
         if entry is not None:
-            return float(entry["spot" if spot else "on_demand"])
+            return entry
     return None
+
+
+def _price(machine_type: str, spot: bool) -> float | None:
+    entry = instance_type(machine_type)
+    return float(entry["spot" if spot else "on_demand"]) if entry is not None else None
 
 
 def cloud_estimate(records: Iterable[UsageRecord], month: str, now: Any) -> dict[str, Any]:

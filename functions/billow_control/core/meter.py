@@ -3,6 +3,9 @@ provider shows, so usage never depends on lifecycle events having been delivered
 
 Each pass (``Meter.run``):
 
+GPUs of an instance whose provider reports none (EC2) come from the bundled instance
+table (``billing.instance_type``) when it knows the machine type.
+
 1. every live instance of the deployment (the one listing the orphan sweep also uses)
    gets an open record, seen now; its owner and team are its cluster record's, or, for an
    instance no record backs (an orphan), its ``billow:owner`` tag and that user's team;
@@ -26,6 +29,7 @@ from datetime import datetime, timedelta
 
 from . import tags
 from .accounts import DEFAULT_TEAM
+from .billing import instance_type
 from .metering import (
     UsageRecord,
     aggregate,
@@ -70,6 +74,9 @@ class Meter:
     ) -> UsageRecord | None:
         if previous is not None and not previous.open:
             return None
+        known = instance_type(inst.machine_type) if inst.machine_type else None
+        if known is not None and not inst.gpus:  # EC2 does not report GPUs: the table does
+            inst = inst.model_copy(update={"gpus": int(known["gpus"])})
         cluster = self._cluster(inst.cluster_id)
         owner, team = self._owner(inst, cluster)
         beat = None
