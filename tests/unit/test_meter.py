@@ -107,6 +107,7 @@ def test_usage_comes_from_the_provider_without_any_lifecycle_event(world: World)
     world.launch(c.id, "scheduler", InstanceRole.scheduler, c.owner)
     worker = world.launch(c.id, "w-1", InstanceRole.worker, c.owner)
     assert sorted(world.watchdog.run_once().metered) == ["i-0", "i-1"]
+    assert world.watchdog.run_once().metered == []  # nothing new: no write
     world.clock.advance(5400)  # 00:30 on February 1st: the worker dies, nobody is told
     world.beat(c.id)
     world.provider.exit(worker, None)

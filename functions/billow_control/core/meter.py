@@ -46,6 +46,10 @@ from .usage_port import UsageEvents
 log = logging.getLogger(__name__)
 
 MONTH_CLOSED = "usage.month-closed"
+# An open record's time seen is rewritten at most once per this many passes (it bounds
+# how much an instance gone without a termination time and without heartbeats is
+# under-billed: ten passes, five minutes at the default reaper interval).
+SEEN_REFRESH = 10
 
 
 class Meter:
@@ -84,7 +88,16 @@ class Meter:
             beat = self.ports.store.get_heartbeat(inst.cluster_id)
         at = beat.received_at if beat is not None else None
         record = observe(inst, cluster, owner, team, previous, now, at)
+        if previous is not None and record.open and self._fresh(previous, record):
+            return None  # nothing new but the time seen: saves a write per instance and pass
         return self.ports.store.put_usage(record)
+
+    def _fresh(self, previous: UsageRecord, record: UsageRecord) -> bool:
+        """Whether ``previous`` differs from ``record`` only by a time seen that is less
+        than ``SEEN_REFRESH`` passes old."""
+        refresh = timedelta(seconds=SEEN_REFRESH * self.ports.settings.reaper_interval)
+        same = previous.model_copy(update={"last_seen_at": record.last_seen_at}) == record
+        return same and record.last_seen_at - previous.last_seen_at < refresh
 
     def run(
         self, live: list[InstanceInfo], now: datetime, describe: Iterable[str] = ()

@@ -8,9 +8,10 @@ CPU-, GPU- and memory-hours by cluster, user and team for one month.
 A lifetime runs from the provider's launch time to its termination time. When the
 provider cannot say when an instance ended (it no longer knows the instance, or reports
 it terminated without a time), the record ends at the last evidence of life: the later
-of the last pass that saw it running and the cluster's latest heartbeat, never after the
-moment it was found gone. That under-bills by at most one watchdog interval and never
-bills time after an instance was seen gone. Once closed, a record never changes.
+of the time a pass last recorded it running and the cluster's latest heartbeat, never
+after the moment it was found gone. That under-bills by at most ``meter.SEEN_REFRESH``
+passes (less while the scheduler heartbeats) and never bills time after it was seen
+gone. Once closed, a record never changes.
 """
 
 from __future__ import annotations
