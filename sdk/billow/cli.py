@@ -28,11 +28,13 @@ setup_app = typer.Typer(help="Prepare a cloud account to run clusters.", no_args
 app.add_typer(setup_app, name="setup")
 console = Console()
 # Tokens, users and teams (sdk/billow/cli_accounts.py); `admin bootstrap` is below.
-from .cli_accounts import admin_app, describe_login, token_app, usage  # noqa: E402
+from .cli_accounts import admin_app, describe_login, token_app  # noqa: E402
+from .cli_usage import invoice, usage  # noqa: E402
 
 app.add_typer(token_app, name="token")
 app.add_typer(admin_app, name="admin")
 app.command("usage")(usage)
+app.command("invoice")(invoice)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -251,22 +251,3 @@ def limits_team(
 def _limits_text(limits: dict[str, Any]) -> str:
     shown = [f"{k.replace('_', '-')} {v:g}" for k, v in limits.items() if v is not None]
     return ", ".join(shown) or "defaults"
-
-
-def usage() -> None:
-    """Show your use (and your team's) against your limits."""
-    from .cli import console
-
-    report = _call("GET", "/v1/usage")
-    table = Table("", *(n.replace("_", "-") for n in _LIMIT_NAMES))
-    for who in ("user", "team"):
-        part = report[who]
-        use, limits = part.get("use"), part["limits"]
-
-        def cell(name: str, use: Any = use, limits: Any = limits) -> str:
-            used = "-" if use is None else f"{use[name]:g}"
-            limit = limits.get(name)
-            return f"{used} / {'no limit' if limit is None else f'{limit:g}'}"
-
-        table.add_row(f"{who} {escape(part['name'])}", *(cell(n) for n in _LIMIT_NAMES))
-    console.print(table)

@@ -143,6 +143,15 @@ def test_team_admin_adds_users_and_rotates_tokens(
     assert raised.startswith("0:") and "cores 128, cpu-hours 500" in raised
     usage = run("usage", login=user_login)
     assert usage.startswith("0:") and "0 / 128" in usage and "0 / 500" in usage
+    rows = run("usage", "--csv", login=user_login)
+    assert rows.startswith("0:month,group,name,cpu_hours,gpu_hours,"), rows
+    bad = run("usage", "--month", "2026-13", login=user_login)
+    assert bad.startswith("1:") and "month" in bad and "Traceback" not in bad, bad
+    month = rows.split("\n")[1].split(",")[0]
+    member_bill = run("invoice", month, login=user_login)
+    assert member_bill.startswith("1:") and "invoices are for team admins" in member_bill
+    bills = run("invoice", month)  # the deployment admin: every team with usage
+    assert bills.startswith("0:") and ("invoice preview" in bills or "no usage" in bills)
     # a member is no admin: one line, exit 1
     refused = run("admin", "team", "add", "nope", login=user_login)
     assert refused.startswith("1:") and "cannot manage teams" in refused

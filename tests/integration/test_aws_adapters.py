@@ -118,6 +118,13 @@ def test_events_reach_the_bus_with_the_documented_shape(url: str) -> None:
         "error": "scheduler exited",
     }
     assert detail["detail"] == {"reason": "x"}
+    # a usage event: no cluster, the month's totals by team
+    totals = {"month": "2025-01", "teams": {"etl": {"cpu_hours": 4.0}}}
+    EventBridgeBus(events, bus, "prod").publish_usage("usage.month-closed", totals)
+    (message,) = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"]
+    event = json.loads(message["Body"])
+    assert event["detail-type"] == "billow.usage.month-closed"
+    assert event["detail"]["detail"] == totals and event["detail"]["deployment"] == "prod"
 
 
 def test_a_missing_bus_never_fails_the_caller(url: str) -> None:

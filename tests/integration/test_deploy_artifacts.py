@@ -541,7 +541,8 @@ def test_http_api_routes_v1_to_the_api_function(template: dict[str, Any]) -> Non
         r["Properties"]["RouteKey"]
         for r in _resources(template, "AWS::ApiGatewayV2::Route").values()
     ]
-    assert routes == ["ANY /v1/{proxy+}"]
+    # the API, and the dashboard's static files (GET only), all to the one function
+    assert sorted(routes) == ["ANY /v1/{proxy+}", "GET /ui", "GET /ui/{proxy+}"]
 
 
 def test_secrets_key_rotates_and_has_an_alias(template: dict[str, Any]) -> None:

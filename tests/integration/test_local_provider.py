@@ -118,6 +118,10 @@ def test_terminate_signals_then_escalates_to_kill(provider: LocalProcessProvider
 
     wait_until(converged, 10, "stubborn killed after the grace period", interval=0.2)
     assert provider.list_deployment_instances() == []
+    # the moment each was first seen gone is its termination time, and it stays put
+    ended = {i.id: i.terminated_at for i in provider.describe("c-1")}
+    assert all(t is not None and t >= polite.launched_at for t in ended.values())
+    assert {i.id: i.terminated_at for i in provider.describe("c-1")} == ended
     assert provider.tail_logs(stubborn.id)  # logs outlive the instance
 
 

@@ -27,6 +27,7 @@ import pytest
 from billow_control.adapters.aws.dynamodb import DynamoDBStore
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.accounts import ApiToken, Limits, Role, Team, TokenScope
+from billow_control.core.metering import UsageRecord
 from billow_control.core.models import (
     ClusterRecord,
     ClusterRequest,
@@ -708,3 +709,52 @@ def test_ttl_attribute_marks_finished_clusters_and_credentials(moto_url: str) ->
         store.put_instance_credential(cred)
         expected = int(cred.expires_at.timestamp())
         assert expiry("instance-credentials", {"token_hash": {"S": "hash-1"}}) == expected
+
+
+def _usage(instance_id: str, ended: datetime | None) -> UsageRecord:
+    return UsageRecord(
+        instance_id=instance_id,
+        cluster_id="c-1",
+        owner="u-1",
+        team="etl",
+        role=InstanceRole.worker,
+        vcpus=4,
+        started_at=T0,
+        ended_at=ended,
+        last_seen_at=ended or T0 + timedelta(minutes=5),
+        end_source="provider" if ended else None,
+    )
+
+
+def test_usage_records_are_one_per_instance_and_final_once_closed(store: Store) -> None:
+    running = _usage("i-1", None)
+    assert store.put_usage(running) == running
+    assert store.put_usage(running) == running  # idempotent
+    seen_later = running.model_copy(update={"last_seen_at": T0 + timedelta(minutes=9)})
+    assert store.put_usage(seen_later) == seen_later  # an open record is replaced
+    assert store.list_usage() == [seen_later]
+    closed = _usage("i-1", T0 + timedelta(hours=1))
+    assert store.put_usage(closed) == closed
+    # a late pass that still saw it running, or another end, changes nothing
+    assert store.put_usage(seen_later) == closed
+    assert store.put_usage(_usage("i-1", T0 + timedelta(hours=9))) == closed
+    assert store.list_usage() == []  # no open record
+    store.put_usage(_usage("i-2", T0 + timedelta(days=40)))
+    store.put_usage(_usage("i-3", None))
+    listed = store.list_usage(T0 + timedelta(minutes=30))
+    assert sorted(r.instance_id for r in listed) == ["i-1", "i-2", "i-3"]
+    assert {r.instance_id: r for r in listed}["i-1"] == closed
+    later = store.list_usage(T0 + timedelta(days=2))
+    assert sorted(r.instance_id for r in later) == ["i-2", "i-3"]
+
+
+def test_a_month_is_claimed_closed_once(store: Store) -> None:
+    assert store.claim_usage_month("2025-02") is True
+    assert store.claim_usage_month("2025-02") is False
+    assert store.claim_usage_month("2025-03") is True
+
+
+def test_concurrent_claims_of_a_month_have_one_winner(atomic_store: Store) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: atomic_store.claim_usage_month("2025-04"), range(8)))
+    assert results.count(True) == 1

@@ -52,7 +52,11 @@ class MemoryProvider:
     def exit(self, instance_id: str, code: int | None) -> None:
         info = self.instances[instance_id]
         self.instances[instance_id] = info.model_copy(
-            update={"state": InstanceState.terminated, "exit_code": code}
+            update={
+                "state": InstanceState.terminated,
+                "exit_code": code,
+                "terminated_at": self.clock.now(),
+            }
         )
 
     def tail_logs(self, instance_id: str, lines: int = 50) -> list[str]:
@@ -71,9 +75,13 @@ class MemoryProvider:
 class MemoryBus:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        self.usage_events: list[tuple[str, dict]] = []
 
     def publish(self, kind: str, cluster: ClusterRecord, detail: dict | None = None) -> None:
         self.events.append((kind, cluster.id))
+
+    def publish_usage(self, kind: str, detail: dict) -> None:
+        self.usage_events.append((kind, detail))
 
 
 class RecordingOrchestrator:

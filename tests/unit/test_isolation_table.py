@@ -60,6 +60,8 @@ USER = {
 # About the deployment, not any tenant: any answer but a 5xx, with nothing of Alice's (the
 # embedded deployment has no machine catalog: 409).
 DEPLOYMENT_WIDE = {("GET", "/v1/instance-types")}
+# Team admins, viewers and deployment admins: a member (Bob) is refused, 403.
+TEAM_READERS = {("GET", "/v1/invoices/{month}")}
 AGENT = {("POST", "/v1/agent/kit"), ("POST", "/v1/agent/bootstrap")}
 HEARTBEAT = ("POST", "/v1/clusters/{cluster_id}/heartbeat")
 ADMIN_ONLY = {
@@ -178,6 +180,7 @@ def fill(template: str, cluster: str, env: str, token_id: str) -> str:
         template.replace("{cluster_id}", cluster)
         .replace("{name}", env)
         .replace("{token_id}", token_id)
+        .replace("{month}", "2026-01")
     )
 
 
@@ -211,7 +214,7 @@ def expected(route: tuple[str, str], kind: str) -> int | str:
         return 401  # only the cluster's own token (its own use is not in this table)
     if kind != "other tenant":
         return 401
-    if route in ADMIN_ONLY:
+    if route in ADMIN_ONLY or route in TEAM_READERS:
         return 403
     if route in DEPLOYMENT_WIDE:
         return "deployment-wide"
@@ -224,7 +227,7 @@ def expected(route: tuple[str, str], kind: str) -> int | str:
 
 def test_every_route_is_in_the_table(world: World) -> None:
     """A route added to the API must be classified here before this test passes."""
-    table = PUBLIC | USER | DEPLOYMENT_WIDE | ADMIN_ONLY | AGENT | {HEARTBEAT}
+    table = PUBLIC | USER | DEPLOYMENT_WIDE | ADMIN_ONLY | TEAM_READERS | AGENT | {HEARTBEAT}
     assert set(routes(world)) <= table, set(routes(world)) - table
     assert set(routes(world)) >= table - PUBLIC, table - PUBLIC - set(routes(world))
 

@@ -89,19 +89,28 @@ def test_team_limits_count_every_member(api: Api) -> None:
 
 def test_monthly_cpu_hours_stop_new_clusters(api: Api) -> None:
     admin, alice, _ = _people(api)
-    api.ask("PUT", "/v1/admin/users/alice/limits", admin, {"cpu_hours": 10.0})
-    _, cluster = api.ask("POST", "/v1/clusters", alice, {"n_workers": 1})  # 2 cores
-    api.clock.advance(6 * 3600)  # 12 CPU-hours
+    api.ask("PUT", "/v1/admin/users/alice/limits", admin, {"cpu_hours": 5.0})
+    _, cluster = api.ask("POST", "/v1/clusters", alice, {"n_workers": 1})  # 2 cores asked
+    api.plane.lifecycle.reconcile(cluster["id"])  # its two 1-vCPU instances are launched
+    provider = api.plane.ports.provider
+    assert isinstance(provider, MemoryProvider)
+    worker = next(i.id for i in provider.instances.values() if i.role.value == "worker")
+    api.plane.watchdog.run_once()  # and metered
+    api.clock.advance(3600)
+    provider.exit(worker, 1)  # the worker dies after an hour
+    api.clock.advance(5 * 3600)  # 7 metered CPU-hours, not the 12 asked for
+    api.plane.watchdog.run_once()  # the pass closes the worker's record at its exit
     status, error = api.ask("POST", "/v1/clusters", alice, {"n_workers": 0})
-    assert status == 403 and "CPU-hours this month limit of user alice is 10" in error["message"]
+    assert status == 403 and "CPU-hours this month limit of user alice is 5" in error["message"]
+    assert "and 7 are in use" in error["message"]
     _, usage = api.ask("GET", "/v1/usage", alice)
-    assert usage["user"]["use"]["cpu_hours"] == pytest.approx(12.0)
+    assert usage["user"]["use"]["cpu_hours"] == pytest.approx(7.0)
     assert usage["user"]["limits"] == {
         "cores": 64,
         "gpus": 8,
         "instances": 64,
         "clusters": 16,
-        "cpu_hours": 10.0,
+        "cpu_hours": 5.0,
     }
     assert (usage["user"]["use"]["cores"], usage["user"]["use"]["clusters"]) == (2, 1)
     assert cluster["status"] == "pending"

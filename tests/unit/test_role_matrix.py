@@ -96,7 +96,8 @@ class World:
         if body is not None:
             raw = json.dumps(body).encode()
             headers["content-type"] = "application/json"
-        event = http_api_event(method, path, "", headers, raw, "127.0.0.1")
+        path, _, query = path.partition("?")
+        event = http_api_event(method, path, query, headers, raw, "127.0.0.1")
         out = self.app.resolve(event, LambdaContextStub("test"))  # type: ignore[arg-type]
         return out["statusCode"], out.get("headers", {}), (out.get("body") or "").encode()
 
@@ -194,6 +195,7 @@ ROWS: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("GET", "/v1/usage", None, (200, 200, 200, 200, 200, 200)),
     # The deployment's machine catalog: local processes have none (409), for everyone.
     ("GET", "/v1/instance-types", None, (409, 409, 409, 409, 409, 409)),
+    ("GET", "/v1/invoices/2025-12", None, (200, 200, 403, 200, 200, 403)),
 ]
 # What a 404 is compared with: the same route naming something that does not exist.
 MISSING = {
@@ -233,7 +235,10 @@ def test_the_matrix_covers_every_route_that_takes_an_api_token() -> None:
     covered = {
         (m, p.replace("{C}", "<cluster_id>").replace("{T}", "<token_id>")) for m, p, _, _ in ROWS
     }
-    named = {"/v1/environments/etl-env": "/v1/environments/<name>"}
+    named = {
+        "/v1/environments/etl-env": "/v1/environments/<name>",
+        "/v1/invoices/2025-12": "/v1/invoices/<month>",
+    }
     covered = {
         (m, named.get(p, p.replace("/bob/", "/<name>/").replace("/etl/", "/<name>/")))
         for m, p in covered

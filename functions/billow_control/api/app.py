@@ -34,6 +34,8 @@ from .routes_agent import agent_router
 from .routes_clusters import cluster_router
 from .routes_environments import environment_router
 from .routes_software import software_router
+from .routes_ui import install_ui
+from .routes_usage import usage_router
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
     app.include_router(agent_router(plane))
     app.include_router(software_router(plane))
     app.include_router(environment_router(plane))
+    app.include_router(usage_router(plane))
+    install_ui(app)
 
     @app.get("/v1/health", include_in_schema=False, security=PUBLIC)
     def health() -> dict:

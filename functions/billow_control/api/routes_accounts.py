@@ -12,8 +12,6 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..core import access
-from ..core.access import Action
 from ..core.accounts import TEAM_PATTERN, USER_NAME_PATTERN, Limits, TokenScope
 from ..core.models import NewUser
 from ..core.service import ControlPlane
@@ -149,14 +147,5 @@ def account_router(plane: Callable[[], ControlPlane]) -> Router:
     def set_team_limits(name: TeamName, limits: Limits) -> dict[str, Any]:
         """Replace a team's quota limits (deployment admins); omitted: no limit."""
         return accounts().set_team_limits(caller(router), name, limits)
-
-    # -- quotas --------------------------------------------------------------------------
-
-    @router.get("/v1/usage")
-    def usage() -> dict[str, Any]:
-        """Your use (and your team's) against your limits."""
-        user = caller(router)
-        access.require(user, Action.whoami)
-        return plane().quotas.report(user)
 
     return router

@@ -142,3 +142,23 @@ def manages(admin: User, target: User) -> bool:
     if admin.is_admin:
         return True
     return admin.role == Role.admin and target.team == admin.team and not target.is_admin
+
+
+def usage_scope(user: User, team: str | None) -> tuple[str | None, str | None]:
+    """``(owner, team)`` filters of the usage ``user`` may read, asked for ``team``.
+
+    Deployment admins read every team (or the one asked); team admins and viewers their
+    team's; members only their own. Another team is ``NotFound`` (as a missing one); a
+    member asking for their team's is ``Forbidden``.
+    """
+    if user.is_admin:
+        return None, team
+    if team is not None and team != user.team:
+        raise NotFound(f"no team {team!r}", field="team")
+    if user.role in (Role.admin, Role.viewer):
+        return None, user.team
+    if team is not None:
+        raise Forbidden(
+            f"a member of team {user.team!r} sees only their own usage; ask a team admin"
+        )
+    return user.id, None

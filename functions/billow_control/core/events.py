@@ -5,6 +5,9 @@ An event is named ``billow.cluster.<kind>`` (``kind`` as the core publishes it:
 ``failing``, ``failed``, ``reaped``, ``warning``), comes from source ``billow`` and
 carries the ``detail`` of ``event_detail`` (schema version 1; the field list is in
 ``adapters/aws/eventbridge_bus.py``). Metadata only: no certificates, tokens or user data.
+
+Usage events (``billow.usage.month-closed``, see ``core.meter``) carry ``usage_detail``
+instead: no cluster, the month's totals by team.
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ def event_detail(
         "error": cluster.error,
         "time": utcnow().isoformat(),
         "detail": detail or {},
+    }
+
+
+USAGE_PREFIX = "billow."
+
+
+def usage_detail(deployment: str, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """The ``detail`` object of a usage event (``kind`` such as ``usage.month-closed``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "deployment": deployment,
+        "kind": kind,
+        "time": utcnow().isoformat(),
+        "detail": detail,
     }
 
 

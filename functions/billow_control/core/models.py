@@ -23,6 +23,11 @@ from pydantic import (
 from . import tags
 from .accounts import DEFAULT_TEAM, TEAM_PATTERN, USER_NAME_PATTERN, Role
 from .accounts import User as User  # re-exported: users were defined here
+from .instances import InstanceCredential as InstanceCredential  # re-exported, as above
+from .instances import InstanceInfo as InstanceInfo
+from .instances import InstanceRole as InstanceRole
+from .instances import InstanceSpec as InstanceSpec
+from .instances import InstanceState as InstanceState
 from .placement import Placement
 from .software import NAME_PATTERN, SoftwareSpec
 from .units import MAX_MEMORY, parse_bytes, parse_duration
@@ -58,11 +63,6 @@ class ClusterStatus(StrEnum):
 class ClusterTarget(StrEnum):
     running = "running"
     stopped = "stopped"
-
-
-class InstanceRole(StrEnum):
-    scheduler = "scheduler"
-    worker = "worker"
 
 
 WorkerCount = Annotated[int, Field(strict=True, ge=0, le=MAX_WORKERS)]
@@ -331,62 +331,6 @@ class HeartbeatRecord(BaseModel):
     cluster_id: str
     received_at: datetime
     heartbeat: Heartbeat
-
-
-class InstanceSpec(BaseModel):
-    """What the reconciler asks a provider to run. ``name`` is unique within the cluster
-    (a replacement gets a fresh name), so ``client_token`` makes the launch idempotent."""
-
-    cluster_id: str
-    name: str
-    role: InstanceRole
-    cpu: int
-    memory: str
-    tags: dict[str, str]
-    environment: dict[str, str]
-    # CIDR blocks that may reach the scheduler and dashboard; empty: the deployment's.
-    ingress: list[str] = Field(default_factory=list)
-    # Machine types in order of preference (empty: the deployment's), their
-    # architecture, and spot, on-demand or spot_with_fallback (None: the deployment's).
-    vm_types: list[str] = Field(default_factory=list)
-    arch: str = "x86_64"
-    spot_policy: str | None = None
-    after_interruption: bool = False  # the cluster lost spot capacity: fall back sooner
-
-    @property
-    def client_token(self) -> str:
-        return f"{self.cluster_id}-{self.name}"
-
-
-class InstanceState(StrEnum):
-    pending = "pending"
-    running = "running"
-    terminated = "terminated"
-
-
-class InstanceInfo(BaseModel):
-    id: str
-    cluster_id: str
-    name: str
-    role: InstanceRole
-    state: InstanceState
-    tags: dict[str, str] = Field(default_factory=dict)
-    launched_at: datetime
-    exit_code: int | None = None
-
-
-class InstanceCredential(BaseModel):
-    """A one-time bootstrap token, stored by hash, naming the instance it belongs to."""
-
-    token_hash: str
-    cluster_id: str
-    instance_name: str
-    role: InstanceRole
-    used: bool = False
-    expires_at: datetime
-
-    def expired(self, now: datetime) -> bool:
-        return now >= self.expires_at
 
 
 class ReconcileResult(BaseModel):

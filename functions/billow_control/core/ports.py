@@ -33,6 +33,7 @@ from .port_errors import StaleRecordError as StaleRecordError
 from .port_errors import UserNameTakenError as UserNameTakenError
 from .settings import ControlSettings
 from .software import SoftwareEnvironment, SoftwareSpec
+from .usage_port import UsageStore
 
 
 class Clock(Protocol):
@@ -41,8 +42,8 @@ class Clock(Protocol):
         ...
 
 
-class Store(Protocol):
-    """Durable state of clusters, users, tokens, secrets and software environments.
+class Store(UsageStore, Protocol):
+    """Durable state of clusters, users, tokens, secrets, software environments and usage.
 
     Writes of cluster records are conditional on ``version``: ``update_cluster`` raises
     ``StaleRecordError`` when another writer got there first, and never half-writes.

@@ -2,10 +2,9 @@
 
 Concurrent figures (cores, GPUs, instances, clusters) count active clusters at their
 desired size: a scheduler plus ``desired_workers`` workers. CPU-hours of the calendar
-month (UTC) count each cluster's cores over its life from create to stop (or now)
-within the month: the size it was asked for, not each instance's measured uptime, so a
-cluster that never reached its size counts as if it had (an over-estimate, never an
-under-estimate, except while scaled above the size it was created with).
+month (UTC) are metered (``core.metering``): each instance's vCPUs over its lifetime as
+the provider reports it, from the usage records the watchdog writes (an instance
+launched since the last pass is not counted yet: at most one ``reaper_interval`` late).
 
 A user's limit is their own (``User.limits``), else the deployment's default
 (``billow.quotas.user.*``); deployment admins have only the limits set on them. A team's
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 
 from .accounts import Limits, Team, User
 from .errors import Forbidden
+from .metering import MonthUsage, aggregate, month_of
 from .models import ClusterRecord, ClusterRequest
 from .ports import Ports
 
@@ -68,15 +68,6 @@ def month_start(now: datetime) -> datetime:
     return datetime(now.year, now.month, 1, tzinfo=UTC)
 
 
-def cpu_hours(record: ClusterRecord, now: datetime) -> float:
-    start = max(record.created_at, month_start(now))
-    end = record.stopped_at or now
-    if end <= start:
-        return 0.0
-    cores = size(record.request, record.desired_workers).cores
-    return cores * (end - start).total_seconds() / 3600
-
-
 class Quotas:
     """Usage and limits over the runtime's ``Ports``."""
 
@@ -100,16 +91,18 @@ class Quotas:
         return found.limits if found is not None else Limits()
 
     def usage(self, clusters: list[ClusterRecord], skip: str | None = None) -> Use:
-        """What ``clusters`` use now (active ones) and used this month (all)."""
-        now = self.ports.clock.now()
+        """What ``clusters`` use now (active ones); ``cpu_hours`` is left 0 (``metered``)."""
         use = Use()
         for c in clusters:
-            if c.id == skip:
-                continue
-            if c.active:
+            if c.id != skip and c.active:
                 use = use.plus(size(c.request, c.desired_workers))
-            use.cpu_hours += cpu_hours(c, now)
         return use
+
+    def metered(self) -> MonthUsage:
+        """This month's metered use (``core.metering.aggregate`` of the usage records)."""
+        now = self.ports.clock.now()
+        since = month_start(now)
+        return aggregate(self.ports.store.list_usage(since), month_of(now), now)
 
     def _of(self, user: User) -> tuple[list[ClusterRecord], list[ClusterRecord]]:
         """The user's clusters, and their team's, that count this month."""
@@ -130,13 +123,17 @@ class Quotas:
         (``cluster_id``: one that exists and is being scaled, counted at the new size)."""
         mine, team = self._of(user)
         asked = size(request, workers)
-        for who, limits, clusters in (
-            (f"user {user.name}", self.user_limits(user), mine),
-            (f"team {user.team}", self.team_limits(user.team), team),
+        metered: MonthUsage | None = None
+        for who, limits, clusters, key in (
+            (f"user {user.name}", self.user_limits(user), mine, ("by_user", user.id)),
+            (f"team {user.team}", self.team_limits(user.team), team, ("by_team", user.team)),
         ):
             if all(getattr(limits, f) is None for f in FIELDS):
                 continue
             used = self.usage(clusters, skip=cluster_id)
+            if limits.cpu_hours is not None:
+                metered = metered or self.metered()
+                used.cpu_hours = _hours(metered, *key)
             for field in FIELDS:
                 limit = getattr(limits, field)
                 if limit is None:
@@ -157,15 +154,26 @@ class Quotas:
         """The caller's and their team's use against their limits (``billow usage``)."""
         mine, team = self._of(user)
         team_limits = self.team_limits(user.team)
+        metered = self.metered()
+        mine_use = self.usage(mine)
+        mine_use.cpu_hours = _hours(metered, "by_user", user.id)
+        team_use = self.usage(team) if team else None
+        if team_use is not None:
+            team_use.cpu_hours = _hours(metered, "by_team", user.team)
         return {
             "user": {
                 "name": user.name,
                 "limits": self.user_limits(user).model_dump(),
-                "use": self.usage(mine).model_dump(),
+                "use": mine_use.model_dump(),
             },
             "team": {
                 "name": user.team,
                 "limits": team_limits.model_dump(),
-                "use": self.usage(team).model_dump() if team else None,
+                "use": team_use.model_dump() if team_use is not None else None,
             },
         }
+
+
+def _hours(usage: MonthUsage, group: str, key: str) -> float:
+    totals = getattr(usage, group).get(key)
+    return round(totals.cpu_hours, 6) if totals is not None else 0.0

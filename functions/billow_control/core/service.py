@@ -35,6 +35,7 @@ from .ports import IdempotencyMismatch, NameTakenError, Ports, StaleRecordError
 from .quotas import Quotas
 from .teams import SINGLE_TENANT as SINGLE_TENANT  # re-exported
 from .teams import AccountService
+from .usage_reports import UsageReports
 from .watchdog import Watchdog
 
 
@@ -49,6 +50,7 @@ class ControlPlane:
         self.watchdog = Watchdog(ports, self.lifecycle)
         self.accounts = AccountService(ports)
         self.quotas = Quotas(ports)
+        self.usage = UsageReports(ports)
 
     # -- users and tokens (core.teams) ------------------------------------------------
 

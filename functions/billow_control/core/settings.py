@@ -68,6 +68,14 @@ class ControlSettings(BaseModel):
     quotas_user_instances: int = Field(default=64, ge=0)
     quotas_user_clusters: int = Field(default=16, ge=0)
     quotas_user_cpu_hours: float = Field(default=10_000.0, ge=0)
+    # Billow's own price of managed CPU-hours (``core.billing``; ``billow.pricing.tiers``,
+    # ``BILLOW_PRICING_TIERS="0=0,10000=0.05,..."``): CPU-hours of a team's month from
+    # each threshold up to the next are charged at its rate (graduated, like tax brackets).
+    pricing_tiers: dict[float, float] = Field(
+        default_factory=lambda: {0.0: 0.0, 10_000.0: 0.05, 100_000.0: 0.04, 1_000_000.0: 0.03},
+        description="CPU-hour threshold -> USD per CPU-hour from it on; must start at 0",
+    )
+    pricing_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # Whether the instances of one user are isolated from another's. Cloud instances are
     # machines of their own; the embedded server turns this off when its processes would
     # share an OS user (it is not root), and then refuses a second user.
@@ -114,6 +122,25 @@ class ControlSettings(BaseModel):
             if not isinstance(sha, str) or not _SHA256.match(sha):
                 raise ValueError(f"the uv sha256 of {machine} is not 64 lower-case hex digits")
         return value
+
+    @field_validator("pricing_tiers", mode="before")
+    @classmethod
+    def _pricing_tiers(cls, value: Any) -> Any:
+        """``"0=0,10000=0.05"`` or a mapping; thresholds from 0, rates >= 0, at most 20."""
+        if isinstance(value, str):
+            pairs = [p.strip().partition("=") for p in value.split(",") if p.strip()]
+            value = {k.strip(): v.strip() for k, _, v in pairs}
+        if not isinstance(value, Mapping):
+            return value
+        try:
+            tiers = {float(k): float(v) for k, v in value.items()}
+        except (TypeError, ValueError) as e:
+            raise ValueError("must map CPU-hour thresholds to rates, e.g. '0=0,10000=0.05'") from e
+        if 0.0 not in tiers or len(tiers) > 20:
+            raise ValueError("must start at threshold 0 and have at most 20 tiers")
+        if any(k < 0 or v < 0 for k, v in tiers.items()):
+            raise ValueError("thresholds and rates must not be negative")
+        return dict(sorted(tiers.items()))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **defaults: Any) -> ControlSettings:

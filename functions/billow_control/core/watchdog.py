@@ -18,6 +18,7 @@ from datetime import datetime
 
 from .convergence import converged, start_deadline_passed
 from .lifecycle import Lifecycle
+from .meter import Meter
 from .models import (
     ClusterRecord,
     ClusterStatus,
@@ -139,6 +140,8 @@ class WatchdogReport:
     orphans_terminated: list[str] = field(default_factory=list)
     resources_cleaned: list[str] = field(default_factory=list)
     resubmitted: list[str] = field(default_factory=list)
+    metered: list[str] = field(default_factory=list)
+    months_closed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -149,12 +152,15 @@ class WatchdogReport:
             "orphans_terminated": self.orphans_terminated,
             "resources_cleaned": self.resources_cleaned,
             "resubmitted": self.resubmitted,
+            "metered": self.metered,
+            "months_closed": self.months_closed,
         }
 
     @property
     def acted(self) -> bool:
         """Whether the pass changed anything (worth a log line)."""
-        return any(v for k, v in self.summary().items() if k != "clusters_read")
+        quiet = ("clusters_read", "metered")  # metering writes every pass: not news
+        return any(v for k, v in self.summary().items() if k not in quiet)
 
 
 class Watchdog:
@@ -164,11 +170,13 @@ class Watchdog:
     def __init__(self, ports: Ports, lifecycle: Lifecycle) -> None:
         self.ports = ports
         self.lifecycle = lifecycle
+        self.meter = Meter(ports)
 
     def run_once(self) -> WatchdogReport:
-        """One pass: the policy over active clusters, the orphan sweep, the release of
-        finished clusters' resources, then resync. Never raises for one cluster's failure
-        or one failing phase: it is logged and retried on the next pass."""
+        """One pass: the policy over active clusters, the orphan sweep, metering
+        (``core.meter``), the release of finished clusters' resources, then resync.
+        Never raises for one cluster's failure or one failing phase: it is logged and
+        retried on the next pass."""
         report = WatchdogReport()
         store, now = self.ports.store, self.ports.clock.now()
         active = store.list_clusters(None, active_only=True)
@@ -187,8 +195,15 @@ class Watchdog:
             except Exception:
                 log.exception("watchdog failed on cluster %s", record.id)
         active_ids = {r.id for r in active}
+        live: list[InstanceInfo] | None = None
+        try:
+            live = self.ports.provider.list_deployment_instances()
+        except Exception:
+            log.exception("listing the deployment's instances failed; retried next pass")
+        changing = [r.id for r in unconverged] + [r.id for r in active if r.id in report.stopped]
         for phase in (
-            lambda: self._sweep_orphans(active_ids, now, report),
+            lambda: self._sweep_orphans(active_ids, now, report, live),
+            lambda: self._meter(live, now, changing, report),
             lambda: self._release_resources(active_ids, report),
             lambda: self._resync(unconverged, report),
         ):
@@ -222,11 +237,31 @@ class Watchdog:
         record = self.ports.store.get_cluster(cluster_id)
         return record is not None and record.active
 
-    def _sweep_orphans(self, active_ids: set[str], now: datetime, report: WatchdogReport) -> None:
+    def _meter(
+        self,
+        live: list[InstanceInfo] | None,
+        now: datetime,
+        changing: list[str],
+        report: WatchdogReport,
+    ) -> None:
+        """Usage records of every instance (``core.meter``), then the month-closed event."""
+        if live is not None:
+            report.metered = self.meter.run(live, now, changing)
+        report.months_closed = self.meter.close_months(now)
+
+    def _sweep_orphans(
+        self,
+        active_ids: set[str],
+        now: datetime,
+        report: WatchdogReport,
+        live: list[InstanceInfo] | None,
+    ) -> None:
         """Terminate tagged instances that no active record backs, after a grace period
         (so an instance launched a moment before its record was written is spared)."""
+        if live is None:
+            return
         orphans: list[InstanceInfo] = []
-        for inst in self.ports.provider.list_deployment_instances():
+        for inst in live:
             if inst.cluster_id in active_ids:
                 continue
             if (now - inst.launched_at).total_seconds() < self.ports.settings.orphan_grace:

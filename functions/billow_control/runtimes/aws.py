@@ -76,6 +76,7 @@ from ..core.models import ClusterRecord, ReconcileResult
 from ..core.ports import EventBus, Ports, lazy
 from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
+from ..core.usage_port import UsageEvents
 from .config import ConfigError, first_error, settings_from_env
 from .config import csv as _csv
 from .config import required as _required
@@ -203,6 +204,10 @@ class MetricsEventBus:
                 self.metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
         except Exception:
             log.exception("metrics of event %s failed", kind)
+
+    def publish_usage(self, kind: str, detail: dict) -> None:
+        if isinstance(self.inner, UsageEvents):
+            self.inner.publish_usage(kind, detail)
 
 
 @dataclass

@@ -34,10 +34,18 @@ Inbound *commands* use the detail-type ``billow.command`` on the same bus (see
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from ...core.events import DETAIL_TYPE_PREFIX, SOURCE, detail_json, event_detail
+from ...core.events import (
+    DETAIL_TYPE_PREFIX,
+    SOURCE,
+    USAGE_PREFIX,
+    detail_json,
+    event_detail,
+    usage_detail,
+)
 from ...core.models import ClusterRecord
 
 __all__ = ["DETAIL_TYPE_PREFIX", "SOURCE", "EventBridgeBus", "event_detail"]
@@ -85,3 +93,20 @@ class EventBridgeBus:
                 log.warning("event %s of %s was rejected: %s", kind, cluster.id, failed)
         except Exception:
             log.exception("could not publish event %s of cluster %s", kind, cluster.id)
+
+    def publish_usage(self, kind: str, detail: dict) -> None:
+        """Put one usage event, ``billow.<kind>`` (``core.events.usage_detail``); failures
+        are logged and swallowed."""
+        try:
+            body = json.dumps(usage_detail(self.deployment, kind, detail), default=str)
+            entry = {
+                "Source": SOURCE,
+                "DetailType": USAGE_PREFIX + kind,
+                "Detail": body,
+                "EventBusName": self.bus_name,
+            }
+            response = self.events.put_events(Entries=[entry])
+            if response.get("FailedEntryCount"):
+                log.warning("usage event %s was rejected: %s", kind, response.get("Entries"))
+        except Exception:
+            log.exception("could not publish usage event %s", kind)

@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any
 
-from ...core.events import DETAIL_TYPE_PREFIX, SOURCE, detail_json
+from ...core.events import DETAIL_TYPE_PREFIX, SOURCE, USAGE_PREFIX, detail_json, usage_detail
 from ...core.models import ClusterRecord
 
 log = logging.getLogger(__name__)
@@ -73,3 +73,23 @@ class PubSubBus:
             future.result(timeout=PUBLISH_TIMEOUT)
         except Exception:
             log.exception("could not publish event %s of cluster %s", kind, cluster.id)
+
+    def publish_usage(self, kind: str, detail: dict) -> None:
+        """Publish one usage event, ``billow.<kind>`` (``core.events.usage_detail``), and
+        wait (bounded) for Pub/Sub; failures are logged and swallowed."""
+        try:
+            body = usage_detail(self.deployment, kind, detail)
+            data = json.dumps(
+                {"source": SOURCE, "detail-type": USAGE_PREFIX + kind, "detail": body},
+                default=str,
+            ).encode()
+            future = self.publisher.publish(
+                self.topic,
+                data,
+                source=SOURCE,
+                type=USAGE_PREFIX + kind,
+                deployment=self.deployment,
+            )
+            future.result(timeout=PUBLISH_TIMEOUT)
+        except Exception:
+            log.exception("could not publish usage event %s", kind)

@@ -34,3 +34,12 @@ class JsonLinesEventBus:
                 f.write(json.dumps(event) + "\n")
         except OSError:
             log.exception("could not write event %s", kind)
+
+    def publish_usage(self, kind: str, detail: dict) -> None:
+        """A usage event (``core.meter``) as one JSON line: ``kind`` and ``detail``."""
+        event = {"time": utcnow().isoformat(), "kind": kind, "detail": detail}
+        try:
+            with self._lock, open(self.path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        except OSError:
+            log.exception("could not write event %s", kind)

@@ -83,10 +83,14 @@ CREATE TABLE IF NOT EXISTS accounts (
 );
 """
 # Columns added after the first release: ALTER TABLE'd into older instances.db files.
-_ADDED_COLUMNS = {"workdir": "TEXT", "os_user": "TEXT"}
+# terminated_at: when the provider first saw the process gone (``InstanceInfo.terminated_at``).
+_ADDED_COLUMNS = {"workdir": "TEXT", "os_user": "TEXT", "terminated_at": "TEXT"}
 
 LOG = "instance.log"
-_COLUMNS = "id, cluster_id, name, role, tags, pid, pid_start, launched_at, terminate_requested_at"
+_COLUMNS = (
+    "id, cluster_id, name, role, tags, pid, pid_start, launched_at, terminate_requested_at, "
+    "terminated_at"
+)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -354,8 +358,9 @@ class LocalProcessProvider:
             return None
 
     def _info(self, row: tuple) -> InstanceInfo:
-        instance_id, cluster_id, name, role, tags, pid, _, launched_at, _ = row
+        instance_id, cluster_id, name, role, tags, pid, _, launched_at, _, ended = row
         launched = datetime.fromisoformat(launched_at)
+        terminated_at = datetime.fromisoformat(ended) if ended else None
         if pid is None:
             # Recorded but never started (crash between insert and spawn): give it a
             # moment, then report it gone so the reconciler launches a replacement.
@@ -365,7 +370,13 @@ class LocalProcessProvider:
             state = InstanceState.running
         else:
             state = InstanceState.terminated
-            self._db().execute("UPDATE instances SET gone=1 WHERE id=? AND gone=0", (instance_id,))
+            if terminated_at is None:  # first seen gone: that moment is its end
+                terminated_at = self.clock.now()
+                self._db().execute(
+                    "UPDATE instances SET gone=1, terminated_at=? "
+                    "WHERE id=? AND terminated_at IS NULL",
+                    (terminated_at.isoformat(), instance_id),
+                )
         return InstanceInfo(
             id=instance_id,
             cluster_id=cluster_id,
@@ -374,6 +385,7 @@ class LocalProcessProvider:
             state=state,
             tags=json.loads(tags),
             launched_at=launched,
+            terminated_at=terminated_at if state == InstanceState.terminated else None,
             exit_code=self._exit_code(instance_id, pid)
             if state == InstanceState.terminated
             else None,

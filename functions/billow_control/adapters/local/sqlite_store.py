@@ -41,6 +41,8 @@ from ...core.ports import (
 from .sqlite_accounts import SCHEMA as ACCOUNTS_SCHEMA
 from .sqlite_accounts import Accounts
 from .sqlite_environments import EnvironmentRevisions
+from .sqlite_usage import SCHEMA as USAGE_SCHEMA
+from .sqlite_usage import UsageRecords
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -71,13 +73,13 @@ CREATE TABLE IF NOT EXISTS software_environments (
     PRIMARY KEY (owner, name, revision)
 );
 """
-SCHEMA += ACCOUNTS_SCHEMA
+SCHEMA += ACCOUNTS_SCHEMA + USAGE_SCHEMA
 
 SYNCHRONOUS = ("FULL", "NORMAL")
 _SQL_PARAMETERS = 500  # bound parameters of one statement (SQLite allows 32766 since 3.32)
 
 
-class SqliteStore(EnvironmentRevisions, Accounts):
+class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
     """Implements ``billow_control.core.ports.Store`` on one SQLite file.
 
     Parameters

@@ -25,12 +25,19 @@ table (suffix)              key                             holds
                                                             ``rev#<name>#<revision>``: each
                                                             revision (zero-padded, immutable)
 ``teams``                   ``name``                        teams (``Team`` as JSON in ``doc``)
+``usage``                   ``instance_id``                 one ``UsageRecord`` per instance in
+                                                            ``doc``; ``month#<YYYY-MM>``: the
+                                                            mark of a closed month
 ==========================  ==============================  ===================================
 
 A software environment's items keep the whole ``SoftwareEnvironment`` as JSON in ``doc``
 (the latest revision twice: in its own item and in ``latest#<name>``, so listing reads one
 item per environment). ``revision`` on the ``latest#`` item is what the next put's
 transaction is conditional on. Only the API function reads or writes this table.
+
+A usage item carries ``open_flag`` (``"1"``) only while its record is open: the sparse
+GSI ``open-usage`` (``open_flag`` + ``instance_id``) holds open records only, so the
+metering pass never reads finished ones. ``ended_us`` is the end in microseconds.
 
 A cluster item keeps the whole ``ClusterRecord`` as JSON in ``doc``, plus the attributes
 that conditions and indexes need:
@@ -161,6 +168,23 @@ class CredentialItem(Model):
     doc = UnicodeAttribute()
 
 
+class _OpenUsage(GlobalSecondaryIndex["UsageItem"]):
+    class Meta:
+        index_name = "open-usage"
+        projection = AllProjection()
+
+    open_flag = UnicodeAttribute(hash_key=True)
+    instance_id = UnicodeAttribute(range_key=True)
+
+
+class UsageItem(Model):
+    instance_id = UnicodeAttribute(hash_key=True)
+    open_flag = UnicodeAttribute(null=True)
+    ended_us = NumberAttribute(null=True)
+    doc = UnicodeAttribute(null=True)
+    open_usage = _OpenUsage()
+
+
 class EnvironmentItem(Model):
     owner = UnicodeAttribute(hash_key=True)
     key = UnicodeAttribute(range_key=True)
@@ -187,6 +211,7 @@ class Models:
     credential: type[CredentialItem]
     environment: type[EnvironmentItem]
     team: type[TeamItem]
+    usage: type[UsageItem]
 
     def all(self) -> list[type[Model]]:
         """Every bound class, one per table."""
@@ -202,6 +227,7 @@ class Models:
             self.credential,
             self.environment,
             self.team,
+            self.usage,
         ]
 
 
@@ -238,6 +264,7 @@ def bind_models(prefix: str, region: str, host: str | None) -> Models:
         credential=bind(CredentialItem, "instance-credentials"),
         environment=bind(EnvironmentItem, "software-environments"),
         team=bind(TeamItem, "teams"),
+        usage=bind(UsageItem, "usage"),
     )
 
 

@@ -43,6 +43,7 @@ from ....core.ports import (
 )
 from .environments import EnvironmentRevisions
 from .items import ClusterItem, CredentialItem, M, bind_models, get_item, share_connection
+from .usage import UsageRecords
 from .users import UserAccounts
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -64,7 +65,7 @@ def _failed(e: PutError | UpdateError | DeleteError) -> bool:
     return e.cause_response_code == _CONDITION_FAILED
 
 
-class DynamoDBStore(EnvironmentRevisions, UserAccounts):
+class DynamoDBStore(EnvironmentRevisions, UserAccounts, UsageRecords):
     """Implements ``billow_control.core.ports.Store`` on DynamoDB tables.
 
     Constructing one makes no AWS call; the tables must exist (``tables.create_tables``

@@ -52,14 +52,24 @@ def instance_info(instance: Any) -> InstanceInfo | None:
         return None
     created = instance.creation_timestamp
     launched = datetime.fromisoformat(created) if created else datetime.now(UTC)
+    state = state_of(instance.status)
+    stopped = instance.last_stop_timestamp
+    scheduling = instance.scheduling
     return InstanceInfo(
         id=instance.name,
         cluster_id=tags.get(billow_tags.CLUSTER, ""),
         name=name,
         role=InstanceRole(role),
-        state=state_of(instance.status),
+        state=state,
         tags=tags,
         launched_at=launched,
+        # GCE's own stop time; none (deleted before it was read): the meter's last evidence
+        terminated_at=datetime.fromisoformat(stopped)
+        if stopped and state == InstanceState.terminated
+        else None,
+        machine_type=instance.machine_type.rsplit("/", 1)[-1] or None,
+        gpus=sum(a.accelerator_count for a in instance.guest_accelerators),
+        spot=scheduling.provisioning_model == "SPOT" or bool(scheduling.preemptible),
     )
 
 

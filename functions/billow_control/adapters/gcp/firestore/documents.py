@@ -27,6 +27,9 @@ collection (suffix)         document id                      holds
 ``environment-heads``       ``<owner>:<name>``               the latest revision (``revision``,
                                                              ``doc``) of a named environment
 ``environment-revisions``   ``<owner>:<name>:<revision>``    every revision (immutable)
+``usage``                   instance id                      ``doc`` (a ``UsageRecord``),
+                                                             ``open``, ``ended_us``
+``usage-months``            ``YYYY-MM``                      the mark of a closed month
 ==========================  ===============================  ==================================
 
 Id parts are percent-encoded (``quote(part, safe="")``), so no user-chosen name or key
@@ -66,6 +69,8 @@ CLUSTER_TOKENS = "cluster-tokens"
 CREDENTIALS = "instance-credentials"
 ENV_HEADS = "environment-heads"
 ENV_REVISIONS = "environment-revisions"
+USAGE = "usage"
+USAGE_MONTHS = "usage-months"
 COLLECTIONS = (
     CLUSTERS,
     KEYS,
@@ -79,6 +84,8 @@ COLLECTIONS = (
     CREDENTIALS,
     ENV_HEADS,
     ENV_REVISIONS,
+    USAGE,
+    USAGE_MONTHS,
 )
 # What a conditional commit raises when a condition failed: the document exists
 # (create), changed or vanished (``last_update_time``).

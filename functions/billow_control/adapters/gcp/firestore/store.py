@@ -51,11 +51,12 @@ from .documents import (
     unchanged,
 )
 from .environments import EnvironmentRevisions
+from .usage import UsageRecords
 
 _CREATE_ATTEMPTS = 25
 
 
-class FirestoreStore(EnvironmentRevisions, UserAccounts):
+class FirestoreStore(EnvironmentRevisions, UserAccounts, UsageRecords):
     """Implements ``billow_control.core.ports.Store`` on Firestore (native mode).
 
     Constructing one makes no call. Indexes and TTL policies come from ``infra/gcp``; the
