@@ -62,15 +62,7 @@ class PubSubBus:
         timeout) are logged and swallowed: lifecycle progress never waits on observers."""
         try:
             data = event_message(self.deployment, kind, cluster, detail)
-            future = self.publisher.publish(
-                self.topic,
-                data,
-                source=SOURCE,
-                type=DETAIL_TYPE_PREFIX + kind,
-                deployment=self.deployment,
-                cluster_id=cluster.id,
-            )
-            future.result(timeout=PUBLISH_TIMEOUT)
+            self._send(data, DETAIL_TYPE_PREFIX + kind, cluster_id=cluster.id)
         except Exception:
             log.exception("could not publish event %s of cluster %s", kind, cluster.id)
 
@@ -83,13 +75,18 @@ class PubSubBus:
                 {"source": SOURCE, "detail-type": USAGE_PREFIX + kind, "detail": body},
                 default=str,
             ).encode()
-            future = self.publisher.publish(
-                self.topic,
-                data,
-                source=SOURCE,
-                type=USAGE_PREFIX + kind,
-                deployment=self.deployment,
-            )
-            future.result(timeout=PUBLISH_TIMEOUT)
+            self._send(data, USAGE_PREFIX + kind)
         except Exception:
             log.exception("could not publish usage event %s", kind)
+
+    def _send(self, data: bytes, event_type: str, **attributes: str) -> None:
+        """Publish ``data`` with the attributes every event carries; wait (bounded)."""
+        future = self.publisher.publish(
+            self.topic,
+            data,
+            source=SOURCE,
+            type=event_type,
+            deployment=self.deployment,
+            **attributes,
+        )
+        future.result(timeout=PUBLISH_TIMEOUT)
