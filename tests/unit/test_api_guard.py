@@ -74,6 +74,9 @@ class Api:
     def clusters(self) -> int:
         return len(self.store.list_clusters(None, active_only=False))
 
+    def admin_id(self) -> str:
+        return self.plane.authenticate(self.token).id
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Api:
@@ -374,3 +377,18 @@ def test_user_names_are_unique(api: Api) -> None:
     status, _, error = api.call("POST", "/v1/users", {"name": "admin"})
     assert status == 409 and error["field"] == "name"
     assert api.store.count_users() == 2
+
+
+@pytest.mark.parametrize("body", ['[{"n_workers": 1, "name": "arr"}]', "[{}]", '"x"', "3", "null"])
+@pytest.mark.parametrize("path", ["/v1/clusters", "/v1/tokens"])
+def test_a_body_that_is_not_an_object_is_422_and_creates_nothing(
+    api: Api, path: str, body: str
+) -> None:
+    """Every body of the API is a JSON object; an array holding one was taken for it."""
+    clusters, tokens = api.clusters(), len(api.store.list_api_tokens(api.admin_id()))
+    status, _, error = api.call("POST", path, body, JSON)
+    assert status == 422, error
+    assert_error(error, "invalid")
+    assert error["field"] == "body" or error["detail"][0]["field"] == "body", error
+    assert api.clusters() == clusters
+    assert len(api.store.list_api_tokens(api.admin_id())) == tokens

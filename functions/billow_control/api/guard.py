@@ -120,4 +120,8 @@ class RequestGuard(BaseMiddlewareHandler):
         if raw:
             if event.is_base64_encoded:  # bytes that were not UTF-8 (or a binary type)
                 decode_utf8(base64.b64decode(raw))
-            event.json_body  # noqa: B018  (parsed once, cached for powertools)
+            body = event.json_body  # parsed once, cached for powertools
+            if route.dependant.body_params and not isinstance(body, dict):
+                # Every body of this API is an object: powertools would take the first
+                # element of an array ``[{...}]`` as the object itself.
+                raise Invalid("body: must be a JSON object", field="body")
