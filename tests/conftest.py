@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-
-# Loopback only: clusters forward the client's cloud credentials by default, and with AWS
-# keys in the environment (moto's) the SDK would ask the real STS for session credentials
-# and boto3 would probe the instance metadata address. Tests that forward credentials on
-# purpose point STS at moto themselves.
-os.environ.setdefault("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9")
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from tests.support.gcp import emulator
 from tests.support.processes import EmbeddedServer, moto_server

@@ -262,10 +262,15 @@ def moto_server(log_dir: Path, serial: bool = False) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(url + "/moto-api/"), 60, "moto_server")
+        # moto's credentials for this process; and since clusters forward the client's
+        # AWS identity by default (STS session credentials), its STS is moto's too:
+        # loopback only, never sts.amazonaws.com or the instance metadata address.
         for key, value in (
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL_STS", url),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
         ):
             os.environ.setdefault(key, value)
         yield url
