@@ -149,7 +149,9 @@ def test_a_tenant_finds_no_secret_of_the_server_or_of_another_tenant(
         made = api.post("/v1/users", json={"name": "bob"})
         assert made.status_code == 201, made.text
         bob = made.json()["token"]
-    kwargs = dict(server=server.url, n_workers=1, show_progress=False)
+    # credentials=None: what each client forwards of its own cloud identity (moto's keys
+    # here) is theirs to see on their workers; this looks for the server's secrets.
+    kwargs = dict(server=server.url, n_workers=1, show_progress=False, credentials=None)
     with billow.Cluster(name="admins", token=admin, **kwargs) as theirs:
         admin_uids = {uid_of(p) for p in server.live_instance_pids(theirs.cluster_id)}
         with (
