@@ -46,9 +46,10 @@ def build_app(plane: Callable[[], ControlPlane]) -> APIGatewayHttpResolver:
     """A resolver bound to ``plane`` (called per request, so Lambda can build it lazily)."""
     app = APIGatewayHttpResolver(enable_validation=True, json_body_deserializer=parse_json)
     RequestGuard.install(app, plane)
+    # Routes are matched in the order they are added: the heartbeat is called the most.
+    app.include_router(agent_router(plane))
     app.include_router(cluster_router(plane))
     app.include_router(account_router(plane))
-    app.include_router(agent_router(plane))
     app.include_router(software_router(plane))
     app.include_router(environment_router(plane))
     app.include_router(usage_router(plane))

@@ -41,6 +41,14 @@ PUBLIC: list[dict[str, list[str]]] = []
 _CALLER = "billow_caller"
 
 
+def header(event: Any, name: str) -> str | None:
+    """The request header ``name`` (lower case). API Gateway's HTTP API events, and the
+    embedded server's, carry lower-cased names: read them as they are, without the
+    case-insensitive copy of every header powertools makes on each ``headers`` access."""
+    value = (event.raw_event.get("headers") or {}).get(name)
+    return value if value is not None else event.headers.get(name)
+
+
 def needs_api_token(route: Route) -> bool:
     """Whether the guard authenticates ``route`` (the default: no ``security=`` given)."""
     return route.security is None or route.security == USER
@@ -83,7 +91,7 @@ class RequestGuard(BaseMiddlewareHandler):
         # The 404/405 answer is a route of its own, outside the table: nothing to guard.
         if any(route is known for known in registered_routes(app)):
             if needs_api_token(route):
-                token = bearer(app.current_event.headers.get("authorization"))
+                token = bearer(header(app.current_event, "authorization"))
                 app.append_context(**{_CALLER: self.plane().authenticate(token)})
             self._refuse_unknown_query(app, route)
             self._read_body(app, route)
@@ -112,7 +120,7 @@ class RequestGuard(BaseMiddlewareHandler):
         raw = event.body or ""
         if not raw and not route.dependant.body_params:
             return
-        content_type = event.headers.get("content-type")
+        content_type = header(event, "content-type")
         if raw or content_type:
             check_content_type(content_type)
             # powertools picks its parser by a case-sensitive prefix of the header.

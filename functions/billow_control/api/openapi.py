@@ -11,6 +11,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
+from .body import OWN_BODIES
 from .guard import API_TOKEN, USER
 
 API_TITLE = "Billow control plane"
@@ -93,6 +94,10 @@ def openapi_document(app: APIGatewayHttpResolver) -> dict[str, Any]:
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Error"] = ERROR_SCHEMA
+    for (method, path), model in OWN_BODIES.items():
+        operation = schema.get("paths", {}).get(path, {}).get(method)
+        if operation is not None:
+            add_body(operation, schemas, model)
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
@@ -103,3 +108,12 @@ def openapi_document(app: APIGatewayHttpResolver) -> dict[str, Any]:
         if f"#/components/schemas/{name}" not in json.dumps(schema):
             schemas.pop(name, None)
     return schema
+
+
+def add_body(operation: dict[str, Any], schemas: dict[str, Any], model: Any) -> None:
+    """Describe a required JSON body of ``model`` (a pydantic model) as powertools would."""
+    body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(body.pop("$defs", {}))
+    schemas[model.__name__] = body
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    operation["requestBody"] = {"content": {"application/json": {"schema": ref}}, "required": True}

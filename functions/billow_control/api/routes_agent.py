@@ -12,14 +12,15 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from ..core.auth import bearer
 from ..core.models import Heartbeat
 from ..core.service import ControlPlane
-from .guard import CLUSTER, INSTANCE
+from .body import own_body, validated_body
+from .guard import CLUSTER, INSTANCE, header
 
 
 def agent_router(plane: Callable[[], ControlPlane]) -> Router:
     router = Router()
 
     def token() -> str | None:
-        return bearer(router.current_event.headers.get("authorization"))
+        return bearer(header(router.current_event, "authorization"))
 
     @router.post("/v1/agent/kit", security=INSTANCE)
     def kit() -> dict[str, Any]:
@@ -30,8 +31,11 @@ def agent_router(plane: Callable[[], ControlPlane]) -> Router:
     def bootstrap() -> dict[str, Any]:
         return plane().agents.bootstrap(token())
 
+    own_body("POST", "/v1/clusters/{cluster_id}/heartbeat", Heartbeat)
+
     @router.post("/v1/clusters/<cluster_id>/heartbeat", security=CLUSTER)
-    def heartbeat(cluster_id: str, beat: Heartbeat) -> dict[str, Any]:
+    def heartbeat(cluster_id: str) -> dict[str, Any]:
+        beat = validated_body(router.current_event, Heartbeat)
         return plane().agents.heartbeat(cluster_id, token(), beat)
 
     return router

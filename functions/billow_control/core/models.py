@@ -274,6 +274,13 @@ class Heartbeat(BaseModel):
     tasks_queued: int | None = None
     versions: dict[str, str] | None = None
 
+    def __repr__(self) -> str:
+        """Short: the API's debug logging formats every heartbeat it routes."""
+        return (
+            f"Heartbeat(scheduler_address={self.scheduler_address!r}, "
+            f"workers={len(self.workers)}, busy={self.busy}, clients={self.clients})"
+        )
+
 
 class ClusterRecord(BaseModel):
     """The stored state of one cluster: ``status`` is what is, ``target`` what is wanted."""

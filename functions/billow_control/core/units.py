@@ -4,6 +4,7 @@ what it could not read."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -19,6 +20,7 @@ _DURATION_UNITS: dict[str | None, float] = {
 }
 
 
+@functools.lru_cache(maxsize=512, typed=True)  # every stored record re-validates its sizes
 def parse_duration(value: str | float | int | None) -> float | None:
     """Seconds from ``"20m"``, ``"30s"``, ``"1.5h"`` or a number of seconds.
 
@@ -49,6 +51,7 @@ MAX_BYTES = 2**63 - 1  # what a signed 64-bit integer (SQLite, DynamoDB, Dask) c
 MAX_MEMORY = 2**50  # 1 PiB: more than any machine a cluster can ask for
 
 
+@functools.lru_cache(maxsize=512, typed=True)  # every stored record re-validates its sizes
 def parse_bytes(value: str | int | float) -> int:
     """Bytes from ``"4 GiB"``, ``"500MB"``, ``"1e9"`` or a number: the rules of
     ``dask.utils.parse_bytes``, here so the control plane (and its Lambda functions) never

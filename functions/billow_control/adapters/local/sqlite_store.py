@@ -9,9 +9,10 @@ every commit, so a transition the store acknowledged (a create, a status change,
 one-time token) survives a power loss or an OS crash, as a DynamoDB write does.
 ``NORMAL`` syncs only at checkpoints: still never corrupt, but the last commits before
 a power loss may be lost. Heartbeats alone are written with ``NORMAL`` whatever the
-setting: each is overwritten by the next within seconds, so losing the last ones costs
-nothing, while a sync per heartbeat at least halves their ingestion (``tests/bench/
-bench_watchdog.py`` measures both settings). The next synced commit syncs them too.
+setting, and those arriving close together in one transaction (``put_heartbeat``): each
+is overwritten by the next within seconds, so losing the last ones costs nothing, while a
+sync per heartbeat at least halves their ingestion (``tests/bench/bench_watchdog.py``
+measures both settings). The next synced commit syncs them too.
 
 Behaves as ``DynamoDBStore`` where the ``Store`` contract leaves room: an Idempotency-Key
 expires ``idempotency_ttl`` after its create (``idempotency.expires_at_epoch``, Unix
@@ -77,6 +78,7 @@ SCHEMA += ACCOUNTS_SCHEMA + USAGE_SCHEMA
 
 SYNCHRONOUS = ("FULL", "NORMAL")
 _SQL_PARAMETERS = 500  # bound parameters of one statement (SQLite allows 32766 since 3.32)
+HEARTBEAT_BATCH_SECONDS = 0.05  # heartbeats arriving closer together are written together
 
 
 class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
@@ -94,6 +96,8 @@ class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
     synchronous
         SQLite's ``PRAGMA synchronous`` for every connection: ``"FULL"`` (default, a
         commit survives power loss) or ``"NORMAL"`` (faster; see the module docstring).
+    heartbeat_batch
+        Seconds within which heartbeats are written together (see ``put_heartbeat``).
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
         idempotency_ttl: timedelta = timedelta(days=1),
         clock: Callable[[], float] = time.time,
         synchronous: str = "FULL",
+        heartbeat_batch: float = HEARTBEAT_BATCH_SECONDS,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
@@ -111,6 +116,10 @@ class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
         self.idempotency_ttl = idempotency_ttl
         self.clock = clock
         self._local = threading.local()
+        self._beats_lock = threading.Lock()
+        self._waiting_beats: dict[str, str] = {}
+        self.heartbeat_batch = heartbeat_batch
+        self._beats_written_at = -math.inf
         self._conn().executescript(SCHEMA)
         self._migrate()
 
@@ -151,11 +160,23 @@ class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = self._connect(self.synchronous)
             self._local.conn = conn
+        return conn
+
+    def _relaxed_conn(self) -> sqlite3.Connection:
+        """This thread's connection that never syncs at commit (heartbeats only)."""
+        conn = getattr(self._local, "relaxed", None)
+        if conn is None:
+            conn = self._connect("NORMAL")
+            self._local.relaxed = conn
+        return conn
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
     @contextmanager
@@ -279,26 +300,44 @@ class SqliteStore(EnvironmentRevisions, Accounts, UsageRecords):
     # -- heartbeats, secrets, tokens ----------------------------------------------------
 
     def put_heartbeat(self, beat: HeartbeatRecord) -> None:
-        """Overwrite the latest heartbeat without syncing the WAL (see the module
-        docstring): an unsynced commit never undoes or reorders a synced one."""
-        conn = self._conn()
-        relaxed = self.synchronous != "NORMAL"
-        if relaxed:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            conn.execute(
-                "INSERT OR REPLACE INTO heartbeats (cluster_id, doc) VALUES (?, ?)",
-                (beat.cluster_id, beat.model_dump_json()),
-            )
-        finally:
-            if relaxed:
-                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        """Keep ``beat`` as its cluster's latest heartbeat.
+
+        Written without syncing the WAL (see the module docstring), on a connection of its
+        own (an unsynced commit never undoes or reorders a synced one), and in batches:
+        a heartbeat that arrives within ``heartbeat_batch`` seconds of the last write
+        waits for the next heartbeat or read of heartbeats, which writes every waiting one
+        in one transaction. Readers of this store always see it; a killed server may lose
+        the waiting ones, each replaced by its cluster's next report within seconds.
+        """
+        doc = beat.model_dump_json()
+        with self._beats_lock:
+            self._waiting_beats[beat.cluster_id] = doc
+            if time.monotonic() - self._beats_written_at >= self.heartbeat_batch:
+                self._write_heartbeats()
+
+    def _write_heartbeats(self) -> None:
+        """Write the waiting heartbeats in one transaction; call holding ``_beats_lock``."""
+        if self._waiting_beats:
+            db = self._relaxed_conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO heartbeats (cluster_id, doc) VALUES (?, ?)",
+                    self._waiting_beats.items(),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            self._waiting_beats = {}
+        self._beats_written_at = time.monotonic()
 
     def get_heartbeat(self, cluster_id: str) -> HeartbeatRecord | None:
-        row = self._one("SELECT doc FROM heartbeats WHERE cluster_id=?", cluster_id)
-        return HeartbeatRecord.model_validate_json(row[0]) if row else None
+        return self.get_heartbeats([cluster_id]).get(cluster_id)
 
     def get_heartbeats(self, cluster_ids: Sequence[str]) -> dict[str, HeartbeatRecord]:
+        with self._beats_lock:
+            self._write_heartbeats()
         found: dict[str, HeartbeatRecord] = {}
         ids = list(dict.fromkeys(cluster_ids))
         for start in range(0, len(ids), _SQL_PARAMETERS):
