@@ -101,6 +101,7 @@ ACTIVE = 50
 STOPPED = 5_000
 PASSES = 9
 GOAL_PER_SECOND = 1_000
+GOAL_RATIO = 0.5  # heartbeats at least half as fast as GET /v1/health (issue #13)
 
 # Stands in for `python -m billow.agent`: keeps the instance token (from the pipe the
 # provider passes), stays alive an hour.
@@ -336,8 +337,10 @@ def bench_heartbeats(
             f"{client_cpu / done * 1000:.2f} ms per request)"
         )
     goal = "met" if beat_rate >= GOAL_PER_SECOND else "NOT met"
+    ratio_goal = "met" if beat_rate / health_rate >= GOAL_RATIO else "NOT met"
     print(
-        f"  heartbeats / health: ratio {beat_rate / health_rate:.2f}x   "
+        f"  heartbeats / health: ratio {beat_rate / health_rate:.2f}x "
+        f"(goal >= {GOAL_RATIO}x: {ratio_goal})   "
         f"(goal >= {GOAL_PER_SECOND} heartbeats/s: {goal})"
     )
     print(
