@@ -241,6 +241,26 @@ def tagged_instances(ec2: Any, **tags: str) -> list[dict[str, Any]]:
     return out
 
 
+def moto_user_data_quirk(ec2: Any) -> Any:
+    """Make ``ec2`` (a client of moto_server) send ``ModifyInstanceAttribute``'s user data
+    the way moto 5.2 reads it, and return ``ec2``.
+
+    ``UserData.Value`` is a blob: botocore base64-encodes the raw script once, which is
+    what EC2 expects (the adapter passes raw bytes). moto decodes the blob and then
+    expects base64 text *again* (``InvalidUserData.Malformed``), so on moto's behalf
+    only, the script is encoded once more before botocore serializes it."""
+
+    def encode(params: dict[str, Any], **_: Any) -> None:
+        value = (params.get("UserData") or {}).get("Value")
+        if isinstance(value, bytes):
+            params["UserData"]["Value"] = base64.b64encode(value)
+
+    ec2.meta.events.register(
+        "before-parameter-build.ec2.ModifyInstanceAttribute", encode, unique_id="moto-user-data"
+    )
+    return ec2
+
+
 def user_data_of(ec2: Any, instance_id: str) -> str:
     value = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
     return base64.b64decode(value["UserData"]["Value"]).decode()
