@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -254,27 +255,35 @@ def test_two_clusters_racing_for_one_pooled_instance(make_provider, ec2, deploym
     assert later.id == fresh
 
 
+@pytest.mark.parametrize(
+    "operation", ["CreateTags", "DeleteTags", "ModifyInstanceAttribute", "StartInstances"]
+)
 def test_a_retried_launch_after_a_crash_converges_on_the_same_instance(
-    make_provider, ec2, deployment
+    make_provider, ec2, deployment, operation
 ):
+    """The reconcile function dies right before each call of a take (after the claim, and
+    after every call before this one); a new container retries the same spec."""
     provider = make_provider(size=2)
     pooled = pool_ready(provider, ec2)
     spec = make_spec(deployment)
-    crashes = {"StartInstances": 1}
 
-    def crash(model: Any, **_: Any) -> None:
-        if crashes.get(model.name, 0) > 0:
-            crashes[model.name] -= 1
-            raise ConnectionError(f"the reconcile function died before {model.name}")
+    def crash(**_: Any) -> None:
+        raise ConnectionError(f"the reconcile function died before {operation}")
 
-    ec2.meta.events.register("before-call.ec2.StartInstances", crash, unique_id="crash")
+    event = f"before-call.ec2.{operation}"
+    ec2.meta.events.register(event, crash, unique_id="crash")
     try:
         with pytest.raises(ConnectionError):
             provider.launch(spec)
     finally:
-        ec2.meta.events.unregister("before-call.ec2.StartInstances", unique_id="crash")
-    [claimed] = [i for i in pooled if tags.CLUSTER in tags_of(describe(ec2, i))]
-    assert describe(ec2, claimed)["State"]["Name"] == "stopped"
+        ec2.meta.events.unregister(event, unique_id="crash")
+    stopped = [i for i in pooled if describe(ec2, i)["State"]["Name"] == "stopped"]
+    assert sorted(stopped) == sorted(pooled)  # nothing started yet
+    if operation == "CreateTags":
+        assert not [i for i in pooled if tags.CLUSTER in tags_of(describe(ec2, i))]
+        [claimed] = [i for i in pooled if provider.pool.claims.claimed_at(i) is not None]
+    else:
+        [claimed] = [i for i in pooled if tags.CLUSTER in tags_of(describe(ec2, i))]
     retried = spec.model_copy(
         update={"environment": {**spec.environment, "BILLOW_INSTANCE_TOKEN": "bit_retry"}}
     )
@@ -301,3 +310,24 @@ def test_no_stopped_instance_or_not_poolable_starts_cold(make_provider, ec2, dep
     assert tags_of(describe(ec2, preparing))[tags.POOL]
     off = make_provider(size=0)
     assert off.refill_pool() == [] and off.launch(make_spec(deployment)).id != preparing
+
+
+def test_refill_retires_an_abandoned_claim(make_provider, ec2, deployment, claims_table):
+    """A launch that claimed a pool instance and died before tagging it, never retried:
+    after ``ABANDONED_CLAIM`` the refill terminates it and launches a replacement."""
+    provider = make_provider(size=1)
+    [pooled] = pool_ready(provider, ec2)
+    dynamodb, table = claims_table
+    long_ago = str(int(time.time()) - 3600)
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "id": {"S": f"billow.pool#instance#{pooled}"},
+            "holder": {"S": "c-gone-scheduler"},
+            "claimed_at": {"N": long_ago},
+        },
+    )
+    assert provider.launch(make_spec(deployment)).id != pooled  # claimed: not takeable
+    [fresh] = provider.refill_pool()
+    assert fresh != pooled
+    assert describe(ec2, pooled)["State"]["Name"] in ("shutting-down", "terminated")
