@@ -246,11 +246,18 @@ def test_two_clusters_racing_for_one_pooled_instance(make_provider, ec2, deploym
     assert ids.count(pooled) == 1 and len(set(ids)) == 2
     owner = tags_of(describe(ec2, pooled))[tags.CLUSTER]
     assert owner in {s.cluster_id for s in specs}
-    # The cluster that took it ends: the instance goes with it and the pool gets a new one.
+    # The cluster that took it ends: the instance goes with it (and the cluster's group,
+    # not the pool's), and the pool gets a new instance.
+    pool_group = provider.network.ensure_pool_group()[1]
     provider.terminate([pooled])
     assert describe(ec2, pooled)["State"]["Name"] in ("shutting-down", "terminated")
+    assert not ec2.describe_security_groups(
+        Filters=[{"Name": f"tag:{tags.CLUSTER}", "Values": [owner]}]
+    )["SecurityGroups"]
+    assert ec2.describe_security_groups(GroupIds=[pool_group])["SecurityGroups"]
     [fresh] = pool_ready(provider, ec2)
     assert fresh not in ids
+    assert [g["GroupId"] for g in describe(ec2, fresh)["SecurityGroups"]] == [pool_group]
     later = provider.launch(make_spec(deployment))
     assert later.id == fresh
 
@@ -308,6 +315,9 @@ def test_no_stopped_instance_or_not_poolable_starts_cold(make_provider, ec2, dep
     arm = provider.launch(make_spec(deployment, arch="arm64", vm_types=["t3.medium"]))
     assert preparing not in {spot.id, other_type.id, arm.id}
     assert tags_of(describe(ec2, preparing))[tags.POOL]
+    bogus = make_provider(size=1, warm_pool_types=["zz9.nonsense"])
+    assert bogus.refill_pool() == []  # a type the region lacks: no pool, launches still work
+    assert bogus.launch(make_spec(deployment, vm_types=["zz9.nonsense", "t3.medium"])).id
     off = make_provider(size=0)
     assert off.refill_pool() == [] and off.launch(make_spec(deployment)).id != preparing
 

@@ -51,6 +51,7 @@ from botocore.exceptions import ClientError
 
 from ....core import tags as billow_tags
 from ....core.models import InstanceInfo, InstanceSpec, InstanceState
+from ..errors import error_code
 from .fleet import FleetLauncher
 from .instances import LIVE_STATES, find_instance, instances
 from .network import DeploymentNetwork
@@ -122,11 +123,21 @@ class EC2WarmPool:
 
     def arch_of(self, instance_type: str) -> str:
         """``x86_64`` unless the type runs only ``arm64`` (``DescribeInstanceTypes``,
-        cached)."""
+        cached); ``""`` for a type the region does not have (never poolable)."""
         if instance_type not in self._archs:
-            rows = self.ec2.describe_instance_types(InstanceTypes=[instance_type])
-            archs = rows["InstanceTypes"][0]["ProcessorInfo"]["SupportedArchitectures"]
-            self._archs[instance_type] = "arm64" if "x86_64" not in archs else "x86_64"
+            try:
+                rows = self.ec2.describe_instance_types(InstanceTypes=[instance_type])
+            except ClientError as e:
+                if error_code(e) != "InvalidInstanceType":
+                    raise
+                rows = {"InstanceTypes": []}
+            archs = [
+                a
+                for row in rows["InstanceTypes"]
+                for a in row["ProcessorInfo"]["SupportedArchitectures"]
+            ]
+            arch = "x86_64" if "x86_64" in archs else "arm64" if "arm64" in archs else ""
+            self._archs[instance_type] = arch
         return self._archs[instance_type]
 
     def key(self, instance_type: str) -> str:
@@ -149,7 +160,7 @@ class EC2WarmPool:
         if kit is None:
             log.warning("warm pool: the deployment has no instance kit; nothing launched")
             return []
-        wanted = {self.key(t): t for t in self.types()}
+        wanted = {self.key(t): t for t in self.types() if self.arch_of(t)}
         counts: Counter[str] = Counter()
         retire: list[str] = []
         now = datetime.now(UTC)
