@@ -128,3 +128,14 @@ def test_pool_size_comes_from_its_variable() -> None:
 def test_no_kit_means_no_pool_script() -> None:
     assert deployment_kit({}, "a" * 64 + "/w.whl", str) is None
     assert deployment_kit({"x86_64": "a" * 64}, None, str) is None
+
+
+def test_pool_script_fits_with_lambda_sized_presigned_urls() -> None:
+    """A Lambda signs with session credentials: each pre-signed URL carries a security
+    token (about 1.5 KiB in all). Two uv binaries and the wheel stay far below EC2's 16 KB."""
+    url = "https://b.s3.amazonaws.com/objects/x?" + "X-Amz-Security-Token=" + "t" * 2000
+    kit = deployment_kit(
+        {"x86_64": "a" * 64, "aarch64": "c" * 64}, "b" * 64 + "/w.whl", lambda s: url
+    )
+    assert kit is not None
+    assert len(render_pool_user_data(kit).encode()) < 12000
