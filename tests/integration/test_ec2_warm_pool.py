@@ -47,8 +47,11 @@ def ec2(moto_url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def claims_table(moto_url: str) -> Iterator[tuple[Any, str]]:
-    dynamodb = boto3.client("dynamodb", endpoint_url=moto_url, region_name=REGION)
+def claims_table(serial_moto_url: str) -> Iterator[tuple[Any, str]]:
+    """The claims' table, on the moto server that serves one request at a time: the
+    threaded one applies a transaction as a series of writes (``tests/conftest.py``),
+    where DynamoDB applies it atomically."""
+    dynamodb = boto3.client("dynamodb", endpoint_url=serial_moto_url, region_name=REGION)
     name = f"pool-idempotency-{uuid.uuid4().hex[:8]}"
     dynamodb.create_table(
         TableName=name,
@@ -260,6 +263,31 @@ def test_two_clusters_racing_for_one_pooled_instance(make_provider, ec2, deploym
     assert [g["GroupId"] for g in describe(ec2, fresh)["SecurityGroups"]] == [pool_group]
     later = provider.launch(make_spec(deployment))
     assert later.id == fresh
+
+
+def test_two_launches_of_one_spec_at_once_take_one_instance(make_provider, ec2, deployment):
+    """A launch retried while the first attempt still runs: both end on the instance the
+    spec's token claimed, whichever candidate each tried first."""
+    provider = make_provider(size=3)
+    pooled = pool_ready(provider, ec2)
+    spec = make_spec(deployment)
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def launch() -> None:
+        barrier.wait(10)
+        results.append(make_provider(size=3).launch(spec).id)
+
+    threads = [threading.Thread(target=launch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2 and results[0] == results[1] and results[0] in pooled
+    mine = [i for i in pooled if tags_of(describe(ec2, i)).get(tags.CLUSTER) == spec.cluster_id]
+    assert mine == [results[0]]
+    others = [i for i in pooled if i != results[0]]
+    assert all(describe(ec2, i)["State"]["Name"] == "stopped" for i in others)
 
 
 @pytest.mark.parametrize(

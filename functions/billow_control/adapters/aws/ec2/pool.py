@@ -265,10 +265,7 @@ class EC2WarmPool:
             return None
         held = self.claims.claimed_by(spec.client_token)
         if held is not None:
-            found = list(instances(self.ec2, tag_filters(self.deployment, instance_id=[held])))
-            if not found or found[0]["State"]["Name"] not in LIVE_STATES:
-                return None  # gone (terminated, or refill retired it): start cold
-            return self._hand_over(found[0], spec)
+            return self._resume(held, spec)
         if find_instance(self.ec2, self.deployment, spec) is not None:
             return None  # launched cold before: the fleet path returns it
         key = self.key(instance_type)
@@ -284,7 +281,17 @@ class EC2WarmPool:
             if self.claims.claim(inst["InstanceId"], spec.client_token):
                 log.info("warm pool: %s takes %s", spec.client_token, inst["InstanceId"])
                 return self._hand_over(inst, spec)
-        return None
+        # Every claim lost; a concurrent launch of this very spec may be why.
+        held = self.claims.claimed_by(spec.client_token) if stopped else None
+        return self._resume(held, spec) if held is not None else None
+
+    def _resume(self, instance_id: str, spec: InstanceSpec) -> InstanceInfo | None:
+        """Carry on with the instance ``spec``'s token claimed; ``None`` when it is gone
+        (terminated, or retired by the refill): the launch starts cold."""
+        found = list(instances(self.ec2, tag_filters(self.deployment, instance_id=[instance_id])))
+        if not found or found[0]["State"]["Name"] not in LIVE_STATES:
+            return None
+        return self._hand_over(found[0], spec)
 
     def _hand_over(self, inst: dict[str, Any], spec: InstanceSpec) -> InstanceInfo:
         """Make the claimed ``inst`` the spec's instance and start it; each step is
