@@ -250,9 +250,11 @@ def test_seed_computation_on_the_aws_control_plane(
         assert event["detail"]["detail"] == {"workers": [victim_name], "count": 1}
         record = live.runtime.ports.store.get_cluster(cluster_id)
         assert record is not None and record.spot_interruptions == 1
-        fleets = live.ec2.describe_fleets(
-            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_id]}]
-        )["Fleets"]
+        fleets = [  # moto ignores DescribeFleets' Filters: every fleet of the server
+            f
+            for f in live.ec2.describe_fleets()["Fleets"]
+            if {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get(TAG_CLUSTER) == cluster_id
+        ]
         capacity = [f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets]
         assert sorted(capacity) == ["on-demand", "spot", "spot", "spot"]  # the replacement
         assert "spot interruption notice" in runner.log_of(victim["InstanceId"])
