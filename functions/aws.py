@@ -130,7 +130,8 @@ def reconcile_handler(event: dict, context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def reaper_handler(event: dict, context: Any) -> dict[str, Any]:
-    """One watchdog pass (``core.watchdog``): reap, sweep orphans, release, resync."""
+    """One watchdog pass (``core.watchdog``): reap, sweep orphans, release, resync, refill
+    the warm pool."""
     summary = runtime().plane.watchdog.run_once().summary()
     logger.info("watchdog pass", extra=summary)
     return summary

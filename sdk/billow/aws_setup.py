@@ -28,6 +28,7 @@ from typing import Any
 
 SETUP_TAG = "billow:setup"
 DEPLOYMENT_TAG = "billow:deployment"
+POOL_TAG = "billow:pool"  # the only tag Billow ever deletes (a warm-pool instance taken)
 AMI_PARAMETERS = "arn:aws:ssm:*::parameter/aws/service/ami-amazon-linux-latest/*"
 
 
@@ -162,10 +163,22 @@ def control_policy(deployment: str, account: str, env_bucket: str | None = None)
                     "DisassociateRouteTable",
                     "DeleteRouteTable",
                     "CreateTags",
+                    # The warm pool: a launch takes a stopped pool instance and starts it.
+                    "StartInstances",
+                    "ModifyInstanceAttribute",
                 ]
             ],
             "Resource": f"arn:aws:ec2:*:{account}:*/*",
             "Condition": owned,
+        },
+        {
+            "Sid": "RemovePoolTag",
+            "Action": "ec2:DeleteTags",
+            "Resource": [ec2("instance"), ec2("volume")],
+            "Condition": {
+                **owned,
+                "ForAllValues:StringEquals": {"aws:TagKeys": [POOL_TAG]},
+            },
         },
         {
             "Sid": "InstanceLogs",

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,12 @@ import dask.array as da
 import functions.aws as aws
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from dask.distributed import Client
 
 import billow
+from billow_control.core.tls import make_cluster_pki
 from billow_control.runtimes import aws as aws_runtime
 from billow_control.runtimes.http_proxy import http_api_event
 from tests.support.aws import (
@@ -44,6 +48,7 @@ from tests.support.aws import (
     client,
     exported_env,
     functions_env,
+    moto_user_data_quirk,
     tagged_instances,
     user_data_of,
 )
@@ -245,9 +250,11 @@ def test_seed_computation_on_the_aws_control_plane(
         assert event["detail"]["detail"] == {"workers": [victim_name], "count": 1}
         record = live.runtime.ports.store.get_cluster(cluster_id)
         assert record is not None and record.spot_interruptions == 1
-        fleets = live.ec2.describe_fleets(
-            Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_id]}]
-        )["Fleets"]
+        fleets = [  # moto ignores DescribeFleets' Filters: every fleet of the server
+            f
+            for f in live.ec2.describe_fleets()["Fleets"]
+            if {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get(TAG_CLUSTER) == cluster_id
+        ]
         capacity = [f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets]
         assert sorted(capacity) == ["on-demand", "spot", "spot", "spot"]  # the replacement
         assert "spot interruption notice" in runner.log_of(victim["InstanceId"])
@@ -714,3 +721,107 @@ def test_setup_aws_then_a_cluster_lives_only_through_the_assumed_role(
         assert groups == []
     finally:
         deployment.delete()
+
+
+# -- the warm pool -------------------------------------------------------------------------
+
+
+def test_a_cluster_starts_on_a_pooled_instance_with_its_own_certificates(
+    aws_url: str, gateway: ApiGateway, instance_kit: InstanceKit, tmp_path: Path
+) -> None:
+    """A deployment with ``BILLOW_WARM_POOL_SIZE=1``: the scheduled reaper pass launches a
+    pool instance; it is stopped here (what its own script does on EC2); the cluster's
+    scheduler then starts on it, boots from the bootstrap that replaced its user data, and
+    serves the cluster under the cluster's own CA. The worker starts cold (pool of one)."""
+    deployment = Deployment.create(aws_url, gateway.url, machine="lifecycle", kit=instance_kit)
+    env = {**deployment.env, "BILLOW_WARM_POOL_SIZE": "1"}
+    nat = NatForwarder()
+    try:
+        with functions_env(env) as rt, ImdsServer() as imds:
+            moto_user_data_quirk(rt.clients.ec2)
+            ec2 = client(aws_url, "ec2")
+            summary = aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+            (pooled,) = summary["pool_launched"]
+            pool_script = user_data_of(ec2, pooled)
+            assert "bit_" not in pool_script and "billow.agent" not in pool_script
+            ec2.stop_instances(InstanceIds=[pooled])
+            _, token = rt.plane.create_user(f"pool-{uuid.uuid4().hex[:6]}", is_admin=True)
+            poller = TaskPoller(aws_url, deployment.queue_url, aws.reconcile_handler).start()
+            runner = InstanceRunner(
+                aws_url, deployment.name, tmp_path / "instances", instance_kit, imds=imds, nat=nat
+            ).start()
+            try:
+                with (
+                    billow.Cluster(
+                        n_workers=1,
+                        name="pooled",
+                        server=gateway.url,
+                        token=token,
+                        show_progress=False,
+                        timeout=120,
+                    ) as cluster,
+                    Client(cluster) as dask_client,
+                ):
+                    assert dask_client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
+                    cluster_id = cluster.cluster_id
+                    ca = cluster.security.tls_ca_file
+                    scheduler = tagged_instances(
+                        ec2, **{TAG_CLUSTER: cluster_id, "billow:role": "scheduler"}
+                    )
+                    assert [i["InstanceId"] for i in scheduler] == [pooled]
+                    # The scheduler on the pooled instance presents a certificate issued
+                    # by this cluster's CA (Dask's mutual TLS above relied on it), not by
+                    # another cluster's.
+                    host, port = cluster.scheduler_address.removeprefix("tls://").split(":")
+                    cert = scheduler_certificate(host, int(port))
+                    own_ca = x509.load_pem_x509_certificate(ca.encode())
+                    cert.verify_directly_issued_by(own_ca)
+                    other = make_cluster_pki("c-other", datetime.now(UTC)).ca_cert_pem
+                    other_ca = x509.load_pem_x509_certificate(other.encode())
+                    assert own_ca.subject != other_ca.subject
+                    with pytest.raises((ValueError, InvalidSignature)):
+                        cert.verify_directly_issued_by(other_ca)
+                log = runner.log_of(pooled)
+                assert "billow bootstrap: kit:" in log and "scheduler listening at tls://" in log
+                (worker,) = tagged_instances(
+                    ec2, **{TAG_CLUSTER: cluster_id, "billow:role": "worker"}
+                )
+                assert worker["InstanceId"] != pooled  # the pool held one: the worker ran cold
+                wait_until(
+                    lambda: describe_state(ec2, pooled) == "terminated", 30, "pooled one ended"
+                )
+                # It served one cluster: the next pass replaces it, never reuses it.
+                summary = aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+                assert len(summary["pool_launched"]) == 1 and pooled not in summary["pool_launched"]
+            finally:
+                runner.stop()
+                poller.stop()
+            assert not runner.errors and not poller.errors, runner.errors + poller.errors
+            pool = tagged_instances(ec2, **{"billow:deployment": deployment.name})
+            ec2.terminate_instances(InstanceIds=[i["InstanceId"] for i in pool])
+    finally:
+        nat.close()
+        deployment.delete()
+
+
+def describe_state(ec2: Any, instance_id: str) -> str:
+    found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    return str(found[0]["State"]["Name"])
+
+
+def scheduler_certificate(host: str, port: int) -> Any:
+    """The certificate the TLS server at ``host:port`` presents (read without verifying
+    it, and without a client certificate: the handshake's first half is enough)."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((host, port), timeout=10) as sock,
+        context.wrap_socket(sock) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

@@ -308,7 +308,20 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     } <= actions("reaper")
     assert {"dynamodb:UpdateItem", "states:StartExecution"} <= actions("events")
     assert not actions("events") & {"ec2:RunInstances", "ec2:TerminateInstances", "kms:Decrypt"}
-    assert "ec2:RunInstances" not in actions("api") | actions("reaper")
+    assert "ec2:RunInstances" not in actions("api")
+    # The reaper launches warm-pool instances (tagged with this deployment, like every
+    # launch) but never takes one for a cluster: only reconcile starts, modifies, untags.
+    take = {"ec2:StartInstances", "ec2:ModifyInstanceAttribute", "ec2:DeleteTags"}
+    assert take <= actions("reconcile") and not take & actions("reaper")
+    assert "ec2:StopInstances" not in actions("reconcile") | actions("reaper")
+    deployment_tag = {"aws:RequestTag/billow:deployment": f"billow-{STAGE}"}
+    reaper_launches = [
+        s
+        for s in _statements(_role_of(template, "reaper"))
+        if "ec2:RunInstances" in _actions(s) and "instance/*" in json.dumps(s["Resource"])
+    ]
+    assert reaper_launches
+    assert all(s["Condition"]["StringEquals"] == deployment_tag for s in reaper_launches)
     # Only the API seals and opens cluster secrets; reconcile and reaper never do.
     kms_actions = {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"}
     assert not (actions("reconcile") | actions("reaper")) & kms_actions
@@ -332,6 +345,9 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
     for s in reconcile:
         if {"ec2:TerminateInstances", "ec2:CreateTags"} & set(_actions(s)):
             assert "Condition" in s, s
+        if "ec2:DeleteTags" in _actions(s):  # the warm pool's tag, on this deployment's
+            assert s["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["billow:pool"]}
+            assert "aws:ResourceTag/billow:deployment" in s["Condition"]["StringEquals"]
         if "iam:PassRole" in _actions(s):
             assert s["Resource"] == {"Fn::GetAtt": ["InstanceRole", "Arn"]}
             assert s["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
@@ -678,14 +694,19 @@ def test_only_the_api_reaches_the_env_bucket_and_only_its_objects(
     template: dict[str, Any],
 ) -> None:
     """The api function pre-signs every URL of the bucket (uploads, the kit, wheels for
-    instances); nothing else, not even instances, holds an S3 permission."""
+    instances); the reaper only pre-signs downloads of the deployment kit (uv and the
+    agent wheel) for warm-pool instances; nothing else, not even instances, holds an S3
+    permission."""
     roles = {name: _role_of(template, name) for name in FUNCTIONS}
     roles["instance"] = template["Resources"]["InstanceRole"]
     granted = {
         name: [s for s in _statements(role) if any(a.startswith("s3:") for a in _actions(s))]
         for name, role in roles.items()
     }
-    assert not any(granted[name] for name in roles if name != "api"), granted
+    assert not any(granted[name] for name in roles if name not in ("api", "reaper")), granted
+    (kit,) = granted["reaper"]
+    assert _actions(kit) == ["s3:GetObject"] and "Condition" not in kit
+    assert kit["Resource"] == {"Fn::Sub": "${EnvBucket.Arn}/objects/*"}
     actions: set[str] = set()
     for s in granted["api"]:
         assert s["Effect"] == "Allow" and "Condition" not in s

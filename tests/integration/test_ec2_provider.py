@@ -287,9 +287,11 @@ def test_a_spec_brings_its_types_image_purchase_and_ingress(
     info = provider.launch(spec)
     (instance,) = ec2.describe_instances(InstanceIds=[info.id])["Reservations"][0]["Instances"]
     assert instance["InstanceType"] == "m7g.large"
-    fleets = ec2.describe_fleets(
-        Filters=[{"Name": f"tag:{tags.CLUSTER}", "Values": [spec.cluster_id]}]
-    )["Fleets"]
+    fleets = [  # moto ignores DescribeFleets' Filters: every fleet of the server comes back
+        f
+        for f in ec2.describe_fleets()["Fleets"]
+        if tags_of(f).get(tags.CLUSTER) == spec.cluster_id
+    ]
     capacity = {f["TargetCapacitySpecification"]["DefaultTargetCapacityType"] for f in fleets}
     assert capacity == {"on-demand"}  # the cluster's policy, not the deployment's "spot"
     template = ec2.describe_launch_template_versions(

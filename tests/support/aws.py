@@ -24,6 +24,11 @@ What moto does not do, and what each harness here does in its place:
   log-agent configuration names, kills the process group when EC2 reports the instance
   terminated, and terminates the instance when the script ends (its ``shutdown -h now``
   with ``InstanceInitiatedShutdownBehavior=terminate``; here ``BILLOW_SHUTDOWN=true``).
+  Warm-pool instances (tagged ``billow:pool``) are not booted: a test stops them, as
+  their own script would once the kit is prepared. Once a launch takes one (the pool
+  tag gone, its user data replaced while stopped, then ``StartInstances``), the runner
+  boots it like any other instance, from its user data *as it is now*: what the pool's
+  cloud-init per-boot hook does on EC2.
 * ``InstanceKit`` builds what the deployment's env bucket holds for bare instances: the
   uv binary of the ``uv`` package installed here, and a billow wheel built from this
   repository (``uv build --wheel``); ``Deployment.create(kit=...)`` uploads both by
@@ -72,6 +77,7 @@ ACCOUNT = "123456789012"  # moto's default account
 LIFECYCLE_ASL = ROOT / "infra" / "statemachines" / "cluster-lifecycle.asl.json"
 SQS_TASK = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
 TAG_DEPLOYMENT = "billow:deployment"
+TAG_POOL = "billow:pool"
 
 
 class FakeLambdaContext:
@@ -239,6 +245,26 @@ def tagged_instances(ec2: Any, **tags: str) -> list[dict[str, Any]]:
         for reservation in page["Reservations"]:
             out += reservation["Instances"]
     return out
+
+
+def moto_user_data_quirk(ec2: Any) -> Any:
+    """Make ``ec2`` (a client of moto_server) send ``ModifyInstanceAttribute``'s user data
+    the way moto 5.2 reads it, and return ``ec2``.
+
+    ``UserData.Value`` is a blob: botocore base64-encodes the raw script once, which is
+    what EC2 expects (the adapter passes raw bytes). moto decodes the blob and then
+    expects base64 text *again* (``InvalidUserData.Malformed``), so on moto's behalf
+    only, the script is encoded once more before botocore serializes it."""
+
+    def encode(params: dict[str, Any], **_: Any) -> None:
+        value = (params.get("UserData") or {}).get("Value")
+        if isinstance(value, bytes):
+            params["UserData"]["Value"] = base64.b64encode(value)
+
+    ec2.meta.events.register(
+        "before-parameter-build.ec2.ModifyInstanceAttribute", encode, unique_id="moto-user-data"
+    )
+    return ec2
 
 
 def user_data_of(ec2: Any, instance_id: str) -> str:
@@ -412,6 +438,8 @@ class InstanceRunner:
         for instance in tagged_instances(self.ec2, **{TAG_DEPLOYMENT: self.deployment}):
             instance_id, state = instance["InstanceId"], instance["State"]["Name"]
             known = self.instances.get(instance_id)
+            if any(t["Key"] == TAG_POOL for t in instance.get("Tags") or []):
+                continue  # a warm-pool instance: its kit script is not run here (see above)
             if known is None and state in ("pending", "running"):
                 self._boot(instance_id)
             elif known is not None and state in ("shutting-down", "terminated"):

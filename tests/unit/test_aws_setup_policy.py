@@ -21,7 +21,7 @@ DATA_SERVICES = {
 }  # fmt: skip
 DESTRUCTIVE = (
     "ec2:Terminate", "ec2:Delete", "ec2:Modify", "ec2:Revoke", "ec2:Detach", "ec2:Associate",
-    "ec2:Disassociate", "ec2:Authorize", "ec2:Attach", "ec2:GetConsoleOutput",
+    "ec2:Disassociate", "ec2:Authorize", "ec2:Attach", "ec2:GetConsoleOutput", "ec2:Start",
 )  # fmt: skip
 CHANGES_EXISTING = {"ec2:CreateRoute", "ec2:CreateLaunchTemplateVersion"}
 
@@ -75,7 +75,8 @@ def test_destructive_actions_need_this_deployments_tag() -> None:
     tagged = {"StringEquals": {"aws:RequestTag/billow:deployment": DEPLOYMENT}}
     for s in policy["Statement"]:
         if any(a.startswith(DESTRUCTIVE) or a in CHANGES_EXISTING for a in actions(s)):
-            assert s["Condition"] == owned, s["Sid"]
+            assert s["Condition"]["StringEquals"] == owned["StringEquals"], s["Sid"]
+            assert set(s["Condition"]) <= {"StringEquals", "ForAllValues:StringEquals"}
         creates = [a for a in actions(s) if a.startswith("ec2:Create")]
         if set(creates) - {"ec2:CreateTags", "ec2:CreateFleet"} - CHANGES_EXISTING:
             assert s.get("Condition") == tagged or all(r.endswith(":vpc/*") for r in resources(s))
@@ -91,3 +92,18 @@ def test_the_trust_needs_the_external_id_and_instances_get_logs_only() -> None:
     assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": "s3cret-id"}}
     granted = [a for s in instance_policy(DEPLOYMENT, ACCOUNT)["Statement"] for a in actions(s)]
     assert granted == ["logs:CreateLogStream", "logs:PutLogEvents"]
+
+
+def test_the_warm_pool_may_start_modify_and_untag_only_this_deployments_instances() -> None:
+    """A launch that takes a stopped pool instance starts it and changes its group, shutdown
+    behaviour and user data; the only tag Billow deletes is the pool's. The control plane
+    never stops an instance (pool instances power themselves off)."""
+    policy = control_policy(DEPLOYMENT, ACCOUNT)
+    owned = {"aws:ResourceTag/billow:deployment": DEPLOYMENT}
+    granted = {a: s for s in policy["Statement"] for a in actions(s)}
+    for action in ("ec2:StartInstances", "ec2:ModifyInstanceAttribute", "ec2:DeleteTags"):
+        assert granted[action]["Condition"]["StringEquals"] == owned, action
+    assert "ec2:StopInstances" not in granted
+    untag = granted["ec2:DeleteTags"]
+    assert actions(untag) == ["ec2:DeleteTags"]
+    assert untag["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["billow:pool"]}

@@ -35,8 +35,10 @@ AGENT_LOG = "/var/log/billow-agent.log"  # under $BILLOW_ROOT
 AGENT_HOME = "/opt/billow"  # under $BILLOW_ROOT: uv, the wheel, the venv, environments
 
 # Runs under the image's python3 (stdlib only), with the kit directory as argv[1]. Its
-# lines are short on purpose: EC2's whole script must stay below 4 KiB.
-FETCH_KIT = r"""
+# lines are short on purpose: EC2's whole script must stay below 4 KiB. Two parts: asking
+# the control plane for the kit with the instance token, then downloading, checking and
+# installing it (the EC2 warm pool's script runs the second part with a kit it carries).
+KIT_REQUEST = r"""
 import hashlib,json,os,platform,subprocess as sp,sys,time,urllib.request as u
 b,e=sys.argv[1],os.environ
 def log(m):print("billow bootstrap:",m,flush=True)
@@ -51,6 +53,8 @@ for i in range(60):
  except OSError as x:m=x
  log(f"control plane unreachable ({m}); retrying");time.sleep(min(i+1,10))
 else:die("gave up waiting for the control plane")
+"""
+KIT_INSTALL = r"""
 a=platform.machine();w=kit["wheel"]
 if a not in kit["uv"]:die(f"the kit has no uv for {a}")
 for k,p in (kit["uv"][a],b+"/uv"),(w,b+"/"+w["filename"]):
@@ -71,6 +75,7 @@ if sp.call([b+"/uv","pip","install","-q","--python",v+"/bin/python",*kit["pip_ar
  die("installing the agent failed")
 log(f"starting the agent from {v}")
 """
+FETCH_KIT = KIT_REQUEST + KIT_INSTALL.lstrip("\n")
 
 
 def check_environment(environment: Mapping[str, str]) -> None:

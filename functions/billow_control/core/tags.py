@@ -16,6 +16,8 @@ OWNER = "billow:owner"
 INSTANCE_NAME = "billow:instance-name"
 ROLE = "billow:role"
 NETWORK = "billow:network"  # a deployment's shared network pieces: "vpc", "subnet", "igw"
+# A warm-pool instance (EC2): ``<type>/<arch>/<image>``; never with CLUSTER or OWNER.
+POOL = "billow:pool"
 
 
 def cluster_tags(

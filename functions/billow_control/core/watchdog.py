@@ -26,6 +26,7 @@ from .models import (
     HeartbeatRecord,
     InstanceInfo,
 )
+from .pool_port import PoolKeeper
 from .ports import Ports, StaleRecordError
 from .settings import ControlSettings
 from .units import parse_duration
@@ -142,6 +143,7 @@ class WatchdogReport:
     resubmitted: list[str] = field(default_factory=list)
     metered: list[str] = field(default_factory=list)
     months_closed: list[str] = field(default_factory=list)
+    pool_launched: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -154,6 +156,7 @@ class WatchdogReport:
             "resubmitted": self.resubmitted,
             "metered": self.metered,
             "months_closed": self.months_closed,
+            "pool_launched": self.pool_launched,
         }
 
     @property
@@ -174,9 +177,9 @@ class Watchdog:
 
     def run_once(self) -> WatchdogReport:
         """One pass: the policy over active clusters, the orphan sweep, metering
-        (``core.meter``), the release of finished clusters' resources, then resync.
-        Never raises for one cluster's failure or one failing phase: it is logged and
-        retried on the next pass."""
+        (``core.meter``), the release of finished clusters' resources, resync, then the
+        provider's warm pool refill (when it keeps one). Never raises for one cluster's
+        failure or one failing phase: it is logged and retried on the next pass."""
         report = WatchdogReport()
         store, now = self.ports.store, self.ports.clock.now()
         active = store.list_clusters(None, active_only=True)
@@ -206,6 +209,7 @@ class Watchdog:
             lambda: self._meter(live, now, changing, report),
             lambda: self._release_resources(active_ids, report),
             lambda: self._resync(unconverged, report),
+            lambda: self._refill_pool(report),
         ):
             try:
                 phase()
@@ -281,6 +285,12 @@ class Watchdog:
         report.resources_cleaned = self.ports.provider.sweep_cluster_resources(
             lambda cluster_id: cluster_id in active_ids or self._still_active(cluster_id)
         )
+
+    def _refill_pool(self, report: WatchdogReport) -> None:
+        """Keep the provider's warm pool full, when it has one (``PoolKeeper``)."""
+        provider = self.ports.provider
+        if isinstance(provider, PoolKeeper):
+            report.pool_launched = provider.refill_pool()
 
     def _resync(self, unconverged: list[ClusterRecord], report: WatchdogReport) -> None:
         """Submit every active cluster that has not converged and that the orchestrator

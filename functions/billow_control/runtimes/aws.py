@@ -30,6 +30,11 @@ variable                        meaning
                                 ``0.0.0.0/0``); new clusters carry their own blocks
 ``BILLOW_INSTANCE_LOG_GROUP``   CloudWatch Logs group of instance logs
 ``BILLOW_INSTANCE_PROFILE_ARN`` instance profile of cluster instances
+``BILLOW_WARM_POOL_SIZE``       stopped instances kept ready per pool type
+                                (``billow.aws.warm-pool.size``; default 0: no pool; see
+                                ``adapters/aws/ec2/pool.py`` and docs/warm-pool.md)
+``BILLOW_WARM_POOL_TYPES``      comma-separated types of the pool (default: the first of
+                                ``BILLOW_INSTANCE_TYPES``)
 ``BILLOW_ENV_BUCKET``           S3 bucket of environments: wheels of users' local code, the
                                 agent wheel and uv (objects ``objects/<sha256>``). Unset: no
                                 object store, so package sync of local code is refused
@@ -100,8 +105,10 @@ EC2_VARIABLES = {
     "max_subnets": "BILLOW_MAX_SUBNETS",
     "log_group": "BILLOW_INSTANCE_LOG_GROUP",
     "instance_profile_arn": "BILLOW_INSTANCE_PROFILE_ARN",
+    "warm_pool_size": "BILLOW_WARM_POOL_SIZE",
+    "warm_pool_types": "BILLOW_WARM_POOL_TYPES",
 }
-LISTS = {"instance_types", "subnet_ids"}
+LISTS = {"instance_types", "subnet_ids", "warm_pool_types"}
 
 
 def control_settings(env: Mapping[str, str]) -> ControlSettings:
@@ -259,7 +266,23 @@ class AwsRuntime:
             from ..adapters.aws.ec2 import AmiResolver, EC2Provider
 
             images = AmiResolver(clients.ssm, ec2_config.ami_id)
-            return EC2Provider(clients.ec2, clients.logs, settings.deployment, ec2_config, images)
+            claims, kit = None, None
+            if ec2_config.warm_pool_size and idempotency_table.lower() != "off":
+                from ..adapters.aws.ec2.pool_user_data import deployment_kit
+                from ..adapters.aws.pool_claims import DynamoPoolClaims
+
+                claims = DynamoPoolClaims(clients.dynamodb, idempotency_table)
+
+                def kit() -> Any:
+                    store = ports.objects
+                    if store is None:
+                        return None
+                    uv, wheel = settings.uv_sha256, settings.agent_wheel
+                    return deployment_kit(uv, wheel, store.download_url)
+
+            return EC2Provider(
+                clients.ec2, clients.logs, settings.deployment, ec2_config, images, claims, kit
+            )
 
         def machines() -> Any:
             from ..adapters.aws.ec2 import EC2MachineCatalog

@@ -8,6 +8,8 @@ Modules, one job each:
 * ``instances``: reading Billow's instances back as ``InstanceInfo``;
 * ``network``: the deployment's VPC, subnets and route, one security group per cluster;
 * ``fleet``: launch templates and instant fleets (spot, on-demand, fallback);
+* ``pool``, ``pool_user_data``: the warm pool of stopped instances (off unless
+  ``warm_pool_size`` is set; claims in ``adapters/aws/pool_claims.py``);
 * ``provider``: ``EC2Provider``, the ``core.ports.Provider`` built from the above.
 """
 

@@ -116,7 +116,7 @@ class FleetLauncher:
         user_data = render_user_data(spec.environment, self.settings)
         shared_tags = cluster_tags(self.deployment, spec.cluster_id, spec.tags)
         network = self.network.ensure(spec.cluster_id, shared_tags, spec.ingress)
-        image = self._image(spec.arch)
+        image = self.image(spec.arch)
         template_id = self._ensure_launch_template(
             spec.cluster_id, network, shared_tags, image, types[0]
         )
@@ -159,7 +159,8 @@ class FleetLauncher:
             codes,
         )
 
-    def _image(self, arch: str) -> str:
+    def image(self, arch: str) -> str:
+        """The image of instances of ``arch``; raises ``ValueError`` when none is set."""
         if self.images is not None:
             return self.images.image_for(arch)
         if self.settings.ami_id:

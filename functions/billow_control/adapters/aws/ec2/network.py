@@ -72,6 +72,40 @@ class DeploymentNetwork:
                 )
         return Network(vpc_id=vpc_id, subnet_ids=subnet_ids, security_group_id=group_id)
 
+    def ensure_pool_group(self) -> tuple[list[str], str]:
+        """The deployment's subnets and its warm-pool security group (created if missing):
+        ``billow-<deployment>-pool``, tagged with the deployment and
+        ``billow:network=pool-group`` but no cluster, so no cluster cleanup or resource
+        sweep deletes it. It has no ingress rule at all; its default egress lets a pool
+        instance download the kit."""
+        with self._lock:
+            if self._shared is None:
+                self._shared = self._shared_network()
+            vpc_id, subnet_ids = self._shared
+            if vpc_id is None:
+                vpc_id = self._vpc_of(subnet_ids)
+                self._shared = (vpc_id, subnet_ids)
+        name = f"billow-{self.deployment}-pool"
+        group = self._find_security_group(vpc_id, name)
+        if group is not None:
+            return subnet_ids, str(group["GroupId"])
+        tags = {**network_tags(self.deployment, "pool-group"), "Name": name}
+        try:
+            created = self.ec2.create_security_group(
+                GroupName=name,
+                VpcId=vpc_id,
+                Description=f"Billow warm pool of {self.deployment}: no ingress",
+                TagSpecifications=tag_specs(tags, "security-group"),
+            )
+        except ClientError as e:  # created concurrently: use that one
+            if error_code(e) != "InvalidGroup.Duplicate":
+                raise
+            group = self._find_security_group(vpc_id, name)
+            if group is None:
+                raise
+            return subnet_ids, str(group["GroupId"])
+        return subnet_ids, str(created["GroupId"])
+
     def forget(self) -> None:
         """Drop the cached shared network (EC2 said a subnet or group is gone): the next
         ``ensure`` looks it up, or creates it, again."""

@@ -20,6 +20,7 @@ from .fleet import FleetLauncher
 from .instances import LIVE_STATES, instance_infos, instances
 from .machines import AmiResolver
 from .network import DeploymentNetwork
+from .pool import EC2WarmPool, KitSource, PoolClaims
 from .settings import EC2Settings, Network
 from .tagging import tag_filters, tags_of
 
@@ -39,6 +40,8 @@ class EC2Provider:
         deployment: str,
         settings: EC2Settings,
         images: AmiResolver | None = None,
+        pool_claims: PoolClaims | None = None,
+        pool_kit: KitSource | None = None,
     ) -> None:
         self.ec2 = ec2
         self.logs = logs
@@ -46,6 +49,9 @@ class EC2Provider:
         self.settings = settings
         self.network = DeploymentNetwork(ec2, deployment, settings)
         self.fleet = FleetLauncher(ec2, deployment, settings, self.network, images)
+        self.pool = EC2WarmPool(
+            ec2, deployment, settings, self.network, self.fleet, pool_claims, pool_kit
+        )
 
     def ensure_network(self, cluster_id: str, tags: Mapping[str, str]) -> Network:
         """The cluster's subnets and security group, created if missing (see
@@ -53,9 +59,20 @@ class EC2Provider:
         return self.network.ensure(cluster_id, tags)
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
-        """Start ``spec``, or return the instance already started for it (see
-        ``FleetLauncher.launch``; raises ``EC2LaunchError`` when none started)."""
+        """Start ``spec``, or return the instance already started for it: a stopped
+        warm-pool instance when the pool is on and the spec poolable (``EC2WarmPool.take``),
+        else a new one (``FleetLauncher.launch``; raises ``EC2LaunchError`` when none
+        started)."""
+        if self.pool.enabled:
+            taken = self.pool.take(spec)
+            if taken is not None:
+                return taken
         return self.fleet.launch(spec)
+
+    def refill_pool(self) -> list[str]:
+        """Keep the warm pool full (``EC2WarmPool.refill``; nothing when it is off).
+        Returns the ids of the pool instances launched."""
+        return self.pool.refill()
 
     def describe(self, cluster_id: str) -> list[InstanceInfo]:
         """Every instance tagged with this cluster and deployment that EC2 still lists
@@ -169,7 +186,9 @@ class EC2Provider:
         return [str(e["message"]).rstrip("\n") for e in response.get("events", [])][-lines:]
 
     def list_deployment_instances(self) -> list[InstanceInfo]:
-        """Pending, running, stopping and stopped instances tagged with this deployment."""
+        """Pending, running, stopping and stopped instances tagged with this deployment
+        that belong to a cluster (instance name and role tags): warm-pool instances,
+        which have neither, are never listed, so the orphan sweep never reaps them."""
         live = tag_filters(self.deployment, instance_state_name=LIVE_STATES)
         return instance_infos(self.ec2, live)
 

@@ -57,8 +57,21 @@ class EC2Settings(BaseModel):
     instance_profile_arn: str | None = Field(
         default=None, description="Lets the instance's log agent write to ``log_group``."
     )
+    warm_pool_size: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="Stopped instances kept per pool type (``billow.aws.warm-pool.size``); "
+        "0: no warm pool, every launch is a cold start.",
+    )
+    warm_pool_types: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Instance types the warm pool keeps; empty: the first of "
+        "``instance_types`` (no pool when that is empty too).",
+    )
 
-    @field_validator("instance_types")
+    @field_validator("instance_types", "warm_pool_types")
     @classmethod
     def _check_types(cls, v: list[str]) -> list[str]:
         for t in v:
