@@ -351,7 +351,8 @@ class Cluster(DaskCluster):
                     return record
                 if (record["status"], record["workers"]) != seen:
                     # Progress (workers joining): ready is near, look again soon. A long
-                    # boot is polled every 0.5 s at most (each look is a request).
+                    # boot is polled as often as the control plane's ``poll_after`` says
+                    # (each look is a request, billed on a cloud control plane).
                     delay, seen = 0.05, (record["status"], record["workers"])
                 # A failed start is reported once teardown finished: nothing is left running.
                 if record["status"] in _TERMINAL:
@@ -367,7 +368,7 @@ class Cluster(DaskCluster):
                         f"(status {record['status']}, {record['workers']} workers)"
                     )
                 await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
+                delay = min(delay * 1.5, float(record.get("poll_after") or 0.5))
 
     async def _close(self) -> None:
         if self.status == Status.closed:

@@ -119,7 +119,10 @@ class ClusterAgents:
             raise Conflict("cluster is stopping; instance should exit")
         beat = self.ports.store.get_heartbeat(record.id)
         if cred.role == InstanceRole.worker and beat is None:
-            raise NotReady("scheduler has not reported its address yet", retry_after=0.2)
+            raise NotReady(
+                "scheduler has not reported its address yet",
+                retry_after=self.ports.settings.poll_interval,
+            )
         if self.ports.store.consume_instance_credential(token_hash, now) is None:
             raise Unauthorized("instance token is unknown, used or expired")
         role = cred.role.value

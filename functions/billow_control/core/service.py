@@ -306,7 +306,10 @@ class ControlPlane:
         return access.cluster(user, action, self.ports.store.get_cluster(cluster_id), cluster_id)
 
     def _public(self, record: ClusterRecord) -> dict[str, Any]:
-        return record.public(self.ports.store.get_heartbeat(record.id))
+        """The record as the API shows it, with ``poll_after``: the seconds a client
+        waiting on the cluster waits between looks (``settings.poll_interval``)."""
+        answer = record.public(self.ports.store.get_heartbeat(record.id))
+        return {**answer, "poll_after": self.ports.settings.poll_interval}
 
     def _secret(self, cluster_id: str, name: str) -> str:
         return unseal(self.ports, cluster_id, name)

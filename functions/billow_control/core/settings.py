@@ -28,6 +28,7 @@ DURATIONS = (
     "heartbeat_steady_interval",
     "instance_token_ttl",
     "reconcile_interval",
+    "poll_interval",
     "reaper_interval",
     "orphan_grace",
     "gpu_idle_warning",
@@ -50,6 +51,10 @@ class ControlSettings(BaseModel):
     heartbeat_steady_interval: float = 60.0  # once ready, when nothing changes
     instance_token_ttl: float = 900.0
     reconcile_interval: float = 0.5
+    # How long a waiting caller waits between two requests: a worker waiting for its
+    # scheduler's address, the SDK waiting for ready. Free on the embedded server; each
+    # request costs API Gateway and Lambda (or Cloud Functions) on a cloud control plane.
+    poll_interval: float = 0.2
     log_lines_on_failure: int = 30
     reaper_interval: float = 30.0
     orphan_grace: float = 300.0

@@ -92,7 +92,7 @@ log = logging.getLogger(__name__)
 
 # Step Functions bills every state transition: a bring-up of several minutes polled
 # every 5 s costs a few hundred transitions. Tests set BILLOW_RECONCILE_INTERVAL=1.
-AWS_DEFAULTS = {"reconcile_interval": 5.0}
+AWS_DEFAULTS = {"reconcile_interval": 5.0, "poll_interval": 1.0}
 IDEMPOTENCY_TTL = timedelta(days=1)  # how long an Idempotency-Key names its create
 EC2_VARIABLES = {
     "ami_id": "BILLOW_AMI_ID",

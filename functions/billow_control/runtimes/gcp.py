@@ -47,7 +47,7 @@ from ..core.service import ControlPlane
 from ..core.settings import ControlSettings
 from .config import ConfigError, required, settings_from_env
 
-GCP_DEFAULTS = {"reconcile_interval": 5.0}
+GCP_DEFAULTS = {"reconcile_interval": 5.0, "poll_interval": 1.0}
 PORTS = ("store", "provider", "orchestrator", "secrets", "events", "objects")
 
 
