@@ -137,8 +137,14 @@ def bootstrap_script(
         shutdown,
         "",
     ]
+    return joined_script(lines, max_bytes, "the bootstrap script")
+
+
+def joined_script(lines: list[str], max_bytes: int, what: str) -> str:
+    """``lines`` as one script; ``ValueError`` naming ``what`` when it would reach
+    ``max_bytes`` bytes (the user-data or metadata limit of the cloud)."""
     script = "\n".join(lines)
     size = len(script.encode())
     if size >= max_bytes:
-        raise ValueError(f"the bootstrap script is {size} bytes; it must stay below {max_bytes}")
+        raise ValueError(f"{what} is {size} bytes; it must stay below {max_bytes}")
     return script

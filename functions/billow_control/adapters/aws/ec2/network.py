@@ -86,25 +86,13 @@ class DeploymentNetwork:
                 vpc_id = self._vpc_of(subnet_ids)
                 self._shared = (vpc_id, subnet_ids)
         name = f"billow-{self.deployment}-pool"
-        group = self._find_security_group(vpc_id, name)
-        if group is not None:
-            return subnet_ids, str(group["GroupId"])
-        tags = {**network_tags(self.deployment, "pool-group"), "Name": name}
-        try:
-            created = self.ec2.create_security_group(
-                GroupName=name,
-                VpcId=vpc_id,
-                Description=f"Billow warm pool of {self.deployment}: no ingress",
-                TagSpecifications=tag_specs(tags, "security-group"),
-            )
-        except ClientError as e:  # created concurrently: use that one
-            if error_code(e) != "InvalidGroup.Duplicate":
-                raise
-            group = self._find_security_group(vpc_id, name)
-            if group is None:
-                raise
-            return subnet_ids, str(group["GroupId"])
-        return subnet_ids, str(created["GroupId"])
+        group = self._find_security_group(vpc_id, name) or self._create_security_group(
+            vpc_id,
+            name,
+            f"Billow warm pool of {self.deployment}: no ingress",
+            network_tags(self.deployment, "pool-group"),
+        )
+        return subnet_ids, str(group["GroupId"])
 
     def forget(self) -> None:
         """Drop the cached shared network (EC2 said a subnet or group is gone): the next
@@ -242,26 +230,34 @@ class DeploymentNetwork:
         )["SecurityGroups"]
         return groups[0] if groups else None
 
+    def _create_security_group(
+        self, vpc_id: str, name: str, description: str, tags: dict[str, str]
+    ) -> dict[str, Any]:
+        """Create the group ``name`` (no ingress rule yet), or find it when a concurrent
+        call created it first."""
+        try:
+            created = self.ec2.create_security_group(
+                GroupName=name,
+                VpcId=vpc_id,
+                Description=description,
+                TagSpecifications=tag_specs({**tags, "Name": name}, "security-group"),
+            )
+        except ClientError as e:  # created concurrently: use that one
+            if error_code(e) != "InvalidGroup.Duplicate":
+                raise
+            group = self._find_security_group(vpc_id, name)
+            if group is None:
+                raise
+            return group
+        return {"GroupId": created["GroupId"], "IpPermissions": []}
+
     def _ensure_security_group(
         self, vpc_id: str, cluster_id: str, tags: dict[str, str], cidrs: list[str]
     ) -> str:
         name = f"billow-{cluster_id}"
-        group = self._find_security_group(vpc_id, name)
-        if group is None:
-            try:
-                created = self.ec2.create_security_group(
-                    GroupName=name,
-                    VpcId=vpc_id,
-                    Description=f"Billow cluster {cluster_id}: Dask scheduler and dashboard",
-                    TagSpecifications=tag_specs({**tags, "Name": name}, "security-group"),
-                )
-                group = {"GroupId": created["GroupId"], "IpPermissions": []}
-            except ClientError as e:  # created concurrently: use that one
-                if error_code(e) != "InvalidGroup.Duplicate":
-                    raise
-                group = self._find_security_group(vpc_id, name)
-                if group is None:
-                    raise
+        group = self._find_security_group(vpc_id, name) or self._create_security_group(
+            vpc_id, name, f"Billow cluster {cluster_id}: Dask scheduler and dashboard", tags
+        )
         group_id = group["GroupId"]
         for rule in _wanted_rules(self.settings, group_id, cidrs):
             if _has_rule(group.get("IpPermissions", []), rule):

@@ -31,7 +31,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...instance_bootstrap import AGENT_HOME, KIT_INSTALL
+from ...instance_bootstrap import AGENT_HOME, KIT_INSTALL, joined_script
 
 MAX_POOL_USER_DATA = 16000  # bytes; EC2 allows 16 KB (the pre-signed URLs are long)
 PER_BOOT_DIR = "/var/lib/cloud/scripts/per-boot"
@@ -111,11 +111,7 @@ def render_pool_user_data(kit: Mapping[str, Any]) -> str:
         "${BILLOW_SHUTDOWN:-shutdown -h now}  # InstanceInitiatedShutdownBehavior=stop",
         "",
     ]
-    script = "\n".join(lines)
-    size = len(script.encode())
-    if size >= MAX_POOL_USER_DATA:
-        raise ValueError(f"the pool script is {size} bytes; the limit is {MAX_POOL_USER_DATA}")
-    return script
+    return joined_script(lines, MAX_POOL_USER_DATA, "the pool script")
 
 
 __all__ = [
