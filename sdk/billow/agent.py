@@ -197,6 +197,7 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
 
     from .gpu import worker_metrics
 
+    preload_in_background(PRELOAD_FIRST).join()
     worker = Worker(
         config["scheduler_address"],
         security=security_for(config),
@@ -211,7 +212,7 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
     _close_on_signals(worker)
     async with worker:
         log.info("worker %s connected to %s", config["name"], config["scheduler_address"])
-        preload_in_background()
+        preload_in_background(PRELOAD_LATER)
         endpoint = os.environ.get("BILLOW_IMDS_ENDPOINT")
         watch = None
         if endpoint:  # on EC2: a spot interruption notice retires this worker gracefully
@@ -225,10 +226,14 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
 
 
 # What a first task usually imports: numpy, and Dask's collections. LocalCluster's workers
-# have them already (multiprocessing's spawn re-imports the client's __main__ module and
-# with it the client's imports); an instance imports them here, in the background, once
-# its server runs, instead of in the first task. Only what the environment has.
-PRELOAD = ("numpy", "dask.array", "pandas", "dask.dataframe")
+# have numpy and dask.array already (multiprocessing's spawn re-imports the client's
+# __main__ module and with it the client's imports): a worker imports those before it
+# connects, as they do, and the rest in the background once it runs (an import there
+# holds the GIL against a first task, so only what array work does not need). Only what
+# the environment has.
+PRELOAD_FIRST = ("numpy", "dask.array")
+PRELOAD_LATER = ("pandas", "dask.dataframe")
+PRELOAD = PRELOAD_FIRST + PRELOAD_LATER
 
 
 def preload_in_background(modules: tuple[str, ...] = PRELOAD) -> threading.Thread:

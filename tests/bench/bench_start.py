@@ -168,11 +168,13 @@ def main() -> int:
     local, cold, warm, phases, warm_phases = [], [], [], [], []
     with servers() as (cold_server, warm_server):
         for i in range(ROUNDS):
+            # Nothing warms in the background during any measured start: the pool's
+            # refill after the last warm round would slow whichever run it overlaps.
+            wait_until(lambda: pool_warm(warm_server), 180, "warm pool refilled")
             local.append(run_local())
             started, computed, split = run_billow(cold_server, f"bench-{i}")
             cold.append((started, computed))
             phases.append(split)
-            wait_until(lambda: pool_warm(warm_server), 180, "warm pool refilled")
             started, computed, split = run_billow(warm_server, f"bench-warm-{i}")
             warm.append((started, computed))
             warm_phases.append(split)

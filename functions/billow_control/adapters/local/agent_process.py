@@ -8,7 +8,8 @@ time with ``--pooled``: each has imported Dask, the scheduler, the worker and th
 dashboard, and waits on its standard input for one assignment. ``assign`` hands a pooled
 process its instance (working directory, environment, token, OS identity: the agent
 changes to it before it reads anything else), renames its log directory to the
-instance's, and never hands it out again; the pool starts a fresh process in its place.
+instance's, and never hands it out again; the pool starts a fresh process in its place,
+``REFILL_PAUSE`` seconds after the last take (warming one competes for the CPU).
 A pooled process holds no certificate, token or setting of any cluster until assigned,
 and it runs only the server's own code until then. A cluster with software of its own
 (``BILLOW_SOFTWARE_KEY``) always starts cold: its agent runs from its own environment.
@@ -19,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 POOL = "pool"
 READY_FD_VARIABLE = "BILLOW_POOL_READY_FD"  # a pooled agent writes "warm\n" there
 WARM_TIMEOUT = 120.0
+REFILL_PAUSE = 3.0  # seconds after a take before the pool warms a replacement
 
 
 def start_agent(
@@ -96,6 +100,7 @@ class WarmPool:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._reported = False
+        self._taken_at = -math.inf
 
     def start(self) -> None:
         if self.size <= 0:
@@ -120,6 +125,7 @@ class WarmPool:
         with self._cond:
             while self._idle:
                 pooled = self._idle.pop(0)
+                self._taken_at = time.monotonic()
                 self._cond.notify_all()  # refill
                 if pooled.proc.poll() is None:
                     return pooled
@@ -212,6 +218,13 @@ class WarmPool:
             with self._cond:
                 while not self._stopping and len(self._idle) >= self.size:
                     self._cond.wait()
+                # A refill warms up at full CPU: let the cluster that just took agents
+                # start and run its first work first (each take restarts the pause).
+                while (
+                    not self._stopping
+                    and (pause := self._taken_at + REFILL_PAUSE - time.monotonic()) > 0
+                ):
+                    self._cond.wait(pause)
                 if self._stopping:
                     return
             try:
