@@ -187,6 +187,10 @@ def main() -> int:
         f" s, LocalCluster {l_start:.2f} s; ratio median {statistics.median(ratios):.2f}x, "
         f"worst {max(ratios):.2f}x  (goal: median <= 1.2x, no round above 1.35x)"
     )
+    rounds = ", ".join(
+        f"{lc[0]:.2f}/{c[0]:.2f}/{w[0]:.2f}" for lc, c, w in zip(local, cold, warm, strict=True)
+    )
+    print(f"  each round, LocalCluster/cold/warm seconds: {rounds}")
     w_start = statistics.median(r[0] for r in warm)
     print(
         f"  start from a warm pool of {POOL}: {w_start:.2f} s; ratio median "
