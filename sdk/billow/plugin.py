@@ -281,6 +281,9 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         while True:
             last_sent = self.clock()
             self._went_idle_at = None
+            # Cleared before the snapshot: news while the report is in flight (a worker
+            # joining the moment the first report leaves) wakes the next one at once.
+            self._wake.clear()
             try:
                 await self.send()
                 failures = 0
@@ -291,7 +294,6 @@ class BillowSchedulerPlugin(SchedulerPlugin):
                 log.info("control plane asked this cluster to stop; closing scheduler")
                 await self.scheduler.close()
                 return
-            self._wake.clear()
             while (wait := self.seconds_until_due(last_sent, failures)) > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)

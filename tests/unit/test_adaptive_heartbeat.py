@@ -16,6 +16,7 @@ between reports; a silent scheduler fails the cluster within one reaper period o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,3 +220,32 @@ def test_the_steady_interval_is_at_most_half_the_idle_timeout(
     record = sim.record()
     record.request = record.request.model_copy(update={"idle_timeout": idle_timeout})
     assert steady_heartbeat(record, sim.plane.ports.settings) == expected
+
+
+def test_a_worker_joining_while_a_report_is_in_flight_is_reported_at_once() -> None:
+    """The news of a join during a report (the first report leaves as the workers
+    connect) is not lost: the next report follows at once, not a steady interval later."""
+
+    async def scenario() -> int:
+        plugin = BillowSchedulerPlugin("http://cp", "c-1", "bct_x", analytics="off")
+        sent: list[float] = []
+
+        async def send() -> None:
+            sent.append(time.monotonic())
+            if len(sent) == 1:
+                await asyncio.sleep(0)
+                plugin.add_worker(worker="tls://127.0.0.1:1")  # joins mid-report
+            plugin.next_heartbeat = 60.0  # a steady cluster: the next is a minute away
+
+        plugin.send = send  # type: ignore[method-assign]
+        loop = asyncio.create_task(plugin._loop())
+        try:
+            for _ in range(500):  # at most 5 s
+                if len(sent) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            loop.cancel()
+        return len(sent)
+
+    assert asyncio.run(scenario()) >= 2
