@@ -76,7 +76,10 @@ def main() -> int:
 
         import billow
 
-        with billow.Cluster(n_workers=4, name="demo", server=url, token=token) as cluster:
+        # Nothing to forward to local processes: no credentials, and no notice about them.
+        with billow.Cluster(
+            n_workers=4, name="demo", server=url, token=token, credentials=None
+        ) as cluster:
             t = _phase(f"cluster {cluster.name} ready (4 workers, TLS)", t)
             with Client(cluster) as client:
                 client.wait_for_workers(4)

@@ -11,20 +11,25 @@ from rich.text import Text
 
 
 class StartProgress:
-    """Context manager showing status, joined workers and elapsed time; no-op if disabled."""
+    """Context manager showing status, joined workers and elapsed time; no-op if disabled.
+
+    A live line in a terminal or Jupyter; elsewhere (a log, a pipe) one line at the end,
+    as a live display there leaves its last frame without a line break."""
 
     def __init__(self, name: str, cluster_id: str, enabled: bool = True) -> None:
         self.name = name
         self.cluster_id = cluster_id
         self.enabled = enabled
         self.started = time.monotonic()
+        self._console = Console(stderr=True)
         self._live: Live | None = None
+        self._last: dict[str, Any] = {}
 
     def __enter__(self) -> StartProgress:
-        if self.enabled:
+        if self.enabled and (self._console.is_terminal or self._console.is_jupyter):
             self._live = Live(
                 self._render({}),
-                console=Console(stderr=True),
+                console=self._console,
                 refresh_per_second=8,
                 transient=False,
             )
@@ -34,8 +39,11 @@ class StartProgress:
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
+        elif self.enabled:
+            self._console.print(self._render(self._last))
 
     def update(self, record: dict[str, Any]) -> None:
+        self._last = record
         if self._live is not None:
             self._live.update(self._render(record))
 
