@@ -10,9 +10,11 @@ hook's two IMDSv2 requests from a file; ``BILLOW_SHUTDOWN`` replaces ``shutdown 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.unit
 
 FAKE_UV = """#!/bin/bash
 echo "uv $*" >> "$UV_CALLS"
-if [ "$1" = venv ]; then mkdir -p "${@: -1}/bin"; fi
+if [ "$1" = venv ]; then mkdir -p "${@: -1}/bin" && touch "${@: -1}/bin/python"; fi
 """
 CURL = """#!/bin/bash
 case "$*" in
@@ -81,8 +83,30 @@ def test_pool_script_prepares_the_kit_installs_the_hook_and_powers_off(tmp_path:
     assert (root / "powered-off").exists(), log
     assert "checked" in log and "kit prepared with code 0" in log
     calls = (tmp_path / "uv-calls").read_text()
-    assert "uv venv" in calls and f"pip install -q --python {root}/opt/billow/pool" in calls
-    assert not (root / "opt/billow/pool").exists()  # the scratch venv is gone
+    agent = root / "opt/billow/agent"
+    assert "uv venv" in calls and f"pip install -q --python {agent}/bin/python" in calls
+
+    # The bootstrap's install on the start that hands the instance out: the files the pool
+    # prepared pass its sha256 check and the venv stays; nothing is downloaded again (the
+    # sources are gone, so a download would fail).
+    uv_source, wheel_source = uv.read_bytes(), wheel.read_bytes()
+    uv.unlink()
+    wheel.unlink()
+    helpers = KIT_REQUEST.split("q=u.Request", 1)[0]  # its imports, log and die
+    install = f"{helpers}kit=json.loads({json.dumps(json.dumps(kit))})\n{KIT_INSTALL}"
+    started = subprocess.run(
+        [sys.executable, "-c", install, str(root / "opt/billow")],
+        env={**env, "UV_CALLS": str(tmp_path / "uv-calls-start")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.stdout.count("already here, sha256 checked") == 2, started.stdout
+    start_calls = (tmp_path / "uv-calls-start").read_text()
+    assert "uv venv" not in start_calls and "pip install" in start_calls
+    assert (root / "opt/billow/uv").read_bytes() == uv_source
+    assert (root / "opt/billow" / wheel.name).read_bytes() == wheel_source
     hook = root / PER_BOOT_DIR.lstrip("/") / "billow-bootstrap.sh"
     assert hook.stat().st_mode & stat.S_IXUSR
 

@@ -37,7 +37,9 @@ AGENT_HOME = "/opt/billow"  # under $BILLOW_ROOT: uv, the wheel, the venv, envir
 # Runs under the image's python3 (stdlib only), with the kit directory as argv[1]. Its
 # lines are short on purpose: EC2's whole script must stay below 4 KiB. Two parts: asking
 # the control plane for the kit with the instance token, then downloading, checking and
-# installing it (the EC2 warm pool's script runs the second part with a kit it carries).
+# installing it (the EC2 warm pool's script runs the second part with a kit it carries,
+# into the same directory: files already there with the kit's sha256, and the venv, are
+# kept, so a pooled instance's start downloads nothing).
 KIT_REQUEST = r"""
 import hashlib,json,os,platform,subprocess as sp,sys,time,urllib.request as u
 b,e=sys.argv[1],os.environ
@@ -58,6 +60,8 @@ KIT_INSTALL = r"""
 a=platform.machine();w=kit["wheel"]
 if a not in kit["uv"]:die(f"the kit has no uv for {a}")
 for k,p in (kit["uv"][a],b+"/uv"),(w,b+"/"+w["filename"]):
+ if os.path.isfile(p)and hashlib.sha256(open(p,"rb").read()).hexdigest()==k["sha256"]:
+  log(f"kit: {p} already here, sha256 checked");continue
  for i in range(3):
   h=hashlib.sha256()
   try:
@@ -70,7 +74,8 @@ for k,p in (kit["uv"][a],b+"/uv"),(w,b+"/"+w["filename"]):
  log(f"kit: {p} ({os.path.getsize(p)} bytes, sha256 {k['sha256'][:12]}) checked")
 os.chmod(b+"/uv",0o700)
 v=b+"/agent"
-if sp.call([b+"/uv","venv","-q","--python",kit["python"],v]):die("uv venv failed")
+if not os.path.exists(v+"/bin/python")and sp.call([b+"/uv","venv","-q","--python",kit["python"],v]):
+ die("uv venv failed")
 if sp.call([b+"/uv","pip","install","-q","--python",v+"/bin/python",*kit["pip_args"],p]):
  die("installing the agent failed")
 log(f"starting the agent from {v}")

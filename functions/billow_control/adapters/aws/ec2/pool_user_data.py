@@ -16,9 +16,13 @@ pre-signed URLs of uv and of the deployment's agent wheel, with their sha256), b
    the same instance id. On the pool's own first boot the hook is written after
    ``scripts-per-boot`` ran, and the user data is not a bootstrap anyway: it does nothing;
 2. installs the CloudWatch agent (as the bootstrap would);
-3. runs the bootstrap's ``KIT_INSTALL`` part on the carried kit in a scratch directory, so
-   that uv's cache (``$B/uv-cache``) and the Python uv downloads (``$B/python``) are on
-   the volume, and removes the scratch venv (the bootstrap builds its own);
+3. runs the bootstrap's ``KIT_INSTALL`` part on the carried kit in the bootstrap's own
+   directory (``$B``): uv, the agent wheel and the agent's venv, uv's cache
+   (``$B/uv-cache``) and the Python uv downloads (``$B/python``) are on the volume. The
+   bootstrap at the start that hands the instance to a cluster keeps the files whose
+   sha256 its kit names and the venv, so it downloads nothing for a cluster of the
+   deployment's own agent (a cluster with software of its own still installs its
+   requirements into that venv);
 4. powers off: ``InstanceInitiatedShutdownBehavior=stop`` leaves the instance ``stopped``.
 
 Whatever fails in 2-3, the instance still powers off: a cold kit only costs time later.
@@ -101,12 +105,10 @@ def render_pool_user_data(kit: Mapping[str, Any]) -> str:
         f"export BILLOW_POOL_KIT={shlex.quote(json.dumps(kit, separators=(',', ':')))}",
         'export UV_CACHE_DIR="$B/uv-cache" UV_PYTHON_INSTALL_DIR="$B/python"',
         "export BILLOW_PYTHON_DOWNLOADS=automatic",
-        'mkdir -p "$B/pool"',
-        "python3 - \"$B/pool\" <<'BILLOW_KIT'",
+        "python3 - \"$B\" <<'BILLOW_KIT'",
         _KIT_FROM_ENV.strip() + "\n" + _INSTALL,
         "BILLOW_KIT",
         'echo "billow pool: kit prepared with code $?"',
-        'rm -rf "$B/pool"',
         "sync",
         "${BILLOW_SHUTDOWN:-shutdown -h now}  # InstanceInitiatedShutdownBehavior=stop",
         "",
