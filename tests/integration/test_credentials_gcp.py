@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from billow.credentials import obtain
+from tests.support.gcp_fakes.gcs import service_account_key
 
 pytestmark = pytest.mark.integration
 
@@ -55,28 +56,7 @@ def test_a_google_token_from_application_default_credentials(
     token_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     adc = tmp_path / "adc.json"
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    adc.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "test-project",
-                "private_key_id": "k1",
-                "private_key": pem,
-                "client_email": "billow-test@test-project.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": token_uri,
-            }
-        )
-    )
+    service_account_key(adc, "billow-test@test-project.iam.gserviceaccount.com", token_uri)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):

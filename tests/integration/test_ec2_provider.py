@@ -34,6 +34,7 @@ from billow_control.adapters.aws.ec2 import (
 )
 from billow_control.core import tags
 from billow_control.core.models import InstanceRole, InstanceSpec, InstanceState, new_id
+from tests.support.aws import amazon_linux_image
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +56,7 @@ def logs(moto_url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def ami_id(ec2: Any) -> str:
-    images = ec2.describe_images(Owners=["amazon"])["Images"]
-    linux = [i for i in images if "amzn" in i.get("Name", "")] or images
-    return str(linux[0]["ImageId"])
+    return amazon_linux_image(ec2)
 
 
 @pytest.fixture

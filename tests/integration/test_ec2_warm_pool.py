@@ -30,7 +30,7 @@ from billow_control.adapters.aws.ec2.pool_user_data import deployment_kit
 from billow_control.adapters.aws.pool_claims import DynamoPoolClaims
 from billow_control.core import tags
 from billow_control.core.models import InstanceRole, InstanceSpec, InstanceState, new_id
-from tests.support.aws import moto_user_data_quirk
+from tests.support.aws import amazon_linux_image, moto_user_data_quirk
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +65,7 @@ def claims_table(serial_moto_url: str) -> Iterator[tuple[Any, str]]:
 
 @pytest.fixture(scope="module")
 def ami_id(ec2: Any) -> str:
-    images = ec2.describe_images(Owners=["amazon"])["Images"]
-    linux = [i for i in images if "amzn" in i.get("Name", "")] or images
-    return str(linux[0]["ImageId"])
+    return amazon_linux_image(ec2)
 
 
 @pytest.fixture

@@ -165,8 +165,7 @@ class Deployment:
         env_bucket = f"{name}-envs"
         client(url, "s3").create_bucket(Bucket=env_bucket)
         kit_env = kit.upload(client(url, "s3"), env_bucket) if kit is not None else {}
-        images = client(url, "ec2").describe_images(Owners=["amazon"])["Images"]
-        ami = next((i for i in images if "amzn" in i.get("Name", "")), images[0])["ImageId"]
+        ami = amazon_linux_image(client(url, "ec2"))
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -236,6 +235,12 @@ def call_api(
     event = http_api_event(method, path, query, hdrs, raw, "127.0.0.1")
     response = aws.api_handler(event, FakeLambdaContext("billow-api"))
     return response["statusCode"], json.loads(response.get("body") or "null")
+
+
+def amazon_linux_image(ec2: Any) -> str:
+    """An Amazon Linux image of moto's catalogue (else its first image)."""
+    images = ec2.describe_images(Owners=["amazon"])["Images"]
+    return str(next((i for i in images if "amzn" in i.get("Name", "")), images[0])["ImageId"])
 
 
 def tagged_instances(ec2: Any, **tags: str) -> list[dict[str, Any]]:

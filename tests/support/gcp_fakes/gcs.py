@@ -40,9 +40,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tests.support.loopback_http import LoopbackHttpServer, QuietHandler
 
 
-def service_account_key(path: Path, email: str) -> rsa.RSAPublicKey:
+def service_account_key(
+    path: Path, email: str, token_uri: str = "http://127.0.0.1:9/token"
+) -> rsa.RSAPublicKey:
     """Write a service-account key file for ``email`` (a new RSA key) to ``path``; return
-    the public key the fake verifies signatures with."""
+    the public key the fake verifies signatures with. ``token_uri``: where the key is
+    traded for access tokens (by default nowhere: signing is local)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -56,7 +59,7 @@ def service_account_key(path: Path, email: str) -> rsa.RSAPublicKey:
         "private_key": pem,
         "client_email": email,
         "client_id": "1",
-        "token_uri": "http://127.0.0.1:9/token",  # never used: signing is local
+        "token_uri": token_uri,
     }
     path.write_text(json.dumps(info))
     return key.public_key()
