@@ -117,6 +117,14 @@ def parse_json(text: str) -> Any:
     return value
 
 
+def json_object(body: Any) -> dict[str, Any]:
+    """``body`` when it is a JSON object, as every body of this API is; else 422 on
+    ``body`` (powertools would take the first element of ``[{...}]`` for the object)."""
+    if not isinstance(body, dict):
+        raise Invalid("body: must be a JSON object", field="body")
+    return body
+
+
 def own_body(method: str, path: str, model: type[BaseModel]) -> None:
     """Declare that the route ``method path`` (OpenAPI form, ``{name}`` parameters) takes a
     required JSON body of ``model`` it validates with ``validated_body``."""
@@ -131,11 +139,8 @@ def validated_body(event: Any, model: type[Model]) -> Model:
     if not event.body:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])
-    body = event.json_body
-    if not isinstance(body, dict):
-        raise Invalid("body: must be a JSON object", field="body")
     try:
-        return model.model_validate(body)
+        return model.model_validate(json_object(event.json_body))
     except ValidationError as e:
         errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         raise RequestValidationError(errors) from None

@@ -23,7 +23,7 @@ from ..core.auth import bearer
 from ..core.errors import Invalid
 from ..core.models import User
 from ..core.service import ControlPlane
-from .body import JSON_MEDIA_TYPE, check_content_type, decode_utf8
+from .body import JSON_MEDIA_TYPE, check_content_type, decode_utf8, json_object
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Route
@@ -129,7 +129,5 @@ class RequestGuard(BaseMiddlewareHandler):
             if event.is_base64_encoded:  # bytes that were not UTF-8 (or a binary type)
                 decode_utf8(base64.b64decode(raw))
             body = event.json_body  # parsed once, cached for powertools
-            if route.dependant.body_params and not isinstance(body, dict):
-                # Every body of this API is an object: powertools would take the first
-                # element of an array ``[{...}]`` as the object itself.
-                raise Invalid("body: must be a JSON object", field="body")
+            if route.dependant.body_params:
+                json_object(body)
