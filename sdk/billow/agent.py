@@ -29,10 +29,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from .instance_http import Answer, request
 
 log = logging.getLogger("billow.agent")
 BOOTSTRAP_DEADLINE = 900.0
@@ -113,42 +113,36 @@ def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE
     """POST the instance token; retry while the control plane is unreachable or says
     "not ready" (a worker waiting for its scheduler: as often as its ``retry_after``
     says) or answers 429/5xx, up to ``deadline`` seconds. Raises ``SystemExit`` with the
-    control plane's message when it refuses.
-
-    The standard library's HTTP client, not httpx: every agent process of a starting
-    cluster would pay httpx's import (about 0.1 s of CPU) for this one exchange.
-    """
+    control plane's message when it refuses."""
     url = control_url.rstrip("/") + "/v1/agent/bootstrap"
     give_up = time.monotonic() + deadline
     delay, cap = 0.05, 1.0
     while True:
-        request = urllib.request.Request(
-            url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return dict(json.load(response))
-        except urllib.error.HTTPError as e:
-            body = _json_body(e)
-            if e.code == 429 or e.code >= 500:  # throttled, or a gateway's bad moment
-                log.warning("control plane answered HTTP %d; retrying", e.code)
+            answer = request("POST", url, headers={"Authorization": f"Bearer {token}"})
+        except OSError as e:  # refused, reset, timed out
+            log.warning("control plane unreachable (%s); retrying", e)
+        else:
+            body = _json_object(answer)
+            if answer.status == 200:
+                return body
+            if answer.status == 429 or answer.status >= 500:  # a gateway's bad moment
+                log.warning("control plane answered HTTP %d; retrying", answer.status)
             elif body.get("error") != "not-ready":
-                message = body.get("message") or f"HTTP {e.code}"
-                raise SystemExit(f"billow agent: bootstrap refused: {message}") from None
+                message = body.get("message") or f"HTTP {answer.status}"
+                raise SystemExit(f"billow agent: bootstrap refused: {message}")
             else:
                 cap = float(body.get("retry_after") or 1.0)
-        except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
-            log.warning("control plane unreachable (%s); retrying", e)
         if time.monotonic() > give_up:
             raise SystemExit("billow agent: gave up waiting for the control plane")
         time.sleep(delay)
         delay = min(delay * 1.5, cap)
 
 
-def _json_body(error: urllib.error.HTTPError) -> dict[str, Any]:
-    """An error answer's JSON object; empty when it has none (a proxy's HTML page)."""
+def _json_object(answer: Answer) -> dict[str, Any]:
+    """An answer's JSON object; empty when it has none (a proxy's HTML page)."""
     try:
-        body = json.loads(error.read() or b"{}")
+        body = answer.json()
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

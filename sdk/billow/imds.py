@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-import httpx
+from .instance_http import request
 
 log = logging.getLogger("billow.imds")
 TOKEN_TTL_SECONDS = 21600
@@ -49,13 +49,14 @@ class Imds:
             or self._token is None
             or time.monotonic() - self._token_at > TOKEN_TTL_SECONDS / 2
         ):
-            response = httpx.put(
+            response = request(
+                "PUT",
                 f"{self.endpoint}/latest/api/token",
                 headers={TTL_HEADER: str(TOKEN_TTL_SECONDS)},
                 timeout=self.timeout,
             )
-            if response.status_code != 200:
-                raise ImdsError(f"IMDS token request answered HTTP {response.status_code}")
+            if response.status != 200:
+                raise ImdsError(f"IMDS token request answered HTTP {response.status}")
             self._token, self._token_at = response.text.strip(), time.monotonic()
         return self._token
 
@@ -65,19 +66,20 @@ class Imds:
         url = f"{self.endpoint}/latest/meta-data/{path}"
         try:
             for attempt in range(2):
-                response = httpx.get(
+                response = request(
+                    "GET",
                     url,
                     headers={TOKEN_HEADER: self._session(renew=attempt > 0)},
                     timeout=self.timeout,
                 )
-                if response.status_code == 401:  # the session expired: renew it once
+                if response.status == 401:  # the session expired: renew it once
                     continue
-                if response.status_code == 404:
+                if response.status == 404:
                     return None
-                if response.status_code != 200:
-                    raise ImdsError(f"IMDS {path} answered HTTP {response.status_code}")
+                if response.status != 200:
+                    raise ImdsError(f"IMDS {path} answered HTTP {response.status}")
                 return response.text.strip() or None
-        except httpx.HTTPError as e:
+        except OSError as e:
             raise ImdsError(f"IMDS at {self.endpoint} unreachable: {e}") from None
         raise ImdsError(f"IMDS refused the session token for {path}")
 

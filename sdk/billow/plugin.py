@@ -28,11 +28,11 @@ import logging
 import time
 from typing import Any
 
-import httpx
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .gpu import METRIC as GPU_METRIC
 from .gpu import GPUProbe, aggregate
+from .instance_http import request
 
 __all__ = ["BillowSchedulerPlugin", "GPUProbe"]  # GPUProbe moved to billow.gpu
 
@@ -75,7 +75,6 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         self.next_heartbeat = interval  # until the control plane says otherwise
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._http: httpx.AsyncClient | None = None
         self._last_activity = clock()
         self._in_flight = 0  # tasks queued or processing, counted from transitions
         self._went_idle_at: float | None = None  # when the last task in flight ended
@@ -87,16 +86,11 @@ class BillowSchedulerPlugin(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        self._http = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {self.cluster_token}"}, timeout=10
-        )
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
-        if self._http:
-            await self._http.aclose()
 
     # -- scheduler hooks -------------------------------------------------------------
 
@@ -263,11 +257,19 @@ class BillowSchedulerPlugin(SchedulerPlugin):
         }
 
     async def send(self) -> None:
-        assert self._http is not None
+        """Report a snapshot (the request runs in a thread, off the scheduler's loop).
+        Raises ``OSError`` when the control plane is unreachable, ``RuntimeError`` when
+        it refuses."""
         url = f"{self.control_url}/v1/clusters/{self.cluster_id}/heartbeat"
-        response = await self._http.post(url, json=self.snapshot())
-        if response.status_code >= 400:
-            raise RuntimeError(f"control plane answered {response.status_code}: {response.text}")
+        response = await asyncio.to_thread(
+            request,
+            "POST",
+            url,
+            headers={"Authorization": f"Bearer {self.cluster_token}"},
+            json_body=self.snapshot(),
+        )
+        if response.status >= 400:
+            raise RuntimeError(f"control plane answered {response.status}: {response.text}")
         self.apply_answer(response.json())
 
     def apply_answer(self, answer: dict[str, Any]) -> None:
