@@ -48,6 +48,13 @@ def reachable_address(found: dict[str, Any], what: str) -> str | None:
     return str(private) if private else None
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background request's outcome as seen (its failure is reported by whoever
+    awaits it, or does not matter once the start failed)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Cluster(DaskCluster):
     """Create a cluster, or reconnect to the active one named ``name``.
 
@@ -283,8 +290,17 @@ class Cluster(DaskCluster):
                 record = await self._api.create_cluster(self._spec)
                 created = True
             self._set_record(record)
-            record = await self._wait_until_ready()
-            creds = await self._api.credentials(record["id"])
+            # The cluster's CA and client certificate exist from its creation: fetched
+            # while it starts, not after (one request less between ready and connected).
+            certificates = asyncio.ensure_future(self._api.credentials(record["id"]))
+            certificates.add_done_callback(_retrieve)
+            try:
+                record = await self._wait_until_ready()
+                creds = await certificates
+            finally:
+                certificates.cancel()
+            if not reachable_address(record, "scheduler"):
+                creds = await self._api.credentials(record["id"])  # a record from before
             self._dashboard_token = creds.get("dashboard_token")
             self._ca_pem = str(creds["ca_cert"])
             self.security = Security(
@@ -294,7 +310,7 @@ class Cluster(DaskCluster):
                 tls_client_key=creds["client_key"],
             )
             self.scheduler_comm = rpc(
-                reachable_address(creds, "scheduler"),
+                reachable_address(record, "scheduler") or reachable_address(creds, "scheduler"),
                 connection_args=self.security.get_connection_args("client"),
             )
             await super()._start()
