@@ -45,7 +45,7 @@ READ_TIMEOUT = 3.0
 HELD = "fuzz-held"
 HELD_KEY = "fuzz-held-key"
 MIN_FUZZ_CASES = 1000
-FUZZ_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "30"))  # per route and mode
+FUZZ_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "20"))  # per route and mode
 
 
 @pytest.fixture(scope="module")
