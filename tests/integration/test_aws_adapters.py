@@ -327,6 +327,31 @@ def test_a_lapsed_lease_lets_a_new_loop_take_over_and_the_old_one_ends(
     assert orchestrator.leases.get(stored.id) is None
 
 
+def test_a_loop_near_five_minutes_hands_its_lease_to_a_successor(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, _ = loop_machine
+    orchestrator, clock, _, stored = loop_parts(url, loop_machine, tmp_path)
+    orchestrator.submit(stored.id)
+    first, token = take_task(url, queue)
+    answer(url, token, orchestrator.step(stored.id, first["loop"], lambda: result(False)))
+    first, token = take_task(url, queue)
+    clock.skew = orchestrator.hand_over_after  # the loop is 4 minutes old
+    step = orchestrator.step(stored.id, first["loop"], lambda: result(False))
+    assert step.done  # its execution ends before Express would stop it...
+    answer(url, token, step)
+    second, token = take_task(url, queue)  # ...and a successor goes on
+    assert second["loop"] != first["loop"]
+    assert orchestrator.leases.get(stored.id).loop == second["loop"]
+    assert orchestrator.running_clusters() == {stored.id}
+    step = orchestrator.step(stored.id, second["loop"], lambda: result(True))
+    assert step.done
+    answer(url, token, step)
+    wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "both loops to end")
+    assert [e["status"] for e in executions(url, machine_arn)] == ["SUCCEEDED", "SUCCEEDED"]
+    assert orchestrator.leases.get(stored.id) is None
+
+
 def test_a_start_that_fails_releases_the_lease(
     url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
 ) -> None:

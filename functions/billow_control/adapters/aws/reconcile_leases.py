@@ -12,6 +12,8 @@ read-modify-write:
   the caller wrote it.
 * ``renew``: ``until = now + lease_seconds`` and ``stepped``, only while ``loop`` holds it
   (lapsed or not: nobody else took it over).
+* ``hand_over``: give ``loop``'s lease to a successor loop (an execution near its
+  5 minutes starts the next one), only while ``loop`` holds it.
 * ``finish``: delete when ``loop`` holds it and ``again`` is unset; when ``again`` is set,
   clear it instead and say "one more step".
 * ``release``: delete when ``loop`` holds it (a loop that never started).
@@ -112,6 +114,26 @@ class LoopLeases:
             m.until.set(until),
             m.stepped.set(True),
             m.expires_at_epoch.set(int(until + FORGET_AFTER)),
+        ]
+        try:
+            m(cluster_id).update(actions=actions, condition=m.loop == loop)
+        except PynamoDBException as e:
+            if _lost(e):
+                return False
+            raise
+        return True
+
+    def hand_over(self, cluster_id: str, loop: str, successor: str) -> bool:
+        """Give ``loop``'s lease to ``successor`` (a fresh, live lease that has not
+        stepped); ``False`` when ``loop`` does not hold it."""
+        m, now = self.model, self.clock()
+        until = now + self.lease_seconds
+        actions: list[Action] = [
+            m.loop.set(successor),
+            m.until.set(until),
+            m.expires_at_epoch.set(int(until + FORGET_AFTER)),
+            m.again.remove(),
+            m.stepped.remove(),
         ]
         try:
             m(cluster_id).update(actions=actions, condition=m.loop == loop)

@@ -37,24 +37,31 @@ Instead, the contract:
   same path.
 * ``running_clusters()``: the clusters with a live lease (one Scan of a table that holds
   running loops only; see ``reconcile_leases``).
+* A loop outliving an execution: a step that is not done, of a loop older than
+  ``hand_over_after`` (240 s; the loop name carries its start), starts a successor
+  execution, hands it the lease (conditional on ``loop``) and reports done, so its own
+  execution ends before Express stops it. The handover is made by the reconcile function,
+  so it happens even when the execution was stopped while the step ran. If the start
+  fails, the lease goes back and the old loop goes on.
 
 Failure semantics. The state machine has no ``TimeoutSeconds`` (Express caps an execution
-at 300 s anyway). An execution stopped at 5 minutes, or lost, leaves a lease that lapses
-at most ``lease_seconds`` (330 s) after its last step; a submit in that window only sets
-``again`` on the dead loop. Once the lease lapses, the reaper's resync (every minute)
-finds the cluster active, unconverged and not in ``running_clusters`` and submits it: a
-new loop starts. The watchdog's start-timeout verdict (``core.convergence``,
+at 300 s anyway). An execution stopped at 5 minutes without a handover, or lost, leaves a
+lease that lapses at most ``lease_seconds`` (330 s) after its last step; a submit in that
+window only sets ``again`` on the dead loop. Once the lease lapses, the reaper's resync
+(every minute) finds the cluster active, unconverged and not in ``running_clusters`` and
+submits it: a new loop starts. The watchdog's start-timeout verdict (``core.convergence``,
 ``start_deadline_passed``) still bounds a bring-up: it fails a cluster not ready
 ``start_timeout`` after its creation and submits it, and a teardown loop follows, so
-a bring-up that keeps outliving executions ends failed, never pending forever. The
-worst case of a bring-up that needs more than 5 minutes of one execution is a pause of up
-to ``lease_seconds`` plus one reaper period. A duplicate run of one execution (at least
-once) steps under the same loop name: steps are idempotent and record writes are
-conditional on the record's version, so two steps at once cost a retry, nothing more.
+a bring-up that never converges ends failed, never pending forever. The worst case of a
+lost execution is a pause of up to ``lease_seconds`` plus one reaper period. A duplicate
+run of one execution (at least once) steps under the same loop name: steps are idempotent
+and record writes are conditional on the record's version, so two steps at once cost a
+retry, nothing more.
 
 What the tests on moto cannot show: moto runs an ``EXPRESS`` machine like a Standard one
-(exactly once, listable, no 5-minute stop), and does not enforce IAM; the 5-minute stop
-is simulated by stopping an execution, and at-least-once delivery is argued above.
+(exactly once, listable, no 5-minute stop), and does not enforce IAM. The tests simulate
+an execution stopped at 5 minutes by leaving its task unanswered and moving the leases'
+clock past its lease; at-least-once delivery is argued above, not shown.
 
 Steps of executions started without a ``loop`` (Standard executions running when the
 deployment was upgraded) run without a lease.
@@ -77,6 +84,7 @@ log = logging.getLogger(__name__)
 
 MAX_NAME = 80  # Step Functions execution names: 1..80 of [A-Za-z0-9_-]
 SUBMIT_ATTEMPTS = 5  # acquire / ask-again rounds against racing loops that end
+HAND_OVER_AFTER = 240.0  # Express stops an execution at 300 s
 
 
 def loop_name(cluster_id: str, now: float) -> str:
@@ -100,7 +108,10 @@ class StepFunctionsOrchestrator:
     leases
         The deployment's ``LoopLeases``.
     clock
-        Unix time in seconds, for loop names.
+        Unix time in seconds, for loop names and ages.
+    hand_over_after
+        Age of a loop (seconds) from which a step that is not done starts a successor
+        and hands it the lease, before Express stops the execution at 300 s.
     """
 
     def __init__(
@@ -110,6 +121,7 @@ class StepFunctionsOrchestrator:
         store: Store,
         leases: LoopLeases,
         clock: Callable[[], float] = time.time,
+        hand_over_after: float = HAND_OVER_AFTER,
     ) -> None:
         if not state_machine_arn:
             raise ValueError("state_machine_arn is required (BILLOW_STATE_MACHINE_ARN)")
@@ -118,6 +130,7 @@ class StepFunctionsOrchestrator:
         self.store = store
         self.leases = leases
         self.clock = clock
+        self.hand_over_after = hand_over_after
 
     def submit(self, cluster_id: str) -> None:
         """Start a loop for the cluster, or ask its live loop for one more step.
@@ -151,8 +164,12 @@ class StepFunctionsOrchestrator:
             status = record.status if record is not None else ClusterStatus.stopped
             return ReconcileResult(done=True, status=status)
         result = run()
-        if result.done and not self.leases.finish(cluster_id, loop):
-            return ReconcileResult(done=False, wait=0.0, status=result.status)
+        if result.done:
+            if not self.leases.finish(cluster_id, loop):
+                return ReconcileResult(done=False, wait=0.0, status=result.status)
+            return result
+        if self._age(loop) >= self.hand_over_after and self._hand_over(cluster_id, loop):
+            return ReconcileResult(done=True, status=result.status)
         return result
 
     def running_clusters(self) -> set[str]:
@@ -160,7 +177,30 @@ class StepFunctionsOrchestrator:
         than ``lease_seconds`` ago."""
         return self.leases.live()
 
-    def _start(self, cluster_id: str, loop: str) -> None:
+    def _age(self, loop: str) -> float:
+        """Seconds since ``loop`` was named (its name carries the time; see ``loop_name``);
+        0 for a name without one."""
+        try:
+            return self.clock() - int(loop.rsplit("-", 2)[-2]) / 1000
+        except (IndexError, ValueError):
+            return 0.0
+
+    def _hand_over(self, cluster_id: str, loop: str) -> bool:
+        """Start a successor of ``loop`` and give it the lease; ``False`` (``loop`` goes
+        on) when ``loop`` no longer holds the lease or the start fails."""
+        successor = loop_name(cluster_id, self.clock())
+        if not self.leases.hand_over(cluster_id, loop, successor):
+            return False
+        try:
+            self._start(cluster_id, successor, release=False)
+        except Exception:
+            log.exception("cluster %s: starting the successor of loop %s failed", cluster_id, loop)
+            self.leases.hand_over(cluster_id, successor, loop)
+            return False
+        log.info("cluster %s: loop %s handed over to %s", cluster_id, loop, successor)
+        return True
+
+    def _start(self, cluster_id: str, loop: str, release: bool = True) -> None:
         try:
             self.sfn.start_execution(
                 stateMachineArn=self.state_machine_arn,
@@ -168,6 +208,7 @@ class StepFunctionsOrchestrator:
                 input=json.dumps({"cluster_id": cluster_id, "loop": loop}),
             )
         except Exception:
-            self.leases.release(cluster_id, loop)
+            if release:
+                self.leases.release(cluster_id, loop)
             raise
         log.info("started loop %s", loop)
