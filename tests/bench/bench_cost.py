@@ -461,7 +461,8 @@ def report(usage: dict[str, Any], reaper_period: float, memory_mb: int) -> None:
     )
     real = express_cost(1, REAL_START_SECONDS)
     measured = express_cost(start_loops.count, start_loops.seconds)
-    extra_steps = max(0.0, REAL_START_SECONDS / SHIPPED_RECONCILE_INTERVAL - 6)
+    steps_here = start.invocations["reconcile"]
+    extra_steps = max(0.0, REAL_START_SECONDS / SHIPPED_RECONCILE_INTERVAL - steps_here)
     per_step = _per_reconcile(start)
     swapped = once - measured + real
     print(
@@ -473,7 +474,7 @@ def report(usage: dict[str, Any], reaper_period: float, memory_mb: int) -> None:
     for label, total in (
         ("that loop alone", swapped + steady_hour),
         (
-            f"and ~{extra_steps:.0f} more reconcile steps (one per "
+            f"that loop and ~{extra_steps:.0f} more reconcile steps (one per "
             f"{SHIPPED_RECONCILE_INTERVAL:.0f} s, ~${per_step:.7f} each here)",
             swapped + extra_steps * per_step + steady_hour,
         ),
