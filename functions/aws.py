@@ -4,8 +4,8 @@
 handler                invoked by
 =====================  ========================================================================
 ``api_handler``        the HTTP API (``ANY /v1/{proxy+}``): the shared powertools route table
-``reconcile_handler``  the lifecycle state machine: ``{"cluster_id", "action": "reconcile" |
-                       "fail", "error"?}`` -> ``{"done", "wait", "status"}``
+``reconcile_handler``  the lifecycle state machine: ``{"cluster_id", "loop", "action":
+                       "reconcile" | "fail", "error"?}`` -> ``{"done", "wait", "status"}``
 ``reaper_handler``     an EventBridge schedule, every minute: one watchdog pass
 ``events_handler``     ``billow.command`` events on the deployment's bus (``core.commands``)
 ``bootstrap_handler``  the deployer, directly (``lambda:InvokeFunction``, ``billow admin
@@ -111,19 +111,24 @@ def api_handler(event: dict, context: Any) -> dict:
 @logger.inject_lambda_context(correlation_id_path="cluster_id")
 @metrics.log_metrics
 def reconcile_handler(event: dict, context: Any) -> dict[str, Any]:
-    """One step of the state machine: ``reconcile`` moves the cluster toward its target;
-    ``fail`` records the caught error and starts the teardown. Infrastructure errors
-    raise: the state machine retries, then catches."""
+    """One step of the state machine's loop ``loop``, under its lease: ``reconcile`` moves
+    the cluster toward its target; ``fail`` records the caught error and starts the
+    teardown. Infrastructure errors raise: the state machine retries, then catches."""
     from billow_control.runtimes.aws import describe_error, step_output
 
     cluster_id, action = str(event["cluster_id"]), event.get("action", "reconcile")
-    logger.append_keys(cluster_id=cluster_id, action=action)
+    loop = str(event["loop"]) if event.get("loop") else None
+    logger.append_keys(cluster_id=cluster_id, action=action, loop=loop)
     lifecycle = runtime().plane.lifecycle
-    if action == "fail":
-        return step_output(lifecycle.abort(cluster_id, describe_error(event.get("error"))))
-    if action != "reconcile":
+    if action not in ("reconcile", "fail"):
         raise ValueError(f"unknown action {action!r}; expected 'reconcile' or 'fail'")
-    return step_output(lifecycle.reconcile(cluster_id))
+
+    def run() -> Any:
+        if action == "fail":
+            return lifecycle.abort(cluster_id, describe_error(event.get("error")))
+        return lifecycle.reconcile(cluster_id)
+
+    return step_output(runtime().step(cluster_id, loop, run))
 
 
 @traced

@@ -12,7 +12,10 @@ bill it:
 * DynamoDB (on demand): read and write request units, from the sizes of the items each
   call of the handlers reads or writes (1 RRU per 4 KB strongly consistent, half that
   eventually consistent; 1 WRU per 1 KB; transactions twice);
-* Step Functions (standard): state transitions, from the executions' own history;
+* Step Functions (Express): each execution ($1.00 per million) and its duration in
+  GB-seconds at the 64 MB minimum ($0.00001667 per GB-second), the duration rounded up to
+  100 ms and measured from the execution's start to its end as moto reports them (moto
+  runs an Express machine like a Standard one, so it can list them; AWS cannot);
 * EventBridge: events put.
 
 Phases: **start** (create to ready, the SDK's polling included), **steady** (the cluster
@@ -53,6 +56,8 @@ STEADY_INTERVAL = 2.0  # seconds, for the measurement window only
 STEADY_WINDOW = 12.0
 SHIPPED_STEADY_INTERVAL = 60.0  # billow.heartbeat-steady-interval
 GOAL_PER_CLUSTER_HOUR = 0.0005
+REAL_START_SECONDS = 60.0  # an EC2 bring-up, for the "what a real start costs" line
+SHIPPED_RECONCILE_INTERVAL = 5.0  # runtimes/aws.py AWS_DEFAULTS
 REAPER_CONTEXT = FakeLambdaContext("billow-reaper")
 PRICES = {  # USD, us-east-1 list prices
     "api_request": 1.00 / 1e6,  # HTTP API, first 300 million a month
@@ -60,7 +65,8 @@ PRICES = {  # USD, us-east-1 list prices
     "lambda_gb_second": 0.0000166667,  # x86
     "dynamodb_rru": 0.125 / 1e6,  # on demand, since November 2024
     "dynamodb_wru": 0.625 / 1e6,
-    "sfn_transition": 0.025 / 1000,  # standard workflows
+    "sfn_express_request": 1.00 / 1e6,  # Express workflows, per execution
+    "sfn_express_gb_second": 0.00001667,  # Express workflows, first 1,000 GB-hours
     "event": 1.00 / 1e6,  # EventBridge custom events
 }
 
@@ -74,7 +80,8 @@ class Usage:
     gb_seconds: float = 0.0
     rru: float = 0.0
     wru: float = 0.0
-    transitions: int = 0
+    executions: int = 0
+    execution_gb_seconds: float = 0.0
     events: int = 0
     calls: Counter = field(default_factory=Counter)
     routes: Counter = field(default_factory=Counter)
@@ -86,7 +93,9 @@ class Usage:
             "Lambda GB-seconds": self.gb_seconds * PRICES["lambda_gb_second"],
             "DynamoDB reads": self.rru * PRICES["dynamodb_rru"],
             "DynamoDB writes": self.wru * PRICES["dynamodb_wru"],
-            "Step Functions transitions": self.transitions * PRICES["sfn_transition"],
+            "Step Functions Express requests": self.executions * PRICES["sfn_express_request"],
+            "Step Functions Express GB-seconds": self.execution_gb_seconds
+            * PRICES["sfn_express_gb_second"],
             "EventBridge events": self.events * PRICES["event"],
         }
 
@@ -100,7 +109,8 @@ class Usage:
             gb_seconds=self.gb_seconds * factor,
             rru=self.rru * factor,
             wru=self.wru * factor,
-            transitions=round(self.transitions * factor),
+            executions=round(self.executions * factor),
+            execution_gb_seconds=self.execution_gb_seconds * factor,
             events=round(self.events * factor),
         )
 
@@ -111,7 +121,8 @@ class Usage:
             gb_seconds=max(0.0, self.gb_seconds - other.gb_seconds),
             rru=max(0.0, self.rru - other.rru),
             wru=max(0.0, self.wru - other.wru),
-            transitions=self.transitions - other.transitions,
+            executions=self.executions - other.executions,
+            execution_gb_seconds=max(0.0, self.execution_gb_seconds - other.execution_gb_seconds),
             events=self.events - other.events,
         )
 
@@ -120,7 +131,8 @@ class Usage:
         return (
             f"{self.api_requests} API requests; Lambda {invocations or 'none'} "
             f"({self.gb_seconds:.3f} GB-s); DynamoDB {self.rru:.1f} RRU, {self.wru:.1f} WRU; "
-            f"{self.transitions} state transitions; {self.events} events"
+            f"{self.executions} Express executions ({self.execution_gb_seconds:.3f} GB-s); "
+            f"{self.events} events"
         )
 
 
@@ -210,7 +222,8 @@ class Meter:
             u = self.usage
             return Usage(
                 u.api_requests, Counter(u.invocations), u.gb_seconds, u.rru, u.wru,
-                u.transitions, u.events, Counter(u.calls), Counter(u.routes),
+                u.executions, u.execution_gb_seconds, u.events, Counter(u.calls),
+                Counter(u.routes),
             )  # fmt: skip
 
     def _account(self, service: str, op: str, params: dict, response: dict) -> None:
@@ -246,22 +259,40 @@ class Meter:
                     put = request.get("PutRequest", {}).get("Item")
                     u.wru += write_units(item_bytes(put or {}))
 
-    def add_transitions(self, n: int) -> None:
-        with self._lock:
-            self.usage.transitions += n
+
+EXPRESS_MEMORY_GB = 64 / 1024  # Express bills memory in 64 MB steps; the loop's state is tiny
 
 
-def state_transitions(sfn: Any, machine_arn: str, cluster_id: str) -> int:
-    """State transitions of a cluster's executions, from their history (each state entered
-    is one billed transition)."""
-    total = 0
-    executions = sfn.list_executions(stateMachineArn=machine_arn)["executions"]
-    for execution in executions:
-        if not execution["name"].startswith(f"{cluster_id}-"):
-            continue
-        events = sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
-        total += sum(1 for e in events if e["type"].endswith("StateEntered"))
-    return total
+@dataclass
+class Loops:
+    """A cluster's Express executions as moto reports them: how many, and their billed
+    duration in seconds (each rounded up to 100 ms)."""
+
+    count: int
+    seconds: float
+
+    def usage(self) -> Usage:
+        return Usage(executions=self.count, execution_gb_seconds=self.seconds * EXPRESS_MEMORY_GB)
+
+    def minus(self, other: Loops) -> Loops:
+        return Loops(self.count - other.count, self.seconds - other.seconds)
+
+
+def express_loops(sfn: Any, machine_arn: str, cluster_id: str) -> Loops:
+    """The cluster's finished executions and their durations, start to stop."""
+    count, seconds = 0, 0.0
+    wait_until(lambda: not _of(sfn, machine_arn, cluster_id, "RUNNING"), 60, "the loops to finish")
+    for execution in _of(sfn, machine_arn, cluster_id):
+        count += 1
+        elapsed = (execution["stopDate"] - execution["startDate"]).total_seconds()
+        seconds += math.ceil(elapsed * 10) / 10
+    return Loops(count, seconds)
+
+
+def _of(sfn: Any, machine_arn: str, cluster_id: str, status: str | None = None) -> list[dict]:
+    kwargs = {"statusFilter": status} if status else {}
+    found = sfn.list_executions(stateMachineArn=machine_arn, **kwargs)["executions"]
+    return [e for e in found if e["name"].startswith(f"{cluster_id}-")]
 
 
 def serverless_settings() -> tuple[int, float]:
@@ -323,7 +354,7 @@ def main() -> int:
                         gateway.url,
                         token,
                         reaper,
-                        lambda cid: state_transitions(sfn, deployment.state_machine_arn, cid),
+                        lambda cid: express_loops(sfn, deployment.state_machine_arn, cid),
                     )
                 finally:
                     runner.stop()
@@ -337,7 +368,7 @@ def main() -> int:
 
 
 def run_cluster(
-    meter: Meter, url: str, token: str, reaper: Callable, transitions: Callable[[str], int]
+    meter: Meter, url: str, token: str, reaper: Callable, loops: Callable[[str], Loops]
 ) -> dict[str, Any]:
     """Start, hold, reap and stop one cluster; the usage of each phase."""
     with meter.phase() as idle_pass:
@@ -347,7 +378,8 @@ def run_cluster(
             n_workers=2, name="cost", server=url, token=token, show_progress=False, timeout=180
         )
     assert cluster.cluster_id is not None
-    start.transitions = transitions(cluster.cluster_id)
+    start_loops = loops(cluster.cluster_id)
+    _add(start, start_loops.usage())
     try:
         with meter.phase() as steady:
             time.sleep(STEADY_WINDOW)
@@ -357,8 +389,11 @@ def run_cluster(
         with meter.phase() as stop:
             cluster.close()
             wait_until(lambda: cluster.record.get("status") == "stopped", 120, "stopped")
-    stop.transitions = transitions(cluster.cluster_id) - start.transitions
+    stop_loops = loops(cluster.cluster_id).minus(start_loops)
+    _add(stop, stop_loops.usage())
     return {
+        "start_loops": start_loops,
+        "stop_loops": stop_loops,
         "start": start,
         "steady": steady,
         "idle_pass": idle_pass,
@@ -367,7 +402,19 @@ def run_cluster(
     }
 
 
-def report(usage: dict[str, Usage], reaper_period: float, memory_mb: int) -> None:
+def _add(phase: Usage, loops: Usage) -> None:
+    phase.executions += loops.executions
+    phase.execution_gb_seconds += loops.execution_gb_seconds
+
+
+def express_cost(count: int, seconds: float) -> float:
+    return (
+        count * PRICES["sfn_express_request"]
+        + seconds * EXPRESS_MEMORY_GB * PRICES["sfn_express_gb_second"]
+    )
+
+
+def report(usage: dict[str, Any], reaper_period: float, memory_mb: int) -> None:
     start, stop, steady = usage["start"], usage["stop"], usage["steady"]
     beats = steady.invocations["api"]
     per_beat = steady.scaled(1 / max(beats, 1))
@@ -407,6 +454,36 @@ def report(usage: dict[str, Usage], reaper_period: float, memory_mb: int) -> Non
             f"${steady_hour:.6f} = ${total:.6f}; ratio to goal "
             f"{total / GOAL_PER_CLUSTER_HOUR:.2f}x  (goal <= ${GOAL_PER_CLUSTER_HOUR}: {verdict})"
         )
+    start_loops, stop_loops = usage["start_loops"], usage["stop_loops"]
+    print(
+        f"  Express loops as moto ran them: start {start_loops.count} execution(s), "
+        f"{start_loops.seconds:.1f} s; stop {stop_loops.count}, {stop_loops.seconds:.1f} s"
+    )
+    real = express_cost(1, REAL_START_SECONDS)
+    measured = express_cost(start_loops.count, start_loops.seconds)
+    steps_here = start.invocations["reconcile"]
+    extra_steps = max(0.0, REAL_START_SECONDS / SHIPPED_RECONCILE_INTERVAL - steps_here)
+    per_step = _per_reconcile(start)
+    swapped = once - measured + real
+    print(
+        f"    moto's loop is not EC2's: instances here boot in seconds on this machine, the "
+        f"loop polls every 0.5 s and moto never stops an execution at 5 minutes. The loop "
+        f"of a real {REAL_START_SECONDS:.0f} s start is one execution of "
+        f"{REAL_START_SECONDS:.0f} s at 64 MB = ${real:.7f} (here ${measured:.7f})"
+    )
+    for label, total in (
+        ("that loop alone", swapped + steady_hour),
+        (
+            f"that loop and ~{extra_steps:.0f} more reconcile steps (one per "
+            f"{SHIPPED_RECONCILE_INTERVAL:.0f} s, ~${per_step:.7f} each here)",
+            swapped + extra_steps * per_step + steady_hour,
+        ),
+    ):
+        print(
+            f"    a 1 h cluster with {label}: ${total:.6f}; ratio to goal "
+            f"{total / GOAL_PER_CLUSTER_HOUR:.2f}x (the SDK's and waiting workers' extra "
+            f"looks during a longer boot not counted)"
+        )
     idle = usage["idle_pass"]
     month = idle.scaled(30 * 86400 / reaper_period)
     print(
@@ -417,6 +494,15 @@ def report(usage: dict[str, Usage], reaper_period: float, memory_mb: int) -> Non
         "  for scale: Coiled charges $0.05 per CPU-hour; a 3 x 2-vCPU cluster-hour is 6 "
         "CPU-hours = $0.30"
     )
+
+
+def _per_reconcile(u: Usage) -> float:
+    """What one reconcile step costs, roughly: the phase's Lambda and DynamoDB cost per
+    invocation, API requests and reconcile steps alike (no per-function split is kept)."""
+    calls = sum(u.invocations.values()) or 1
+    lambda_cost = u.cost()["Lambda requests"] + u.cost()["Lambda GB-seconds"]
+    dynamo = u.cost()["DynamoDB reads"] + u.cost()["DynamoDB writes"]
+    return (lambda_cost + dynamo) / calls
 
 
 def _terms(u: Usage) -> str:

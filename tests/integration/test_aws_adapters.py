@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +25,23 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 
+from billow_control.adapters.aws.dynamodb.items import LoopItem, bind_models
 from billow_control.adapters.aws.eventbridge_bus import EventBridgeBus
 from billow_control.adapters.aws.kms_box import KmsSecretBox
+from billow_control.adapters.aws.reconcile_leases import LoopLeases
 from billow_control.adapters.aws.s3_object_store import S3ObjectStore
 from billow_control.adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
 from billow_control.adapters.envelope import ENVELOPE
 from billow_control.adapters.local.sqlite_store import SqliteStore
-from billow_control.core.models import ClusterRecord, ClusterRequest, ClusterStatus, new_id
-from tests.support.aws import SQS_TASK, client
+from billow_control.core.models import (
+    ClusterRecord,
+    ClusterRequest,
+    ClusterStatus,
+    ReconcileResult,
+    new_id,
+)
+from billow_control.runtimes.aws import step_output
+from tests.support.aws import client, lifecycle_on_sqs
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -143,84 +153,221 @@ def test_a_missing_bus_never_fails_the_caller(url: str) -> None:
 # -- Step Functions ---------------------------------------------------------------------------
 
 
+class Clock:
+    """Unix time, which a test can move forward (as an execution killed at 5 minutes
+    lets its lease lapse)."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.skew
+
+
 @pytest.fixture
-def callback_machine(url: str) -> Iterator[tuple[str, str]]:
-    """A state machine whose one task waits for an answer on SQS: RUNNING until answered."""
-    name = f"hold-{uuid.uuid4().hex[:6]}"
+def loop_machine(url: str) -> Iterator[tuple[str, str, type[LoopItem]]]:
+    """The real lifecycle ASL as an EXPRESS machine whose tasks wait on an SQS queue (the
+    test answers them), and a fresh ``reconcile-loops`` table: (ARN, queue, item class)."""
+    name = f"loop-{uuid.uuid4().hex[:8]}"
     queue = client(url, "sqs").create_queue(QueueName=name)["QueueUrl"]
-    definition = {
-        "StartAt": "Hold",
-        "States": {
-            "Hold": {
-                "Type": "Task",
-                "Resource": SQS_TASK,
-                "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
-                "End": True,
-            }
-        },
-    }
     arn = client(url, "stepfunctions").create_state_machine(
         name=name,
-        definition=json.dumps(definition),
+        definition=lifecycle_on_sqs(queue),
         roleArn="arn:aws:iam::123456789012:role/x",
+        type="EXPRESS",
     )["stateMachineArn"]
-    yield arn, queue
+    model = bind_models(f"{name}-", "us-east-1", url).loop
+    model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")
+    try:
+        yield arn, queue, model
+    finally:
+        model.delete_table()
 
 
-def release_all(url: str, queue: str, expected: int) -> None:
-    sqs, sfn = client(url, "sqs"), client(url, "stepfunctions")
-    released = 0
+def take_task(url: str, queue: str) -> tuple[dict[str, Any], str]:
+    """The next Reconcile/MarkFailed task of the machine: (its payload, its token)."""
+    sqs, found = client(url, "sqs"), []
 
-    def release() -> bool:
-        nonlocal released
-        for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+    def receive() -> bool:
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=1)
+        for m in messages.get("Messages", []):
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
-            sfn.send_task_success(taskToken=json.loads(m["Body"])["token"], output="{}")
-            released += 1
-        return released >= expected
+            found.append(json.loads(m["Body"]))
+        return bool(found)
 
-    wait_until(release, 20, f"{expected} task(s) to release")
+    wait_until(receive, 20, "a task of the loop")
+    return found[0]["payload"], found[0]["token"]
 
 
-def test_one_execution_per_cluster_and_one_per_change(
-    url: str, callback_machine: tuple[str, str], tmp_path: Path
-) -> None:
-    machine, queue = callback_machine
-    sfn = client(url, "stepfunctions")
+def answer(url: str, token: str, result: ReconcileResult) -> None:
+    client(url, "stepfunctions").send_task_success(
+        taskToken=token, output=json.dumps(step_output(result))
+    )
+
+
+def result(done: bool, status: ClusterStatus = ClusterStatus.provisioning) -> ReconcileResult:
+    """What a reconcile step reports (the lifecycle behind the loop is not under test)."""
+    return ReconcileResult(done=done, wait=0, status=status)
+
+
+def loop_parts(
+    url: str, machine: tuple[str, str, type[LoopItem]], tmp_path: Path, arn: str | None = None
+) -> tuple[StepFunctionsOrchestrator, Clock, SqliteStore, ClusterRecord]:
+    machine_arn, _, model = machine
+    clock = Clock()
     store = SqliteStore(tmp_path / "billow.db")
     stored, _ = store.create_cluster(record(), None, "h")
-    orchestrator = StepFunctionsOrchestrator(sfn, machine, store)
+    leases = LoopLeases(model, clock=clock)
+    sfn = client(url, "stepfunctions")
+    return (
+        StepFunctionsOrchestrator(sfn, arn or machine_arn, store, leases, clock),
+        clock,
+        store,
+        stored,
+    )
 
-    def executions(status: str | None = None) -> list[tuple[str, str]]:
-        kwargs = {"statusFilter": status} if status else {}
-        found = sfn.list_executions(stateMachineArn=machine, **kwargs)["executions"]
-        return sorted((e["name"], e["status"]) for e in found)
 
-    threads = [threading.Thread(target=orchestrator.submit, args=(stored.id,)) for _ in range(8)]
+def executions(url: str, machine_arn: str, status: str | None = None) -> list[dict[str, Any]]:
+    kwargs = {"statusFilter": status} if status else {}
+    sfn = client(url, "stepfunctions")
+    return sfn.list_executions(stateMachineArn=machine_arn, **kwargs)["executions"]
+
+
+def test_twenty_racing_submits_start_one_loop_that_ends_when_done(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, _ = loop_machine
+    orchestrator, _, _, stored = loop_parts(url, loop_machine, tmp_path)
+    barrier = threading.Barrier(20)
+
+    def submit() -> None:
+        barrier.wait()
+        orchestrator.submit(stored.id)
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    orchestrator.submit(stored.id)
-    assert executions() == [(f"{stored.id}-v0", "RUNNING")]
+    (running,) = executions(url, machine_arn)
+    lease = orchestrator.leases.get(stored.id)
+    assert lease is not None and lease.loop == running["name"]
+    assert running["name"].startswith(f"{stored.id}-")
     assert orchestrator.running_clusters() == {stored.id}
 
-    release_all(url, queue, 1)
-    wait_until(lambda: not executions("RUNNING"), 10, "execution done")
-    orchestrator.submit(stored.id)  # no change since, but asked again: a follow-up runs
-    (follow_up,) = [n for n, s in executions() if s == "RUNNING"]
-    assert follow_up.startswith(f"{stored.id}-v0-r")
-
-    release_all(url, queue, 1)
-    wait_until(lambda: not executions("RUNNING"), 10, "follow-up done")
-    stored.desired_workers = 2
-    store.update_cluster(stored)
-    orchestrator.submit(stored.id)
-    assert (f"{stored.id}-v1", "RUNNING") in executions()
-    release_all(url, queue, 1)
+    payload, token = take_task(url, queue)
+    assert payload == {"cluster_id": stored.id, "loop": lease.loop, "action": "reconcile"}
+    # The racers came before the loop's first step, which reads what they wrote: no
+    # extra step is owed, so "done" ends the execution and releases the lease.
+    step = orchestrator.step(stored.id, payload["loop"], lambda: result(True, ClusterStatus.ready))
+    assert step.done
+    answer(url, token, step)
+    wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "the loop to end")
+    assert [e["status"] for e in executions(url, machine_arn)] == ["SUCCEEDED"]
+    assert orchestrator.leases.get(stored.id) is None
+    assert orchestrator.running_clusters() == set()
 
     orchestrator.submit("c-0000000000000000")  # unknown: nothing to drive
-    assert len(executions()) == 3
+    assert len(executions(url, machine_arn)) == 1
+
+
+def test_a_submit_during_a_loop_buys_it_one_more_step(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, _ = loop_machine
+    orchestrator, _, _, stored = loop_parts(url, loop_machine, tmp_path)
+    orchestrator.submit(stored.id)
+    payload, token = take_task(url, queue)
+    answer(url, token, orchestrator.step(stored.id, payload["loop"], lambda: result(False)))
+
+    orchestrator.submit(stored.id)  # e.g. a scale, written while the loop runs
+    assert len(executions(url, machine_arn)) == 1  # no second loop...
+    payload, token = take_task(url, queue)
+    step = orchestrator.step(stored.id, payload["loop"], lambda: result(True))
+    assert not step.done and step.wait == 0  # ...but one more step after "done"
+    answer(url, token, step)
+    payload, token = take_task(url, queue)
+    step = orchestrator.step(stored.id, payload["loop"], lambda: result(True))
+    assert step.done
+    answer(url, token, step)
+    wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "the loop to end")
+    assert orchestrator.leases.get(stored.id) is None
+
+    orchestrator.submit(stored.id)  # after the loop ended: a new one
+    assert len(executions(url, machine_arn, "RUNNING")) == 1
+    payload, token = take_task(url, queue)
+    answer(url, token, orchestrator.step(stored.id, payload["loop"], lambda: result(True)))
+
+
+def test_a_lapsed_lease_lets_a_new_loop_take_over_and_the_old_one_ends(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, _ = loop_machine
+    orchestrator, clock, _, stored = loop_parts(url, loop_machine, tmp_path)
+    orchestrator.submit(stored.id)
+    old, old_token = take_task(url, queue)
+    # The old execution is "killed at 5 minutes": nobody answers its task, and time
+    # passes beyond its lease.
+    clock.skew = orchestrator.leases.lease_seconds + 1
+    assert orchestrator.running_clusters() == set()
+    orchestrator.submit(stored.id)  # what the reaper's resync does for it
+    assert len(executions(url, machine_arn, "RUNNING")) == 2
+    new, new_token = take_task(url, queue)
+    assert new["loop"] != old["loop"]
+    assert orchestrator.running_clusters() == {stored.id}
+
+    ran: list[str] = []
+    stale = orchestrator.step(stored.id, old["loop"], lambda: ran.append("old") or result(False))
+    assert stale.done and ran == []  # superseded: runs nothing and ends its execution
+    answer(url, old_token, stale)
+    fresh = orchestrator.step(stored.id, new["loop"], lambda: ran.append("new") or result(True))
+    assert fresh.done and ran == ["new"]
+    answer(url, new_token, fresh)
+    wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "both loops to end")
+    assert orchestrator.leases.get(stored.id) is None
+
+
+def test_a_loop_near_five_minutes_hands_its_lease_to_a_successor(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, _ = loop_machine
+    orchestrator, clock, _, stored = loop_parts(url, loop_machine, tmp_path)
+    orchestrator.submit(stored.id)
+    first, token = take_task(url, queue)
+    answer(url, token, orchestrator.step(stored.id, first["loop"], lambda: result(False)))
+    first, token = take_task(url, queue)
+    clock.skew = orchestrator.hand_over_after  # the loop is 4 minutes old
+    step = orchestrator.step(stored.id, first["loop"], lambda: result(False))
+    assert step.done  # its execution ends before Express would stop it...
+    answer(url, token, step)
+    second, token = take_task(url, queue)  # ...and a successor goes on
+    assert second["loop"] != first["loop"]
+    assert orchestrator.leases.get(stored.id).loop == second["loop"]
+    assert orchestrator.running_clusters() == {stored.id}
+    step = orchestrator.step(stored.id, second["loop"], lambda: result(True))
+    assert step.done
+    answer(url, token, step)
+    wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "both loops to end")
+    assert [e["status"] for e in executions(url, machine_arn)] == ["SUCCEEDED", "SUCCEEDED"]
+    assert orchestrator.leases.get(stored.id) is None
+
+
+def test_a_start_that_fails_releases_the_lease(
+    url: str, loop_machine: tuple[str, str, type[LoopItem]], tmp_path: Path
+) -> None:
+    machine_arn, queue, model = loop_machine
+    missing = machine_arn.rsplit(":", 1)[0] + ":no-such-machine"
+    broken, _, store, stored = loop_parts(url, loop_machine, tmp_path, arn=missing)
+    with pytest.raises(ClientError):
+        broken.submit(stored.id)
+    assert broken.leases.get(stored.id) is None  # not left blocking the next submit
+    working = StepFunctionsOrchestrator(
+        client(url, "stepfunctions"), machine_arn, store, LoopLeases(model)
+    )
+    working.submit(stored.id)
+    assert len(executions(url, machine_arn, "RUNNING")) == 1
+    payload, token = take_task(url, queue)
+    answer(url, token, working.step(stored.id, payload["loop"], lambda: result(True)))
 
 
 # -- S3 object store --------------------------------------------------------------------------

@@ -75,22 +75,40 @@ def test_fail_action_records_the_caught_error_and_starts_teardown(rt: AwsRuntime
     assert again["done"] is True  # a retried MarkFailed changes nothing
 
 
-def test_the_reaper_resubmits_clusters_that_are_not_converging(
+def test_the_reaper_restarts_a_dead_loop_once_its_lease_lapses_and_the_old_loop_ends(
     rt: AwsRuntime, deployment: Deployment
 ) -> None:
+    """The no-op machine ends each execution without a step, as Express stops one at 5
+    minutes: the loop is dead, its lease still live until it lapses."""
     user, _ = rt.plane.create_user("stuck")
     cluster, _ = rt.plane.create_cluster(user, ClusterRequest(n_workers=1), None)
     sfn = client(deployment.url, "stepfunctions")
+    leases = rt.ports.orchestrator.leases  # type: ignore[attr-defined]
 
     def executions() -> list[str]:
         found = sfn.list_executions(stateMachineArn=deployment.state_machine_arn)["executions"]
         return [e["name"] for e in found if e["name"].startswith(cluster["id"])]
 
     wait_until(lambda: len(executions()) == 1, 10, "the create's execution")
+    old_loop = leases.get(cluster["id"]).loop
     summary = aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
-    # The no-op machine ended without reconciling, as a lost wake-up would leave it.
-    assert cluster["id"] in summary["resubmitted"]
-    assert len(executions()) == 2
+    assert summary["resubmitted"] == [] and len(executions()) == 1  # the lease is live
+
+    real_clock = leases.clock
+    leases.clock = lambda: real_clock() + leases.lease_seconds + 1  # ... and now it lapsed
+    try:
+        summary = aws.reaper_handler({}, FakeLambdaContext("billow-reaper"))
+        assert cluster["id"] in summary["resubmitted"]
+        assert len(executions()) == 2
+        new_loop = leases.get(cluster["id"]).loop
+        assert new_loop != old_loop
+        # A late step of the old loop (a retry that outlived its execution) ends it.
+        step = {"cluster_id": cluster["id"], "loop": old_loop, "action": "reconcile"}
+        output = aws.reconcile_handler(step, FakeLambdaContext("billow-reconcile"))
+        assert output["done"] is True and output["status"] == "pending"
+        assert leases.get(cluster["id"]).loop == new_loop  # untouched
+    finally:
+        leases.clock = real_clock
 
 
 def test_an_api_request_builds_only_the_adapters_it_needs(rt: AwsRuntime) -> None:

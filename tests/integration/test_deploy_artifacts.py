@@ -280,8 +280,6 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
         "kms:Decrypt",
         "kms:GenerateDataKey",  # envelopes of secrets above 4 KiB (adapters/aws/kms_box.py)
         "states:StartExecution",
-        "states:ListExecutions",
-        "states:DescribeExecution",
         "events:PutEvents",
         "ec2:DescribeInstances",  # cluster logs list the cluster's instances
         "ec2:DescribeInstanceTypes",  # a create no machine fits is a 422; /v1/instance-types
@@ -303,10 +301,12 @@ def test_roles_grant_what_each_function_needs(template: dict[str, Any]) -> None:
         "ec2:DeleteLaunchTemplate",
         "ec2:DeleteSecurityGroup",
         "states:StartExecution",
-        "states:ListExecutions",
         "events:PutEvents",
     } <= actions("reaper")
     assert {"dynamodb:UpdateItem", "states:StartExecution"} <= actions("events")
+    # Express executions cannot be listed or described; the loop's lease replaces both.
+    for name in FUNCTIONS:
+        assert not {"states:ListExecutions", "states:DescribeExecution"} & actions(name), name
     assert not actions("events") & {"ec2:RunInstances", "ec2:TerminateInstances", "kms:Decrypt"}
     assert "ec2:RunInstances" not in actions("api")
     # The reaper launches warm-pool instances (tagged with this deployment, like every
@@ -425,8 +425,9 @@ def test_tables_are_the_ones_the_store_uses(template: dict[str, Any]) -> None:
             assert ttl == {"AttributeName": "expires_at_epoch", "Enabled": True}, name
         else:
             assert ttl is None, name
+    expiring = ("clusters", "cluster-keys", "instance-credentials", "reconcile-loops")
     assert {n for n, t in tables.items() if "TimeToLiveSpecification" in t["Properties"]} == {
-        f"billow-{STAGE}-{s}" for s in ("clusters", "cluster-keys", "instance-credentials")
+        f"billow-{STAGE}-{s}" for s in expiring
     } | {idempotency}
     idem = tables[idempotency]["Properties"]
     assert idem["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
@@ -571,18 +572,37 @@ def test_secrets_key_rotates_and_has_an_alias(template: dict[str, Any]) -> None:
     }
 
 
-def test_state_machine_retries_lambda_errors_and_times_out(template: dict[str, Any]) -> None:
+def test_state_machine_is_an_express_loop_that_retries_lambda_errors(
+    template: dict[str, Any],
+) -> None:
     definition = _state_machine_definition(template)
     (machine,) = _resources(template, "AWS::StepFunctions::StateMachine").values()
-    substitutions = machine["Properties"]["DefinitionString"]["Fn::Sub"][1]
+    props = machine["Properties"]
+    substitutions = props["DefinitionString"]["Fn::Sub"][1]
     reconcile_arn = {
         "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
         f":function:billow-{STAGE}-reconcile"
     }
-    assert definition["TimeoutSeconds"] == 600
+    # Express: billed per execution and duration; no history, so errors go to a log group.
+    assert props["StateMachineType"] == "EXPRESS"
+    assert props["StateMachineName"] == f"billow-{STAGE}-cluster-loop"
+    logging_config = props["LoggingConfiguration"]
+    assert logging_config["Level"] == "ERROR"
+    assert logging_config["IncludeExecutionData"] is False
+    [destination] = logging_config["Destinations"]
+    group_id = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    assert template["Resources"][group_id]["Properties"]["RetentionInDays"] == 14
+    role_id = props["RoleArn"]["Fn::GetAtt"][0]
+    role_actions = {a for s in _statements(template["Resources"][role_id]) for a in _actions(s)}
+    assert {"lambda:InvokeFunction", "logs:CreateLogDelivery"} <= role_actions
+    # Express stops an execution at 5 minutes; the reaper's resync, not a timeout,
+    # restarts a loop that outlived it.
+    assert "TimeoutSeconds" not in definition
     tasks = {n: s for n, s in definition["States"].items() if s["Type"] == "Task"}
     assert {"Reconcile", "MarkFailed", "Teardown"} <= set(tasks)
     for name, task in tasks.items():
+        # Each step names its loop: the reconcile function renews that loop's lease.
+        assert task["Parameters"]["loop.$"] == "$.loop", name
         lambda_retry = [r for r in task["Retry"] if set(r["ErrorEquals"]) == LAMBDA_RETRY_ERRORS]
         assert lambda_retry, f"{name} does not retry {LAMBDA_RETRY_ERRORS}"
         assert lambda_retry[0]["BackoffRate"] == 2

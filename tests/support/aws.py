@@ -5,7 +5,9 @@ for the Lambda service, and an instance runner standing in for EC2 booting insta
 What moto does not do, and what each harness here does in its place:
 
 * Lambda tasks of a state machine cannot run our code: ``lifecycle_on_sqs`` rewrites every
-  Task of the real ASL to ``sqs:sendMessage.waitForTaskToken``; ``TaskPoller`` receives
+  Task of the real ASL to ``sqs:sendMessage.waitForTaskToken`` (which real Express
+  workflows refuse; moto runs an ``EXPRESS`` machine like a Standard one: exactly once,
+  listable, describable, never stopped at 5 minutes); ``TaskPoller`` receives
   those messages, calls ``functions.aws.reconcile_handler`` with the task's payload, and
   answers ``SendTaskSuccess`` with its return value or ``SendTaskFailure`` with the
   exception's type and message, as the Lambda service reports a function error.
@@ -161,6 +163,7 @@ class Deployment:
             name=f"{name}-lifecycle",
             definition=definition,
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}-lifecycle",
+            type="EXPRESS",  # as serverless.yml deploys it (moto runs it like a Standard one)
         )["stateMachineArn"]
         env_bucket = f"{name}-envs"
         client(url, "s3").create_bucket(Bucket=env_bucket)

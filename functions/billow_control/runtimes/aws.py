@@ -68,7 +68,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -90,8 +90,9 @@ __all__ = ["AwsRuntime", "ConfigError", "control_settings", "describe_error", "s
 
 log = logging.getLogger(__name__)
 
-# Step Functions bills every state transition: a bring-up of several minutes polled
-# every 5 s costs a few hundred transitions. Tests set BILLOW_RECONCILE_INTERVAL=1.
+# Every reconcile step is a Lambda invocation (and adds to the Express execution's billed
+# duration): a bring-up of several minutes polled every 5 s costs about a hundred steps.
+# Tests set BILLOW_RECONCILE_INTERVAL=1.
 AWS_DEFAULTS = {"reconcile_interval": 5.0, "poll_interval": 1.0}
 IDEMPOTENCY_TTL = timedelta(days=1)  # how long an Idempotency-Key names its create
 EC2_VARIABLES = {
@@ -290,9 +291,13 @@ class AwsRuntime:
             return EC2MachineCatalog(clients.ec2, ec2_config.instance_types)
 
         def orchestrator() -> Any:
+            from ..adapters.aws.reconcile_leases import LoopLeases
             from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
 
-            return StepFunctionsOrchestrator(clients.stepfunctions, machine_arn, ports.store)
+            leases = LoopLeases(ports.store.models.loop)  # type: ignore[attr-defined]
+            return StepFunctionsOrchestrator(
+                clients.stepfunctions, machine_arn, ports.store, leases
+            )
 
         def events() -> EventBus:
             from ..adapters.aws.eventbridge_bus import EventBridgeBus
@@ -327,6 +332,19 @@ class AwsRuntime:
             settings=settings,
         )
         return cls(env, settings, clients, ports, ControlPlane(ports))
+
+    def step(
+        self, cluster_id: str, loop: str | None, run: Callable[[], ReconcileResult]
+    ) -> ReconcileResult:
+        """One step of the state machine's loop ``loop`` under its lease
+        (``StepFunctionsOrchestrator.step``); without a loop (an execution started
+        before loops had leases), ``run`` alone."""
+        from ..adapters.aws.sfn_orchestrator import StepFunctionsOrchestrator
+
+        orchestrator = self.ports.orchestrator
+        if loop is None or not isinstance(orchestrator, StepFunctionsOrchestrator):
+            return run()
+        return orchestrator.step(cluster_id, loop, run)
 
 
 def describe_error(error: Any) -> str:

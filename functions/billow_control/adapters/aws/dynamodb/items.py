@@ -25,6 +25,9 @@ table (suffix)              key                             holds
                                                             ``rev#<name>#<revision>``: each
                                                             revision (zero-padded, immutable)
 ``teams``                   ``name``                        teams (``Team`` as JSON in ``doc``)
+``reconcile-loops``         ``cluster_id``                  the lease of the loop driving a
+                                                            cluster (``adapters/aws/
+                                                            reconcile_leases.py``)
 ``usage``                   ``instance_id``                 one ``UsageRecord`` per instance in
                                                             ``doc``; ``month#<YYYY-MM>``: the
                                                             mark of a closed month
@@ -52,9 +55,10 @@ that conditions and indexes need:
   so listing active clusters, of one owner (Query) or of everyone (Scan of the index),
   never reads a finished one.
 
-Time to live: finished cluster items, idempotency items and instance credentials carry
-``expires_at_epoch`` (Number, Unix seconds). The store only writes the attribute; TTL on
-it for the ``clusters``, ``cluster-keys`` and ``instance-credentials`` tables is enabled
+Time to live: finished cluster items, idempotency items, instance credentials and loop
+leases carry ``expires_at_epoch`` (Number, Unix seconds). The store only writes the
+attribute; TTL on it for the ``clusters``, ``cluster-keys``, ``instance-credentials`` and
+``reconcile-loops`` tables is enabled
 by ``infra/aws/tables.yml``. Heartbeats, secrets and tokens of finished clusters do not
 expire.
 
@@ -193,6 +197,20 @@ class EnvironmentItem(Model):
     doc = UnicodeAttribute()
 
 
+class LoopItem(Model):
+    """The lease of the reconcile loop (Step Functions execution) driving one cluster:
+    ``loop`` names it, ``until`` (Unix seconds) is when it lapses, ``again`` asks it for
+    one more step, ``stepped`` says it has taken a step. Released loops are deleted;
+    ``expires_at_epoch`` lets TTL remove a lapsed one nobody took over."""
+
+    cluster_id = UnicodeAttribute(hash_key=True)
+    loop = UnicodeAttribute()
+    until = NumberAttribute()
+    again = BooleanAttribute(null=True)
+    stepped = BooleanAttribute(null=True)
+    expires_at_epoch = NumberAttribute(null=True)
+
+
 M = TypeVar("M", bound=Model)
 
 
@@ -212,6 +230,7 @@ class Models:
     environment: type[EnvironmentItem]
     team: type[TeamItem]
     usage: type[UsageItem]
+    loop: type[LoopItem]
 
     def all(self) -> list[type[Model]]:
         """Every bound class, one per table."""
@@ -228,6 +247,7 @@ class Models:
             self.environment,
             self.team,
             self.usage,
+            self.loop,
         ]
 
 
@@ -265,6 +285,7 @@ def bind_models(prefix: str, region: str, host: str | None) -> Models:
         environment=bind(EnvironmentItem, "software-environments"),
         team=bind(TeamItem, "teams"),
         usage=bind(UsageItem, "usage"),
+        loop=bind(LoopItem, "reconcile-loops"),
     )
 
 
