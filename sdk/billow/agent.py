@@ -131,8 +131,9 @@ def bootstrap(control_url: str, token: str, deadline: float = BOOTSTRAP_DEADLINE
             elif body.get("error") != "not-ready":
                 message = body.get("message") or f"HTTP {answer.status}"
                 raise SystemExit(f"billow agent: bootstrap refused: {message}")
-            else:
+            else:  # back off from a quarter of what the control plane asks, up to it
                 cap = float(body.get("retry_after") or 1.0)
+                delay = max(delay, cap / 4)
         if time.monotonic() > give_up:
             raise SystemExit("billow agent: gave up waiting for the control plane")
         time.sleep(delay)

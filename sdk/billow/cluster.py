@@ -365,11 +365,13 @@ class Cluster(DaskCluster):
                 progress.update(record)
                 if record["status"] == "ready":
                     return record
+                poll_after = float(record.get("poll_after") or 0.5)
                 if (record["status"], record["workers"]) != seen:
-                    # Progress (workers joining): ready is near, look again soon. A long
-                    # boot is polled as often as the control plane's ``poll_after`` says
-                    # (each look is a request, billed on a cloud control plane).
-                    delay, seen = 0.05, (record["status"], record["workers"])
+                    # Progress (workers joining): ready is near, look again soon, then
+                    # less often, up to the control plane's ``poll_after`` (each look is a
+                    # request, billed on a cloud control plane: 0.25 s there, 0.05 s on
+                    # the embedded server).
+                    delay, seen = poll_after / 4, (record["status"], record["workers"])
                 # A failed start is reported once teardown finished: nothing is left running.
                 if record["status"] in _TERMINAL:
                     raise ClusterStartError(
@@ -384,7 +386,7 @@ class Cluster(DaskCluster):
                         f"(status {record['status']}, {record['workers']} workers)"
                     )
                 await asyncio.sleep(delay)
-                delay = min(delay * 1.5, float(record.get("poll_after") or 0.5))
+                delay = min(delay * 1.5, poll_after)
 
     async def _close(self) -> None:
         if self.status == Status.closed:
@@ -409,7 +411,9 @@ class Cluster(DaskCluster):
             self._set_record(record)
             if record["status"] in _TERMINAL:
                 return
-            await asyncio.sleep(0.2)
+            # As often as the control plane's ``poll_after`` says (each look is billed
+            # on a cloud control plane; the embedded server says 0.2 s).
+            await asyncio.sleep(float(record.get("poll_after") or 0.2))
         raise ClusterStopped(f"cluster {self.cluster_id} still stopping after {timeout:.0f}s")
 
     def _set_record(self, record: dict[str, Any]) -> None:
