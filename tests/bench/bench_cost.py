@@ -62,6 +62,7 @@ SHIPPED_STEADY_INTERVAL = 60.0  # billow.heartbeat-steady-interval
 GOAL_PER_CLUSTER_HOUR = 0.0005
 REAL_START_SECONDS = 60.0  # an EC2 bring-up, for the "what a real start costs" line
 SHIPPED_RECONCILE_INTERVAL = 5.0  # runtimes/aws.py AWS_DEFAULTS
+SHIPPED_POLL_INTERVAL = 1.0  # runtimes/aws.py AWS_DEFAULTS: the SDK's looks while it waits
 REAPER_CONTEXT = FakeLambdaContext("billow-reaper")
 PRICES = {  # USD, us-east-1 list prices
     "api_request": 1.00 / 1e6,  # HTTP API, first 300 million a month
@@ -485,19 +486,31 @@ def report(usage: dict[str, Any], reaper_period: float, memory_mb: int) -> None:
         f"of a real {REAL_START_SECONDS:.0f} s start is one execution of "
         f"{REAL_START_SECONDS:.0f} s at 64 MB = ${real:.7f} (here ${measured:.7f})"
     )
+    looks_here = start.routes["GET /v1/clusters/{id}"]
+    extra_looks = max(0.0, REAL_START_SECONDS / SHIPPED_POLL_INTERVAL - looks_here)
+    per_look = per_beat.total()  # one API request as a heartbeat is (it writes: a bound)
+    with_steps = swapped + extra_steps * per_step
     for label, total in (
         ("that loop alone", swapped + steady_hour),
         (
             f"that loop and ~{extra_steps:.0f} more reconcile steps (one per "
             f"{SHIPPED_RECONCILE_INTERVAL:.0f} s, ~${per_step:.7f} each here)",
-            swapped + extra_steps * per_step + steady_hour,
+            with_steps + steady_hour,
+        ),
+        (
+            f"those and ~{extra_looks:.0f} more looks of the SDK (one per "
+            f"{SHIPPED_POLL_INTERVAL:.0f} s, at most ${per_look:.7f} each, a heartbeat's cost)",
+            with_steps + extra_looks * per_look + steady_hour,
         ),
     ):
         print(
             f"    a 1 h cluster with {label}: ${total:.6f}; ratio to goal "
-            f"{total / GOAL_PER_CLUSTER_HOUR:.2f}x (the SDK's and waiting workers' extra "
-            f"looks during a longer boot not counted)"
+            f"{total / GOAL_PER_CLUSTER_HOUR:.2f}x"
         )
+    print(
+        "    (waiting workers are not added: on EC2 they boot alongside their scheduler and "
+        "wait for its Dask start, a few seconds, as here)"
+    )
     idle = usage["idle_pass"]
     month = idle.scaled(30 * 86400 / reaper_period)
     print(
