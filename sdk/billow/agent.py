@@ -187,6 +187,9 @@ async def run_scheduler(config: dict[str, Any], host: str) -> None:
         private_host=addresses.private,
         public_host=addresses.public,
     )
+    from .dashboard import skip_bokeh_route_dump
+
+    skip_bokeh_route_dump()
     scheduler = Scheduler(
         host=host,
         port=int(os.environ.get("BILLOW_SCHEDULER_PORT", "0")),
@@ -213,6 +216,8 @@ async def run_worker(config: dict[str, Any], host: str) -> None:
     from .gpu import worker_metrics
 
     preload_in_background(PRELOAD_FIRST).join()
+    # Told its scheduler's address before the scheduler listens (a pooled one, see
+    # ``port_reservations``), the worker starts at once and Dask retries until it does.
     worker = Worker(
         config["scheduler_address"],
         security=security_for(config),

@@ -5,7 +5,7 @@ when the control plane's answer says (``next_heartbeat``: ``interval``, 5 s, whi
 cluster converges; up to a minute once it is steady, since every report is an API
 Gateway request and a Lambda invocation), and sooner on news:
 
-* at once (debounced 50 ms): a worker or client joins or leaves, or work starts after
+* at once (debounced 20 ms): a worker or client joins or leaves, or work starts after
   ``next_heartbeat`` seconds without any;
 * ``interval`` seconds after the last task in flight ended, if no work came since and
   the last report said the cluster was busy (the reaper never stops a busy cluster).
@@ -299,7 +299,7 @@ class BillowSchedulerPlugin(SchedulerPlugin):
             while (wait := self.seconds_until_due(last_sent, failures)) > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
-                    await asyncio.sleep(0.05)  # debounce bursts of joins
+                    await asyncio.sleep(0.02)  # debounce a burst of joins (a start)
                     break
                 except TimeoutError:
                     pass

@@ -20,6 +20,7 @@ class MemoryProvider:
         self.launches = 0
         self.logs: dict[str, list[str]] = {}
         self.refuse_role: tuple[str, Exception] | None = None  # (role, what launch raises)
+        self.scheduler_listens_at: str | None = None  # a listen_address fixed at launch
 
     def launch(self, spec: InstanceSpec) -> InstanceInfo:
         if self.refuse_role is not None and spec.role.value == self.refuse_role[0]:
@@ -35,6 +36,7 @@ class MemoryProvider:
             state=InstanceState.running,
             tags=spec.tags,
             launched_at=self.clock.now(),
+            listen_address=self.scheduler_listens_at if spec.role.value == "scheduler" else None,
         )
         self.instances[info.id] = info
         self.by_token[spec.client_token] = info.id

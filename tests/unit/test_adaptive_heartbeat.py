@@ -5,7 +5,7 @@ its wake-ups and the answer it obeys), the control plane's heartbeat route
 (``ClusterAgents.heartbeat`` over SQLite, which answers ``next_heartbeat``), and the
 watchdog pass every ``reaper_interval``. Only Dask's scheduler is a stand-in (workers,
 clients, tasks in progress), and the plugin's loop is mirrored: it reports when woken
-(its 50 ms debounce aside) or when ``seconds_until_due`` says.
+(its 20 ms debounce aside) or when ``seconds_until_due`` says.
 
 What must hold: heartbeats are rare in a steady state; an idle cluster is stopped within
 one reaper period of ``idle_timeout``, and never before it however its activity falls

@@ -10,6 +10,7 @@ from billow_control.adapters.clock import ManualClock
 from billow_control.adapters.local.fernet_box import FernetSecretBox
 from billow_control.adapters.local.sqlite_store import SqliteStore
 from billow_control.core.auth import hash_token
+from billow_control.core.errors import NotReady
 from billow_control.core.models import (
     ClusterRequest,
     ClusterStatus,
@@ -81,6 +82,34 @@ def test_first_step_launches_scheduler_and_workers_together(world: World) -> Non
     spec = next(iter(world.provider.specs.values()))
     assert {"billow:cluster-id", "billow:deployment", "billow:owner"} <= set(spec.tags)
     assert spec.environment["BILLOW_INSTANCE_TOKEN"].startswith("bwi_")
+
+
+def worker_token(world: World) -> str:
+    spec = next(s for s in world.provider.specs.values() if s.role == InstanceRole.worker)
+    return spec.environment["BILLOW_INSTANCE_TOKEN"]
+
+
+def test_workers_wait_for_the_scheduler_to_report_where_it_listens(world: World) -> None:
+    world.reconciler.reconcile(world.create(1))
+    with pytest.raises(NotReady):
+        world.plane.agents.bootstrap(worker_token(world))
+
+
+def test_workers_learn_a_scheduler_address_fixed_at_launch_before_it_reports(
+    world: World,
+) -> None:
+    world.provider.scheduler_listens_at = "127.0.0.1:4321"
+    cid = world.create(1)
+    # A step that died after launching the scheduler: the next one reads the address
+    # from the provider's view of it.
+    world.provider.refuse_role = ("worker", RuntimeError("crash"))
+    with pytest.raises(RuntimeError):
+        world.reconciler.reconcile(cid)
+    world.provider.refuse_role = None
+    world.reconciler.reconcile(cid)
+    config = world.plane.agents.bootstrap(worker_token(world))
+    assert config["scheduler_address"] == "tls://127.0.0.1:4321"
+    assert config["role"] == "worker" and "cert" in config
 
 
 def test_rerun_is_idempotent_and_ready_waits_for_workers(world: World) -> None:

@@ -107,7 +107,8 @@ class ClusterAgents:
         """Exchange a one-time instance token for the instance's config and certificates.
 
         Workers get ``NotReady`` (token not consumed) until the scheduler reported its
-        address. The scheduler also gets a fresh cluster token for its heartbeats. The
+        address, unless the provider fixed that address at launch (their credential
+        names it). The scheduler also gets a fresh cluster token for its heartbeats. The
         config's ``environ`` holds the cluster's secrets, unsealed, besides its environ:
         this answer is the one way their values leave the control plane.
         """
@@ -118,7 +119,8 @@ class ClusterAgents:
         if record is None or record.target != ClusterTarget.running:
             raise Conflict("cluster is stopping; instance should exit")
         beat = self.ports.store.get_heartbeat(record.id)
-        if cred.role == InstanceRole.worker and beat is None:
+        scheduler_address = beat.heartbeat.scheduler_address if beat else cred.scheduler_address
+        if cred.role == InstanceRole.worker and scheduler_address is None:
             raise NotReady(
                 "scheduler has not reported its address yet",
                 retry_after=self.ports.settings.poll_interval,
@@ -155,9 +157,8 @@ class ClusterAgents:
             config["analytics"] = request.analytics
             config["gpu_threshold"] = self.ports.settings.gpu_utilization_threshold
             config["dashboard_token"] = self.dashboard_token(record)
-        else:
-            assert beat is not None
-            config["scheduler_address"] = beat.heartbeat.scheduler_address
+        else:  # connects at once; Dask retries until the scheduler listens
+            config["scheduler_address"] = scheduler_address
         return config
 
     def heartbeat(self, cluster_id: str, cluster_token: str | None, beat: Heartbeat) -> dict:

@@ -61,6 +61,9 @@ class InstanceInfo(BaseModel):
     vcpus: int | None = None
     gpus: int = 0
     spot: bool = False
+    # ``host:port`` where this instance's scheduler will listen, when the provider fixed
+    # it at launch (the embedded provider); ``None``: known from its first heartbeat.
+    listen_address: str | None = None
 
 
 class InstanceCredential(BaseModel):
@@ -72,6 +75,9 @@ class InstanceCredential(BaseModel):
     role: InstanceRole
     used: bool = False
     expires_at: datetime
+    # A worker's: its scheduler's address when the provider fixed it at launch, so the
+    # worker bootstraps and connects without waiting for the scheduler's first report.
+    scheduler_address: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return now >= self.expires_at

@@ -206,8 +206,10 @@ class Lifecycle:
             )
         batch = settings.launch_batch  # instances launched by this step, at most
         if live_scheduler is None:
-            self._launch(record, SCHEDULER_NAME, InstanceRole.scheduler)
+            live_scheduler = self._launch(record, SCHEDULER_NAME, InstanceRole.scheduler)
             batch -= 1
+        planned = live_scheduler.listen_address
+        scheduler_address = f"tls://{planned}" if planned else None
 
         workers = [i for i in instances if i.role == InstanceRole.worker]
         live = [w for w in workers if w.state != InstanceState.terminated]
@@ -240,7 +242,7 @@ class Lifecycle:
         # in batches of at most ``launch_batch`` per step: the next step launches more.
         next_index = max((_worker_index(w.name) for w in workers), default=-1) + 1
         for i in range(min(record.desired_workers - len(rest), batch)):
-            self._launch(record, f"worker-{next_index + i}", InstanceRole.worker)
+            self._launch(record, f"worker-{next_index + i}", InstanceRole.worker, scheduler_address)
 
         waiting = ReconcileResult(done=False, wait=self._poll_wait(record), status=record.status)
         if record.status != ClusterStatus.ready:
@@ -253,7 +255,15 @@ class Lifecycle:
             return waiting
         return ReconcileResult(done=True, status=record.status)
 
-    def _launch(self, record: ClusterRecord, name: str, role: InstanceRole) -> None:
+    def _launch(
+        self,
+        record: ClusterRecord,
+        name: str,
+        role: InstanceRole,
+        scheduler_address: str | None = None,
+    ) -> InstanceInfo:
+        """Launch one instance with a fresh one-time token (a worker's names
+        ``scheduler_address`` when the scheduler's was fixed at launch)."""
         settings = self.ports.settings
         token = new_token(INSTANCE_TOKEN_PREFIX)
         now = self.ports.clock.now()
@@ -264,6 +274,7 @@ class Lifecycle:
                 instance_name=name,
                 role=role,
                 expires_at=now + timedelta(seconds=settings.instance_token_ttl),
+                scheduler_address=scheduler_address,
             )
         )
         request = record.request
@@ -291,7 +302,7 @@ class Lifecycle:
         )
         if self.ports.machines is not None:
             spec.vm_types = placement.machine_types(self.ports.machines, request, role.value)
-        self.ports.provider.launch(spec)
+        return self.ports.provider.launch(spec)
 
     # -- tear down ---------------------------------------------------------------------
 

@@ -149,3 +149,15 @@ def read_small(path: Path, limit: int = 64) -> str | None:
         return os.read(fd, limit).decode(errors="replace")
     finally:
         os.close(fd)
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot, or ``None`` if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]

@@ -56,8 +56,10 @@ from .instance_setup import (
     make_workdir,
     owner_env_cache,
     prepare_workspace,
+    process_start_time,
     read_small,
 )
+from .port_reservations import HOST, PortReservations
 from .tenant_users import Account, IsolationError, TenantAccounts
 
 SCHEMA = """
@@ -84,25 +86,19 @@ CREATE TABLE IF NOT EXISTS accounts (
 """
 # Columns added after the first release: ALTER TABLE'd into older instances.db files.
 # terminated_at: when the provider first saw the process gone (``InstanceInfo.terminated_at``).
-_ADDED_COLUMNS = {"workdir": "TEXT", "os_user": "TEXT", "terminated_at": "TEXT"}
+# listen_port: a pooled scheduler's port, reserved at launch (``port_reservations``).
+_ADDED_COLUMNS = {
+    "workdir": "TEXT",
+    "os_user": "TEXT",
+    "terminated_at": "TEXT",
+    "listen_port": "INTEGER",
+}
 
 LOG = "instance.log"
 _COLUMNS = (
     "id, cluster_id, name, role, tags, pid, pid_start, launched_at, terminate_requested_at, "
-    "terminated_at"
+    "terminated_at, listen_port"
 )
-
-
-def process_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot, or ``None`` if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
 
 
 class LocalProcessProvider:
@@ -143,6 +139,7 @@ class LocalProcessProvider:
         self.pythonpath = agent_pythonpath()
         self.pool = WarmPool(warm_pool, self.root, python, self.pythonpath, log_limit)
         self._children: dict[int, subprocess.Popen] = {}
+        self.ports = PortReservations()
         self._recorded_owners: set[str] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -213,6 +210,15 @@ class LocalProcessProvider:
             )
             make_workdir(workdir, account)
             log = self.log_path(instance_id)
+            pooled = None if "BILLOW_SOFTWARE_KEY" in spec.environment else self.pool.take()
+            listen: dict[str, str] = {}
+            if spec.role == InstanceRole.scheduler and pooled is not None:
+                # Up in 0.1 s: its workers learn where it will listen (port_reservations).
+                port = self.ports.reserve(instance_id)
+                self._db().execute(
+                    "UPDATE instances SET listen_port=? WHERE id=?", (port, instance_id)
+                )
+                listen = {"BILLOW_HOST": HOST, "BILLOW_SCHEDULER_PORT": str(port)}
             env = {
                 **instance_environment(self.python, self.pythonpath),
                 **{k: v for k, v in spec.environment.items() if k != TOKEN_VARIABLE},
@@ -224,11 +230,11 @@ class LocalProcessProvider:
                 "BILLOW_DEPLOYMENT": self.deployment,
                 "DASK_TEMPORARY_DIRECTORY": str(workdir / SCRATCH),
                 "BILLOW_ENV_CACHE": str(owner_env_cache(self.workspace, account, self.env_cache)),
+                **listen,
             }
             if account is not None:
                 env["USER"] = env["LOGNAME"] = account.name
             token = spec.environment.get(TOKEN_VARIABLE)
-            pooled = None if "BILLOW_SOFTWARE_KEY" in env else self.pool.take()
             if pooled is not None:
                 proc = self.pool.assign(pooled, log.parent, workdir, env, token, account)
             else:
@@ -358,7 +364,7 @@ class LocalProcessProvider:
             return None
 
     def _info(self, row: tuple) -> InstanceInfo:
-        instance_id, cluster_id, name, role, tags, pid, _, launched_at, _, ended = row
+        instance_id, cluster_id, name, role, tags, pid, _, launched_at, _, ended, port = row
         launched = datetime.fromisoformat(launched_at)
         terminated_at = datetime.fromisoformat(ended) if ended else None
         if pid is None:
@@ -370,6 +376,7 @@ class LocalProcessProvider:
             state = InstanceState.running
         else:
             state = InstanceState.terminated
+            self.ports.release(instance_id)
             if terminated_at is None:  # first seen gone: that moment is its end
                 terminated_at = self.clock.now()
                 self._db().execute(
@@ -389,4 +396,5 @@ class LocalProcessProvider:
             exit_code=self._exit_code(instance_id, pid)
             if state == InstanceState.terminated
             else None,
+            listen_address=f"{HOST}:{port}" if port else None,
         )
