@@ -232,6 +232,7 @@ class Cluster(DaskCluster):
         self._dashboard_token: str | None = None
         self._ca_pem: str | None = None
         self._notices: list[str] = []
+        self._workers_changed = asyncio.Event()  # a worker joined or left (once connected)
         self._started_by_constructor = not asynchronous
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.periodic_callbacks["billow-record"] = PeriodicCallback(
@@ -295,25 +296,11 @@ class Cluster(DaskCluster):
             certificates = asyncio.ensure_future(self._api.credentials(record["id"]))
             certificates.add_done_callback(_retrieve)
             try:
-                record = await self._wait_until_ready()
-                creds = await certificates
+                record = await self._wait_until_ready(certificates)
             finally:
                 certificates.cancel()
-            if not reachable_address(record, "scheduler"):
-                creds = await self._api.credentials(record["id"])  # a record from before
-            self._dashboard_token = creds.get("dashboard_token")
-            self._ca_pem = str(creds["ca_cert"])
-            self.security = Security(
-                require_encryption=True,
-                tls_ca_file=creds["ca_cert"],
-                tls_client_cert=creds["client_cert"],
-                tls_client_key=creds["client_key"],
-            )
-            self.scheduler_comm = rpc(
-                reachable_address(record, "scheduler") or reachable_address(creds, "scheduler"),
-                connection_args=self.security.get_connection_args("client"),
-            )
-            await super()._start()
+            if self.scheduler_comm is None:  # ready before its address was seen
+                await self._connect(record, await self._api.credentials(record["id"]))
             if obtaining is not None:
                 self._forwarder = Forwarder(self.scheduler_comm, self._credentials_duration)
                 self._notices = await self._forwarder.start(obtaining)
@@ -326,6 +313,9 @@ class Cluster(DaskCluster):
             if created and self.cluster_id and self.shutdown_on_close:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._api.stop(self.cluster_id))
+            if self.scheduler_comm is not None:  # connected while it started
+                with contextlib.suppress(Exception):
+                    await DaskCluster._close(self)
             await self._api.aclose()
             self.status = Status.failed
             raise
@@ -354,7 +344,15 @@ class Cluster(DaskCluster):
             )
         return spec.model_dump(mode="json")
 
-    async def _wait_until_ready(self) -> dict[str, Any]:
+    async def _wait_until_ready(self, certificates: asyncio.Future[Any]) -> dict[str, Any]:
+        """Look at the control plane until the cluster is ready; raise
+        ``ClusterStartError`` when it failed or ``timeout`` passed.
+
+        As soon as a look shows where the scheduler listens, connect to it
+        (``certificates``: the answer of the credentials route): from then on Dask pushes
+        each worker that joins to this client, which looks again at once when the
+        scheduler has them all (the control plane marks it ready on the scheduler's next
+        report, debounced 20 ms), instead of at its next look."""
         assert self._api is not None and self.cluster_id is not None
         deadline = time.monotonic() + self._timeout
         with StartProgress(self.name, self.cluster_id, enabled=self._show_progress) as progress:
@@ -365,13 +363,16 @@ class Cluster(DaskCluster):
                 progress.update(record)
                 if record["status"] == "ready":
                     return record
+                if self.scheduler_comm is None and reachable_address(record, "scheduler"):
+                    await self._connect(record, await certificates)
                 poll_after = float(record.get("poll_after") or 0.5)
-                if (record["status"], record["workers"]) != seen:
-                    # Progress (workers joining): ready is near, look again soon, then
-                    # less often, up to the control plane's ``poll_after`` (each look is a
-                    # request, billed on a cloud control plane: 0.25 s there, 0.05 s on
-                    # the embedded server).
-                    delay, seen = poll_after / 4, (record["status"], record["workers"])
+                progressed = (record["status"], record["workers"], self.scheduler_comm is None)
+                if progressed != seen:
+                    # Progress (the scheduler up, workers joining): ready is near, look
+                    # again soon, then less often, up to the control plane's
+                    # ``poll_after`` (each look is a request, billed on a cloud control
+                    # plane: 0.25 s there, 0.025 s on the embedded server).
+                    delay, seen = poll_after / 4, progressed
                 # A failed start is reported once teardown finished: nothing is left running.
                 if record["status"] in _TERMINAL:
                     raise ClusterStartError(
@@ -385,8 +386,52 @@ class Cluster(DaskCluster):
                         f"cluster {record['name']} not ready after {self._timeout:.0f}s "
                         f"(status {record['status']}, {record['workers']} workers)"
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, poll_after)
+                wanted = int(record.get("desired_workers") or 0)
+                if self._has_workers(wanted):  # the scheduler's report is on its way
+                    await asyncio.sleep(poll_after / 8)
+                elif not await self._next_look(wanted, delay):
+                    delay = min(delay * 1.5, poll_after)
+
+    async def _connect(self, record: dict[str, Any], creds: dict[str, Any]) -> None:
+        """Connect to the scheduler (TLS with the cluster's client certificate) and
+        subscribe to its workers joining and leaving (Dask's ``Cluster._start``)."""
+        self._dashboard_token = creds.get("dashboard_token")
+        self._ca_pem = str(creds["ca_cert"])
+        self.security = Security(
+            require_encryption=True,
+            tls_ca_file=creds["ca_cert"],
+            tls_client_cert=creds["client_cert"],
+            tls_client_key=creds["client_key"],
+        )
+        self.scheduler_comm = rpc(
+            reachable_address(record, "scheduler") or reachable_address(creds, "scheduler"),
+            connection_args=self.security.get_connection_args("client"),
+        )
+        await super()._start()
+
+    def _has_workers(self, wanted: int) -> bool:
+        return self.scheduler_comm is not None and len(self.scheduler_info["workers"]) >= wanted
+
+    async def _next_look(self, wanted: int, seconds: float) -> bool:
+        """Wait ``seconds``, or less once connected: ``True`` as soon as the scheduler has
+        ``wanted`` workers (the last one just joined: look now)."""
+        if self.scheduler_comm is None:
+            await asyncio.sleep(seconds)
+            return False
+        until = time.monotonic() + seconds
+        while True:
+            self._workers_changed.clear()
+            if self._has_workers(wanted):
+                return True
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._workers_changed.wait(), left)
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        super()._update_worker_status(op, msg)
+        self._workers_changed.set()
 
     async def _close(self) -> None:
         if self.status == Status.closed:

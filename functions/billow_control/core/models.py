@@ -326,12 +326,25 @@ class ClusterRecord(BaseModel):
         return not self.status.terminal
 
     def public(self, heartbeat: HeartbeatRecord | None = None) -> dict[str, Any]:
-        """The JSON users see: no secrets, plus the latest observed workers."""
+        """The JSON users see: no secrets, plus the latest observed workers, and the
+        scheduler's addresses from its reports before the record holds them (it does
+        from ready on): a client connects while the workers join."""
         hidden = {"version", "remove_workers", "fail_on_stop", "idempotency_key"}
         out = self.model_dump(mode="json", exclude=hidden)
+        if heartbeat and self.scheduler_address is None:
+            for name in _ADDRESSES:
+                out[name] = getattr(heartbeat.heartbeat, name)
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
         return out
+
+
+_ADDRESSES = (
+    "scheduler_address",
+    "dashboard_address",
+    "scheduler_public_address",
+    "dashboard_public_address",
+)
 
 
 class HeartbeatRecord(BaseModel):

@@ -54,7 +54,7 @@ class ControlSettings(BaseModel):
     # How long a waiting caller waits between two requests: a worker waiting for its
     # scheduler's address, the SDK waiting for ready. Free on the embedded server; each
     # request costs API Gateway and Lambda (or Cloud Functions) on a cloud control plane.
-    poll_interval: float = 0.2
+    poll_interval: float = 0.1
     log_lines_on_failure: int = 30
     reaper_interval: float = 30.0
     orphan_grace: float = 300.0
