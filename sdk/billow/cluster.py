@@ -388,7 +388,7 @@ class Cluster(DaskCluster):
                     )
                 wanted = int(record.get("desired_workers") or 0)
                 if self._has_workers(wanted):  # the scheduler's report is on its way
-                    await asyncio.sleep(poll_after / 8)
+                    await asyncio.sleep(poll_after / 4)
                 elif not await self._next_look(wanted, delay):
                     delay = min(delay * 1.5, poll_after)
 
