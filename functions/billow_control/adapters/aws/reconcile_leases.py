@@ -39,6 +39,11 @@ FORGET_AFTER = 86400.0  # TTL of a lapsed lease nobody took over
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
+def _forget(until: float) -> int:
+    """The TTL epoch of a lease live until ``until``: a day after it lapses."""
+    return int(until + FORGET_AFTER)
+
+
 def _lost(e: PynamoDBException) -> bool:
     """Whether a write failed on its condition (anything else is an infrastructure error)."""
     return getattr(e, "cause_response_code", None) == _CONDITION_FAILED
@@ -77,7 +82,7 @@ class LoopLeases:
         """Take the cluster's lease for ``loop``; ``False`` when a live lease exists."""
         m, now = self.model, self.clock()
         item = m(cluster_id, loop=loop, until=now + self.lease_seconds)
-        item.expires_at_epoch = int(now + self.lease_seconds + FORGET_AFTER)
+        item.expires_at_epoch = _forget(now + self.lease_seconds)
         try:
             item.save(condition=m.cluster_id.does_not_exist() | (m.until < now))
         except PynamoDBException as e:
@@ -108,33 +113,32 @@ class LoopLeases:
 
     def renew(self, cluster_id: str, loop: str) -> bool:
         """Extend ``loop``'s lease from now; ``False`` when another loop holds it."""
-        m, now = self.model, self.clock()
-        until = now + self.lease_seconds
-        actions: list[Action] = [
-            m.until.set(until),
-            m.stepped.set(True),
-            m.expires_at_epoch.set(int(until + FORGET_AFTER)),
-        ]
-        try:
-            m(cluster_id).update(actions=actions, condition=m.loop == loop)
-        except PynamoDBException as e:
-            if _lost(e):
-                return False
-            raise
-        return True
+        m, until = self.model, self.clock() + self.lease_seconds
+        return self._update_held(
+            cluster_id,
+            loop,
+            [m.until.set(until), m.stepped.set(True), m.expires_at_epoch.set(_forget(until))],
+        )
 
     def hand_over(self, cluster_id: str, loop: str, successor: str) -> bool:
         """Give ``loop``'s lease to ``successor`` (a fresh, live lease that has not
         stepped); ``False`` when ``loop`` does not hold it."""
-        m, now = self.model, self.clock()
-        until = now + self.lease_seconds
-        actions: list[Action] = [
-            m.loop.set(successor),
-            m.until.set(until),
-            m.expires_at_epoch.set(int(until + FORGET_AFTER)),
-            m.again.remove(),
-            m.stepped.remove(),
-        ]
+        m, until = self.model, self.clock() + self.lease_seconds
+        return self._update_held(
+            cluster_id,
+            loop,
+            [
+                m.loop.set(successor),
+                m.until.set(until),
+                m.expires_at_epoch.set(_forget(until)),
+                m.again.remove(),
+                m.stepped.remove(),
+            ],
+        )
+
+    def _update_held(self, cluster_id: str, loop: str, actions: list[Action]) -> bool:
+        """Apply ``actions`` to the lease while ``loop`` holds it; ``False`` if not."""
+        m = self.model
         try:
             m(cluster_id).update(actions=actions, condition=m.loop == loop)
         except PynamoDBException as e:
