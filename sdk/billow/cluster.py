@@ -297,10 +297,10 @@ class Cluster(DaskCluster):
             certificates.add_done_callback(_retrieve)
             try:
                 record = await self._wait_until_ready(certificates)
+                if self.scheduler_comm is None:  # ready at the first look (a reconnect)
+                    await self._connect(record, await certificates)
             finally:
                 certificates.cancel()
-            if self.scheduler_comm is None:  # ready before its address was seen
-                await self._connect(record, await self._api.credentials(record["id"]))
             if obtaining is not None:
                 self._forwarder = Forwarder(self.scheduler_comm, self._credentials_duration)
                 self._notices = await self._forwarder.start(obtaining)
@@ -457,7 +457,7 @@ class Cluster(DaskCluster):
             if record["status"] in _TERMINAL:
                 return
             # As often as the control plane's ``poll_after`` says (each look is billed
-            # on a cloud control plane; the embedded server says 0.2 s).
+            # on a cloud control plane; the embedded server says 0.1 s).
             await asyncio.sleep(float(record.get("poll_after") or 0.2))
         raise ClusterStopped(f"cluster {self.cluster_id} still stopping after {timeout:.0f}s")
 

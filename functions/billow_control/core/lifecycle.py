@@ -342,10 +342,8 @@ class Lifecycle:
     def _mark_ready(self, record: ClusterRecord, beat: HeartbeatRecord) -> ClusterRecord:
         record.status = ClusterStatus.ready
         record.ready_at = self.ports.clock.now()
-        record.scheduler_address = beat.heartbeat.scheduler_address
-        record.dashboard_address = beat.heartbeat.dashboard_address
-        record.scheduler_public_address = beat.heartbeat.scheduler_public_address
-        record.dashboard_public_address = beat.heartbeat.dashboard_public_address
+        for name, address in beat.heartbeat.addresses().items():
+            setattr(record, name, address)
         return self._write(record, "ready")
 
     def _begin_teardown(self, record: ClusterRecord) -> ClusterRecord:

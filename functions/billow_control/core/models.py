@@ -243,6 +243,16 @@ class NewUser(BaseModel):
     role: Role = Role.member
 
 
+# Where the scheduler and its dashboard listen, as a heartbeat reports them and as the
+# cluster record keeps them from ready on.
+ADDRESS_FIELDS = (
+    "scheduler_address",
+    "dashboard_address",
+    "scheduler_public_address",
+    "dashboard_public_address",
+)
+
+
 class Heartbeat(BaseModel):
     """What the scheduler plugin sends. Extra metrics are kept but never required."""
 
@@ -273,6 +283,10 @@ class Heartbeat(BaseModel):
     tasks_processing: int | None = None
     tasks_queued: int | None = None
     versions: dict[str, str] | None = None
+
+    def addresses(self) -> dict[str, str | None]:
+        """The reported addresses, by ``ADDRESS_FIELDS`` name."""
+        return {name: getattr(self, name) for name in ADDRESS_FIELDS}
 
     def __repr__(self) -> str:
         """Short: the API's debug logging formats every heartbeat it routes."""
@@ -332,19 +346,10 @@ class ClusterRecord(BaseModel):
         hidden = {"version", "remove_workers", "fail_on_stop", "idempotency_key"}
         out = self.model_dump(mode="json", exclude=hidden)
         if heartbeat and self.scheduler_address is None:
-            for name in _ADDRESSES:
-                out[name] = getattr(heartbeat.heartbeat, name)
+            out.update(heartbeat.heartbeat.addresses())
         out["workers"] = len(heartbeat.heartbeat.workers) if heartbeat else 0
         out["last_heartbeat_at"] = heartbeat.received_at.isoformat() if heartbeat else None
         return out
-
-
-_ADDRESSES = (
-    "scheduler_address",
-    "dashboard_address",
-    "scheduler_public_address",
-    "dashboard_public_address",
-)
 
 
 class HeartbeatRecord(BaseModel):

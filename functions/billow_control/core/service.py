@@ -23,6 +23,7 @@ from .errors import Conflict, Invalid
 from .lifecycle import WRITE_RETRIES, Lifecycle
 from .log_lines import LOG_RESPONSE_BYTES, newest_within
 from .models import (
+    ADDRESS_FIELDS,
     ClusterRecord,
     ClusterRequest,
     ClusterTarget,
@@ -254,10 +255,7 @@ class ControlPlane:
         beat = self.ports.store.get_heartbeat(cluster_id)
         return {
             "cluster_id": record.id,
-            "scheduler_address": beat.heartbeat.scheduler_address if beat else None,
-            "dashboard_address": beat.heartbeat.dashboard_address if beat else None,
-            "scheduler_public_address": beat.heartbeat.scheduler_public_address if beat else None,
-            "dashboard_public_address": beat.heartbeat.dashboard_public_address if beat else None,
+            **(beat.heartbeat.addresses() if beat else dict.fromkeys(ADDRESS_FIELDS)),
             "ca_cert": self._secret(cluster_id, "ca.pem"),
             "client_cert": self._secret(cluster_id, "client.pem"),
             "client_key": self._secret(cluster_id, "client.key"),

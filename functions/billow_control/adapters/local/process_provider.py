@@ -139,7 +139,7 @@ class LocalProcessProvider:
         self.pythonpath = agent_pythonpath()
         self.pool = WarmPool(warm_pool, self.root, python, self.pythonpath, log_limit)
         self._children: dict[int, subprocess.Popen] = {}
-        self.ports = PortReservations()
+        self.reserved_ports = PortReservations()
         self._recorded_owners: set[str] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -214,7 +214,7 @@ class LocalProcessProvider:
             listen: dict[str, str] = {}
             if spec.role == InstanceRole.scheduler and pooled is not None:
                 # Up in 0.1 s: its workers learn where it will listen (port_reservations).
-                port = self.ports.reserve(instance_id)
+                port = self.reserved_ports.reserve(instance_id)
                 self._db().execute(
                     "UPDATE instances SET listen_port=? WHERE id=?", (port, instance_id)
                 )
@@ -376,7 +376,7 @@ class LocalProcessProvider:
             state = InstanceState.running
         else:
             state = InstanceState.terminated
-            self.ports.release(instance_id)
+            self.reserved_ports.release(instance_id)
             if terminated_at is None:  # first seen gone: that moment is its end
                 terminated_at = self.clock.now()
                 self._db().execute(
