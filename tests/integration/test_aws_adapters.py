@@ -210,6 +210,17 @@ def result(done: bool, status: ClusterStatus = ClusterStatus.provisioning) -> Re
     return ReconcileResult(done=done, wait=0, status=status)
 
 
+def run_next_step(
+    url: str, queue: str, orchestrator: StepFunctionsOrchestrator, cluster_id: str, done: bool
+) -> ReconcileResult:
+    """Take the loop's next task, run its step under the lease with a reconcile that
+    reports ``done``, and answer the task with what the step reports (returned)."""
+    payload, token = take_task(url, queue)
+    step = orchestrator.step(cluster_id, payload["loop"], lambda: result(done))
+    answer(url, token, step)
+    return step
+
+
 def loop_parts(
     url: str, machine: tuple[str, str, type[LoopItem]], tmp_path: Path, arn: str | None = None
 ) -> tuple[StepFunctionsOrchestrator, Clock, SqliteStore, ClusterRecord]:
@@ -277,26 +288,19 @@ def test_a_submit_during_a_loop_buys_it_one_more_step(
     machine_arn, queue, _ = loop_machine
     orchestrator, _, _, stored = loop_parts(url, loop_machine, tmp_path)
     orchestrator.submit(stored.id)
-    payload, token = take_task(url, queue)
-    answer(url, token, orchestrator.step(stored.id, payload["loop"], lambda: result(False)))
+    run_next_step(url, queue, orchestrator, stored.id, done=False)
 
     orchestrator.submit(stored.id)  # e.g. a scale, written while the loop runs
     assert len(executions(url, machine_arn)) == 1  # no second loop...
-    payload, token = take_task(url, queue)
-    step = orchestrator.step(stored.id, payload["loop"], lambda: result(True))
+    step = run_next_step(url, queue, orchestrator, stored.id, done=True)
     assert not step.done and step.wait == 0  # ...but one more step after "done"
-    answer(url, token, step)
-    payload, token = take_task(url, queue)
-    step = orchestrator.step(stored.id, payload["loop"], lambda: result(True))
-    assert step.done
-    answer(url, token, step)
+    assert run_next_step(url, queue, orchestrator, stored.id, done=True).done
     wait_until(lambda: not executions(url, machine_arn, "RUNNING"), 10, "the loop to end")
     assert orchestrator.leases.get(stored.id) is None
 
     orchestrator.submit(stored.id)  # after the loop ended: a new one
     assert len(executions(url, machine_arn, "RUNNING")) == 1
-    payload, token = take_task(url, queue)
-    answer(url, token, orchestrator.step(stored.id, payload["loop"], lambda: result(True)))
+    run_next_step(url, queue, orchestrator, stored.id, done=True)
 
 
 def test_a_lapsed_lease_lets_a_new_loop_take_over_and_the_old_one_ends(
@@ -333,8 +337,7 @@ def test_a_loop_near_five_minutes_hands_its_lease_to_a_successor(
     machine_arn, queue, _ = loop_machine
     orchestrator, clock, _, stored = loop_parts(url, loop_machine, tmp_path)
     orchestrator.submit(stored.id)
-    first, token = take_task(url, queue)
-    answer(url, token, orchestrator.step(stored.id, first["loop"], lambda: result(False)))
+    run_next_step(url, queue, orchestrator, stored.id, done=False)
     first, token = take_task(url, queue)
     clock.skew = orchestrator.hand_over_after  # the loop is 4 minutes old
     step = orchestrator.step(stored.id, first["loop"], lambda: result(False))
@@ -366,8 +369,7 @@ def test_a_start_that_fails_releases_the_lease(
     )
     working.submit(stored.id)
     assert len(executions(url, machine_arn, "RUNNING")) == 1
-    payload, token = take_task(url, queue)
-    answer(url, token, working.step(stored.id, payload["loop"], lambda: result(True)))
+    run_next_step(url, queue, working, stored.id, done=True)
 
 
 # -- S3 object store --------------------------------------------------------------------------
